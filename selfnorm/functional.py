@@ -1,0 +1,123 @@
+r"""Pure tensor functions: SELU and alpha dropout for any fixed point.
+
+These hold no state and validate nothing beyond what the math needs; the modules in
+:mod:`selfnorm.activations` and :mod:`selfnorm.dropout` validate their arguments and call these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from selfnorm.constants import ALPHA_01, LAMBDA_01, SATURATION_01
+
+__all__ = ["alpha_dropout", "alpha_dropout_coefficients", "selu"]
+
+
+def selu(x: torch.Tensor, alpha: float = ALPHA_01, scale: float = LAMBDA_01) -> torch.Tensor:
+    r"""Scaled exponential linear unit with any :math:`(\alpha, \lambda)`.
+
+    .. math::
+        \operatorname{selu}(x) = \lambda \begin{cases} x & x > 0 \\
+        \alpha (e^x - 1) & x \le 0 \end{cases}
+
+    Runs PyTorch's fused ELU kernel (``aten::elu`` with an output scale), so it is as fast as
+    ``torch.nn.functional.selu`` and equal to it at the defaults, but accepts the parameters of
+    any fixed point (see :func:`selfnorm.theory.solve_selu_parameters`).
+
+    Args:
+        x: input of any shape.
+        alpha: :math:`\alpha`, default :math:`\alpha_{01}`.
+        scale: :math:`\lambda`, default :math:`\lambda_{01}`.
+
+    Shape:
+        Output has the shape of ``x``.
+
+    Example:
+        >>> import torch
+        >>> selu(torch.tensor([-1.0, 0.0, 2.0]))
+        tensor([-1.1113,  0.0000,  2.1014])
+    """
+    return torch.ops.aten.elu(x, alpha, scale, 1.0)
+
+
+def alpha_dropout_coefficients(
+    p: float, mean: float = 0.0, var: float = 1.0, saturation: float = SATURATION_01
+) -> tuple[float, float]:
+    r"""Affine correction ``(a, b)`` that keeps mean and variance at ``(mean, var)``.
+
+    Units are kept with probability :math:`q = 1 - p`; dropped units are set to the saturation
+    value :math:`\alpha'`; then :math:`y = a x + b` with
+
+    .. math::
+        a = \sqrt{\frac{\nu}{q\left((1-q)(\alpha' - \mu)^2 + \nu\right)}}, \qquad
+        b = \mu - a\left(q\mu + (1-q)\alpha'\right).
+
+    For inputs with mean :math:`\mu` and variance :math:`\nu` the output has the same mean and
+    variance (Klambauer et al. 2017, Sec. "New Dropout Technique", generalized to any fixed point).
+
+    Example:
+        >>> a, b = alpha_dropout_coefficients(0.1)
+        >>> round(a, 6), round(b, 6)
+        (0.921285, 0.161971)
+        >>> alpha_dropout_coefficients(0.0, mean=0.3, var=2.0)
+        (1.0, 0.0)
+    """
+    q = 1.0 - p
+    a = math.sqrt(var / (q * ((1.0 - q) * (saturation - mean) ** 2 + var)))
+    b = mean - a * (q * mean + (1.0 - q) * saturation)
+    return a, b
+
+
+def alpha_dropout(
+    x: torch.Tensor,
+    p: float,
+    training: bool,
+    *,
+    mean: float = 0.0,
+    var: float = 1.0,
+    saturation: float = SATURATION_01,
+    generator: torch.Generator | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Alpha dropout that preserves the fixed point ``(mean, var)``.
+
+    Each unit is kept with probability :math:`q = 1 - p`, dropped units become
+    :math:`\alpha'` (``saturation``), and the result is mapped by :math:`a x + b`
+    (:func:`alpha_dropout_coefficients`). Every output is therefore exactly one of two
+    values per unit: :math:`a x + b` (kept) or :math:`a\alpha' + b` (dropped).
+
+    Args:
+        x: input of any shape.
+        p: drop rate in [0, 1).
+        training: required, no default: ``torch.nn.functional.alpha_dropout`` defaults to
+            ``training=False`` and so silently does nothing when called inside a model.
+        mean, var: the fixed point :math:`(\mu, \nu)` to preserve, default (0, 1).
+        saturation: :math:`\alpha' = -\lambda\alpha` of the SELU in front, default
+            :math:`\alpha'_{01}`.
+        generator: optional ``torch.Generator`` for the keep mask.
+        keep: optional precomputed keep mask (bool or 0/1), broadcastable to ``x``; when given,
+            ``generator`` is not used. :class:`selfnorm.dropout.FeatureAlphaDropout` passes a
+            per-channel mask this way.
+
+    Returns:
+        ``x`` itself when ``training`` is false or ``p == 0``; otherwise a new tensor.
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = alpha_dropout(torch.zeros(6), 0.5, True, generator=g)
+        >>> sorted(set(round(v, 4) for v in y.tolist()))
+        [-0.7792, 0.7792]
+    """
+    if not training or p == 0.0:
+        return x
+    a, b = alpha_dropout_coefficients(p, mean, var, saturation)
+    if keep is None:
+        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    else:
+        keep = keep.to(dtype=x.dtype)
+    # kept: a*x + b; dropped: a*saturation + b  ==  x*(a*keep) + (a*sat + b) - keep*(a*sat)
+    dropped_value = a * saturation + b
+    return torch.addcmul(dropped_value - (a * saturation) * keep, x, keep * a)

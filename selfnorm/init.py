@@ -1,0 +1,106 @@
+r"""Weight initialization: LeCun normal for SNNs, and the variance-scaling family it belongs to.
+
+Self-normalization needs, for every unit, :math:`\omega = \sum_i w_i \approx 0` and
+:math:`\tau = \sum_i w_i^2 \approx 1`. Drawing :math:`w \sim \mathcal{N}(0, 1/n_{in})` gives
+exactly :math:`E[\omega] = 0` and :math:`E[\tau] = 1`.
+
+Warning:
+    ``torch.nn.init.calculate_gain('selu')`` returns 3/4. Using it (e.g. in
+    ``kaiming_normal_(nonlinearity='selu')`` or ``xavier_*_(gain=...)``) gives
+    :math:`\tau = 9/16` per layer, and the activations' variance shrinks layer by layer instead of
+    staying at 1. PyTorch's default ``nn.Linear`` init (uniform, :math:`\tau = 1/3`) collapses even
+    faster. Use :func:`lecun_normal_` / :func:`init_snn_`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["fan_in", "init_model_", "init_snn_", "lecun_normal_", "variance_scaling_normal_"]
+
+# Layers whose weight is (out, in / groups, *kernel): fan_in = weight[0].numel().
+_INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def fan_in(tensor: torch.Tensor) -> int:
+    """Number of inputs feeding one output unit: ``in_features`` or ``in_channels x kernel``.
+
+    Example:
+        >>> import torch
+        >>> fan_in(torch.empty(64, 3, 5, 5))
+        75
+    """
+    if tensor.dim() < 2:
+        raise ValueError(
+            f"fan_in needs a weight with >= 2 dims (out, in, *kernel), got shape "
+            f"{tuple(tensor.shape)}; biases have no fan-in"
+        )
+    return math.prod(tensor.shape[1:])
+
+
+@torch.no_grad()
+def variance_scaling_normal_(
+    tensor: torch.Tensor, gain: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    r"""Fill ``tensor`` in place from :math:`\mathcal{N}(0, \text{gain}^2 / n_{in})`.
+
+    gain 1 is LeCun normal (SELU, tanh), :math:`\sqrt2` is He normal (ReLU).
+    """
+    std = gain / math.sqrt(fan_in(tensor))
+    return tensor.normal_(0.0, std, generator=generator)
+
+
+def lecun_normal_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""LeCun normal init in place: :math:`w \sim \mathcal{N}(0, 1/n_{in})`.
+
+    :math:`n_{in}` is ``in_features`` for a Linear weight and ``in_channels/groups x kernel
+    size`` for a Conv weight.
+
+    Example:
+        >>> import torch
+        >>> w = lecun_normal_(torch.empty(256, 400), torch.Generator().manual_seed(0))
+        >>> round(float(w.var() * 400), 1)
+        1.0
+    """
+    return variance_scaling_normal_(tensor, 1.0, generator)
+
+
+@torch.no_grad()
+def init_model_(
+    model: nn.Module,
+    weight_init: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Apply ``weight_init`` to every Linear/Conv weight of ``model`` and zero every bias.
+
+    Modules are visited in ``named_modules()`` order, so one seeded generator gives the same
+    weights every time.
+    """
+    for module in model.modules():
+        if isinstance(module, _INIT_LAYERS):
+            weight_init(module.weight, generator)
+            if module.bias is not None:
+                module.bias.zero_()
+    return model
+
+
+def init_snn_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    r"""Initialize any model for self-normalization: LeCun normal weights, zero biases.
+
+    Every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` is initialized; other modules are left alone.
+
+    Warning:
+        Not ``calculate_gain('selu')`` (= 3/4): see the module docstring.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = init_snn_(nn.Sequential(nn.Linear(8, 4), nn.SELU(), nn.Linear(4, 2)))
+        >>> net[0].bias.detach().abs().sum().item()
+        0.0
+    """
+    return init_model_(model, lecun_normal_, generator)

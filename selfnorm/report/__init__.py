@@ -1,0 +1,1 @@
+"""Presenting results: figures and reports, made from saved data only."""
