@@ -1,0 +1,168 @@
+r"""Model builders: an MLP and a small CNN from one :class:`~selfnorm.activations.ActivationSpec`.
+
+Every layer gets its own fresh, named module (``fc1``, ``bn1``, ``act1``, ``drop1``, ..., ``out``)
+so recorders and results are keyed by layer name. Weights get the spec's proper init (LeCun
+normal for SELU, He normal for ReLU, ...) from an explicit ``torch.Generator``; biases start at 0.
+Normalization sits between the affine layer and the activation.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from selfnorm import _validate
+from selfnorm.activations import FAMILIES, ActivationSpec, get_spec, spec_names
+
+__all__ = [
+    "FAMILIES",
+    "build_cnn",
+    "build_mlp",
+    "count_parameters",
+    "get_spec",
+    "layer_widths",
+    "spec_names",
+]
+
+
+def layer_widths(
+    depth: int, width: int, out_features: int, shape: Literal["rect", "conic"] = "rect"
+) -> list[int]:
+    r"""Hidden widths. ``rect``: all ``width``. ``conic``: geometric decrease from ``width``
+    towards ``out_features``, :math:`w_i = \text{width}\cdot(\text{out}/\text{width})^{i/depth}`,
+    :math:`i = 0..depth-1` (the paper's "conic" layers), never below ``out_features``.
+
+    Example:
+        >>> layer_widths(4, 512, 10, "conic")
+        [512, 191, 72, 27]
+    """
+    _validate.positive_int("depth", depth)
+    _validate.positive_int("width", width)
+    if shape == "rect":
+        return [width] * depth
+    if shape == "conic":
+        ratio = min(out_features / width, 1.0)
+        return [max(out_features, round(width * ratio ** (i / depth))) for i in range(depth)]
+    raise ValueError(f"shape={shape!r}; choose 'rect' or 'conic'")
+
+
+def _resolve(spec: ActivationSpec | str) -> ActivationSpec:
+    return get_spec(spec) if isinstance(spec, str) else spec
+
+
+def _init_(model: nn.Module, spec: ActivationSpec, generator: torch.Generator | None) -> None:
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            spec.init_weight_(module.weight, generator)
+            with torch.no_grad():
+                module.bias.zero_()
+
+
+def build_mlp(
+    in_features: int,
+    out_features: int,
+    depth: int,
+    width: int,
+    spec: ActivationSpec | str,
+    dropout: float = 0.0,
+    shape: Literal["rect", "conic"] = "rect",
+    generator: torch.Generator | None = None,
+) -> nn.Sequential:
+    """A fully connected network: flatten, ``depth`` hidden blocks, a linear output layer.
+
+    Each hidden block ``i`` is ``fc{i}`` -> [``bn{i}`` | ``ln{i}``] -> ``act{i}`` ->
+    [``drop{i}``], with the spec's dropout kind (alpha dropout for SELU) when ``dropout > 0``.
+
+    Args:
+        in_features: input size (inputs of any shape are flattened).
+        out_features: number of outputs (classes).
+        depth: number of hidden layers, >= 1.
+        width: hidden width (the first layer's for ``conic``).
+        spec: an :class:`ActivationSpec` or a name such as ``"selu"`` or ``"relu+bn"``.
+        dropout: drop rate in [0, 1) for every hidden block.
+        shape: ``rect`` or ``conic`` (see :func:`layer_widths`).
+        generator: ``torch.Generator`` for the weights.
+
+    Example:
+        >>> net = build_mlp(64, 10, depth=2, width=32, spec="selu", dropout=0.05)
+        >>> [name for name, _ in net.named_children()]
+        ['flatten', 'fc1', 'act1', 'drop1', 'fc2', 'act2', 'drop2', 'out']
+    """
+    spec = _resolve(spec)
+    _validate.positive_int("in_features", in_features)
+    _validate.positive_int("out_features", out_features)
+    dropout = _validate.drop_rate("dropout", dropout)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    prev = in_features
+    for i, w in enumerate(layer_widths(depth, width, out_features, shape), start=1):
+        layers[f"fc{i}"] = nn.Linear(prev, w)
+        if spec.norm == "bn":
+            layers[f"bn{i}"] = nn.BatchNorm1d(w)
+        elif spec.norm == "ln":
+            layers[f"ln{i}"] = nn.LayerNorm(w)
+        layers[f"act{i}"] = spec.activation()
+        if dropout > 0:
+            layers[f"drop{i}"] = spec.dropout(dropout)
+        prev = w
+    layers["out"] = nn.Linear(prev, out_features)
+    model = nn.Sequential(layers)
+    _init_(model, spec, generator)
+    return model
+
+
+def build_cnn(
+    input_shape: Sequence[int],
+    out_features: int,
+    spec: ActivationSpec | str,
+    channels: Sequence[int] = (32, 64, 128),
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> nn.Sequential:
+    """A small CNN: 3x3 convolutions (stride 2 after the first), global average pool, linear.
+
+    Block ``i``: ``conv{i}`` -> [``bn{i}`` | ``ln{i}``] -> ``act{i}`` -> [``drop{i}``] with
+    channel-wise dropout of the spec's kind (:class:`~selfnorm.FeatureAlphaDropout` for SELU).
+    ``ln`` is a per-sample LayerNorm over (C, H, W) (``GroupNorm`` with one group).
+
+    Example:
+        >>> net = build_cnn((1, 28, 28), 10, "selu", channels=(8, 16))
+        >>> net(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    spec = _resolve(spec)
+    if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
+        raise ValueError(
+            f"build_cnn needs input_shape (C, H, W), got {tuple(input_shape)}; tabular data "
+            "needs --model mlp"
+        )
+    if not channels:
+        raise ValueError("channels must name at least one conv layer, e.g. (32, 64)")
+    dropout = _validate.drop_rate("dropout", dropout)
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    prev = int(input_shape[0])
+    for i, c in enumerate(channels, start=1):
+        _validate.positive_int(f"channels[{i - 1}]", c)
+        layers[f"conv{i}"] = nn.Conv2d(prev, c, 3, stride=1 if i == 1 else 2, padding=1)
+        if spec.norm == "bn":
+            layers[f"bn{i}"] = nn.BatchNorm2d(c)
+        elif spec.norm == "ln":
+            layers[f"ln{i}"] = nn.GroupNorm(1, c)
+        layers[f"act{i}"] = spec.activation()
+        if dropout > 0:
+            layers[f"drop{i}"] = spec.feature_dropout(dropout)
+        prev = c
+    layers["pool"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["out"] = nn.Linear(prev, out_features)
+    model = nn.Sequential(layers)
+    _init_(model, spec, generator)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
