@@ -75,15 +75,16 @@ class AlphaDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        keep = self._keep_mask(x)
         return F.alpha_dropout(
             x,
-            self.p,
+            self.p if keep is None else F.realized_rate(self.p),
             True,
             mean=self.mean,
             var=self.var,
             saturation=self.saturation,
             generator=self.generator,
-            keep=self._keep_mask(x),
+            keep=keep,
         )
 
     def extra_repr(self) -> str:
@@ -116,6 +117,4 @@ class FeatureAlphaDropout(AlphaDropout):
                 "(N, features) inputs"
             )
         shape = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
-        return torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(
-            1.0 - self.p, generator=self.generator
-        )
+        return F.keep_mask(shape, self.p, self.generator, x.device)

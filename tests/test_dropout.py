@@ -5,7 +5,12 @@ import torch
 
 from selfnorm import AlphaDropout, FeatureAlphaDropout
 from selfnorm.constants import SATURATION_01
-from selfnorm.functional import alpha_dropout, alpha_dropout_coefficients
+from selfnorm.functional import (
+    alpha_dropout,
+    alpha_dropout_coefficients,
+    keep_mask,
+    realized_rate,
+)
 
 FIXED_POINTS = [(0.0, 1.0, 0.1), (0.0, 1.0, 0.5), (0.3, 2.0, 0.2), (-0.2, 0.5, 0.05)]
 
@@ -15,7 +20,9 @@ def test_every_output_is_one_of_two_affine_values(mean, var, p):
     g = torch.Generator().manual_seed(1)
     x = mean + math.sqrt(var) * torch.randn(100_000, dtype=torch.float64, generator=g)
     y = AlphaDropout(p, mean, var, generator=g)(x)
-    a, b = alpha_dropout_coefficients(p, mean, var)
+    # the mask realizes p rounded to 2^-15; the correction is computed for that rate
+    assert abs(realized_rate(p) - p) <= 2**-16
+    a, b = alpha_dropout_coefficients(realized_rate(p), mean, var)
     kept = torch.isclose(y, a * x + b, rtol=0, atol=1e-12)
     dropped = torch.isclose(y, torch.full_like(y, a * SATURATION_01 + b), rtol=0, atol=1e-12)
     assert bool((kept | dropped).all())
@@ -98,7 +105,7 @@ def test_feature_dropout_drops_whole_channels_and_keeps_moments():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(4000, 16, 4, 4, dtype=torch.float64, generator=g)
     y = FeatureAlphaDropout(0.2, generator=g)(x)
-    a, b = alpha_dropout_coefficients(0.2)
+    a, b = alpha_dropout_coefficients(realized_rate(0.2))
     kept = torch.isclose(y, a * x + b, rtol=0, atol=1e-12).flatten(2)
     dropped = torch.isclose(y, torch.full_like(y, a * SATURATION_01 + b), rtol=0, atol=1e-12)
     dropped = dropped.flatten(2)
@@ -117,3 +124,24 @@ def test_feature_dropout_drops_whole_channels_and_keeps_moments():
 def test_feature_dropout_refuses_inputs_without_spatial_dims(shape):
     with pytest.raises(ValueError, match="use AlphaDropout"):
         FeatureAlphaDropout(0.1)(torch.randn(shape))
+
+
+def test_keep_mask_is_bernoulli_with_independent_halves():
+    n = 1_000_000
+    m = keep_mask((n,), 0.3, torch.Generator().manual_seed(9)).double()
+    q = 1 - realized_rate(0.3)
+    se = math.sqrt(q * (1 - q) / n)
+    assert abs(float(m.mean()) - q) < 5 * se
+    # the two halves come from the low and high bits of the same integers: uncorrelated
+    half = (n + 1) // 2
+    lo, hi = m[:half], m[half : 2 * half]
+    corr = float(((lo - q) * (hi - q)).mean()) / (q * (1 - q))
+    assert abs(corr) < 5 / math.sqrt(half)
+    # neighbours within a half are independent too
+    lag = float(((lo[1:] - q) * (lo[:-1] - q)).mean()) / (q * (1 - q))
+    assert abs(lag) < 5 / math.sqrt(half)
+
+
+def test_keep_mask_refuses_rates_that_drop_everything():
+    with pytest.raises(ValueError, match="too close to 1"):
+        keep_mask((10,), 0.99999)
