@@ -1,0 +1,248 @@
+"""Experiment configuration: frozen dataclasses, one per concern, validated on construction.
+
+An experiment is resolved in layers: defaults < ``--preset`` < ``--config FILE.toml`` < explicit
+command-line flags. The resolved :class:`ExperimentConfig` is written to the run directory as
+``config.json`` next to the results it produced, and :func:`experiment_from_dict` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfnorm import _validate
+from selfnorm.activations import get_spec
+from selfnorm.data import DataConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "PRESETS",
+    "ExperimentConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "experiment_from_dict",
+    "load_toml",
+    "merge",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture shared by every variant."""
+
+    kind: str = "mlp"
+    """``mlp`` (any data) or ``cnn`` (image data)."""
+    depth: int = 4
+    """Hidden layers of the MLP."""
+    width: int = 512
+    """Hidden units per layer (the first layer's for ``conic``)."""
+    shape: str = "rect"
+    """``rect`` (equal widths) or ``conic`` (geometrically shrinking)."""
+    channels: tuple[int, ...] = (32, 64, 128)
+    """Conv channels of the CNN."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "cnn"):
+            raise ValueError(f"model kind={self.kind!r}; choose 'mlp' or 'cnn'")
+        _validate.positive_int("depth", self.depth)
+        _validate.positive_int("width", self.width)
+        if self.shape not in ("rect", "conic"):
+            raise ValueError(f"shape={self.shape!r}; choose 'rect' or 'conic'")
+        object.__setattr__(self, "channels", tuple(self.channels))
+        for c in self.channels:
+            _validate.positive_int("channels", c)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization, identical for every variant."""
+
+    optimizer: str = "adam"
+    """``adam``, ``sgd`` or ``rmsprop``."""
+    lr: float = 1e-3
+    """Learning rate, > 0."""
+    momentum: float = 0.0
+    """Momentum for sgd/rmsprop, in [0, 1)."""
+    weight_decay: float = 0.0
+    """L2 weight decay, >= 0."""
+    batch_size: int = 128
+    """Mini-batch size, >= 1."""
+    epochs: int = 30
+    """Passes over the training split, >= 1."""
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd", "rmsprop"):
+            raise ValueError(f"optimizer={self.optimizer!r}; choose one of adam, sgd, rmsprop")
+        lr = _validate.finite("lr", self.lr)
+        if lr <= 0:
+            raise ValueError(f"lr={self.lr!r} must be > 0, e.g. 1e-3 for adam, 0.01 for sgd")
+        m = _validate.finite("momentum", self.momentum)
+        if not 0 <= m < 1:
+            raise ValueError(f"momentum={self.momentum!r} must be in [0, 1), e.g. 0.9")
+        if _validate.finite("weight_decay", self.weight_decay) < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
+        _validate.positive_int("batch_size", self.batch_size)
+        _validate.positive_int("epochs", self.epochs)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole comparison: data, model, training, the variants and the seeds."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    activations: tuple[str, ...] = ("selu", "relu", "lrelu")
+    """Variants to compare: names from the activation registry (``selu``, ``relu+bn``, ...)."""
+    dropout: float = 0.0
+    """Drop rate of every variant, each with its proper kind (alpha dropout for SELU)."""
+    dropout_by_activation: Mapping[str, float] = field(default_factory=dict)
+    """Per-variant drop rates that override ``dropout`` (e.g. selu 0.1, relu 0.2)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """One run per seed and variant; a seed fixes init, data order and dropout masks."""
+
+    def __post_init__(self) -> None:
+        acts = tuple(a.strip().lower() for a in self.activations)
+        if not acts:
+            raise ValueError("activations is empty; name at least one, e.g. selu,relu")
+        if len(set(acts)) != len(acts):
+            raise ValueError(f"activations {list(acts)} name a variant twice")
+        for a in acts:
+            get_spec(a)  # raises with the list of valid names
+        object.__setattr__(self, "activations", acts)
+        _validate.drop_rate("dropout", self.dropout)
+        by_act = {k.strip().lower(): float(v) for k, v in dict(self.dropout_by_activation).items()}
+        for k, v in by_act.items():
+            if k not in acts:
+                raise ValueError(
+                    f"dropout is set for {k!r}, which is not among the activations {list(acts)}"
+                )
+            _validate.drop_rate(f"dropout[{k}]", v)
+        object.__setattr__(self, "dropout_by_activation", by_act)
+        seeds = tuple(self.seeds)
+        if not seeds:
+            raise ValueError("seeds is empty; pass e.g. --seeds 0,1,2")
+        for s in seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise ValueError(f"seed {s!r} must be an integer >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds {list(seeds)} repeat a seed")
+        object.__setattr__(self, "seeds", seeds)
+
+    def dropout_for(self, activation: str) -> float:
+        """The drop rate of one variant."""
+        return self.dropout_by_activation.get(activation, self.dropout)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def _check_keys(where: str, given: Mapping[str, Any], cls: type) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {unknown} in {where}; valid keys: {', '.join(sorted(names))}"
+        )
+
+
+def experiment_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
+    """Build an :class:`ExperimentConfig` from a nested dict (TOML file, config.json, preset).
+
+    Example:
+        >>> cfg = experiment_from_dict({"activations": ["selu"], "train": {"epochs": 2}})
+        >>> cfg.train.epochs, cfg.activations
+        (2, ('selu',))
+    """
+    _check_keys("the experiment config", d, ExperimentConfig)
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"[{key}] must be a table of settings, got {value!r}")
+            _check_keys(f"[{key}]", value, _SECTIONS[key])
+            section = dict(value)
+            if key == "model" and "channels" in section:
+                section["channels"] = tuple(section["channels"])
+            kwargs[key] = _SECTIONS[key](**section)
+        elif key in ("activations", "seeds"):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return ExperimentConfig(**kwargs)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested config dicts; ``override`` wins.
+
+    Example:
+        >>> merge({"train": {"lr": 1, "epochs": 2}}, {"train": {"lr": 3}})
+        {'train': {'lr': 3, 'epochs': 2}}
+    """
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment TOML file (same structure as :func:`experiment_from_dict`)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The Keras seed example: 784-512-512-10, SELU + alpha dropout 0.1 vs ReLU + dropout 0.2.
+    "seed-keras": {
+        "data": {"dataset": "mnist"},
+        "model": {"kind": "mlp", "depth": 2, "width": 512},
+        "train": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 128, "epochs": 20},
+        "activations": ["selu", "relu"],
+        "dropout_by_activation": {"selu": 0.1, "relu": 0.2},
+    },
+    # The TensorFlow seed example, with its bug fixed: keep probability 0.7 -> drop rate 0.3.
+    "seed-tf": {
+        "data": {"dataset": "mnist"},
+        "model": {"kind": "mlp", "depth": 4, "width": 512},
+        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 100, "epochs": 50},
+        "activations": ["selu", "relu", "lrelu"],
+        "dropout": 0.3,
+    },
+}
+"""Named experiments; ``--preset NAME``."""

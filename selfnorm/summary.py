@@ -1,0 +1,149 @@
+"""Aggregate per-run results over seeds, and format the comparison table (pure functions)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["METRICS", "format_table", "run_metrics", "summarize"]
+
+METRICS = (
+    "test_accuracy",
+    "test_loss",
+    "best_val_accuracy",
+    "final_val_accuracy",
+    "epochs_to_97",
+    "epoch_seconds",
+)
+"""Per-run numbers that summary.json reports as mean (key) and std over seeds (key_std)."""
+
+
+def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> dict:
+    """The numbers of one run, from its result and its per-epoch history.
+
+    ``epochs_to_97`` is the first epoch whose validation accuracy reaches 97% of the run's best.
+
+    Example:
+        >>> h = [{"val_accuracy": a, "epoch_seconds": 1.0} for a in (0.5, 0.9, 0.95, 0.93)]
+        >>> m = run_metrics({"test_accuracy": 0.94, "test_loss": 0.2, "diverged": False}, h)
+        >>> m["best_val_accuracy"], m["final_val_accuracy"], m["epochs_to_97"]
+        (0.95, 0.93, 3)
+    """
+    accs = [row["val_accuracy"] for row in history]
+    best = max(accs) if accs else None
+    return {
+        "test_accuracy": result.get("test_accuracy"),
+        "test_loss": result.get("test_loss"),
+        "best_val_accuracy": best,
+        "final_val_accuracy": accs[-1] if accs else None,
+        "epochs_to_97": next(i for i, a in enumerate(accs, 1) if a >= 0.97 * best)
+        if accs
+        else None,
+        "epoch_seconds": statistics.median(r["epoch_seconds"] for r in history)
+        if history
+        else None,
+        "diverged": bool(result.get("diverged")),
+    }
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def summarize(
+    config,
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
+    histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    device: str,
+    dataset,
+) -> dict[str, Any]:
+    """Build summary.json: for each variant the mean and sample std over seeds of METRICS
+    (diverged runs excluded from the means), ``diverged`` = the fraction of seeds that diverged,
+    and the per-seed numbers under ``runs``."""
+    variants: dict[str, Any] = {}
+    for name, runs in results.items():
+        per_run = [run_metrics(r, h) for r, h in zip(runs, histories[name], strict=True)]
+        entry: dict[str, Any] = {}
+        for key in METRICS:
+            ok = [m[key] for m in per_run if not m["diverged"]]
+            entry[key], entry[f"{key}_std"] = _mean_std(ok)
+        entry["diverged"] = sum(m["diverged"] for m in per_run) / len(per_run)
+        entry["seeds"] = [r["seed"] for r in runs]
+        entry["runs"] = [
+            {"seed": r["seed"], "diverged_reason": r.get("diverged_reason"), **m}
+            for r, m in zip(runs, per_run, strict=True)
+        ]
+        variants[name] = entry
+    ranked = sorted(
+        (n for n in variants if variants[n]["test_accuracy"] is not None),
+        key=lambda n: -variants[n]["test_accuracy"],
+    )
+    return {
+        "dataset": {
+            "name": dataset.name,
+            "train": len(dataset.y_train),
+            "val": len(dataset.y_val),
+            "test": len(dataset.y_test),
+            "num_classes": dataset.num_classes,
+            "input_shape": list(dataset.input_shape),
+        },
+        "device": device,
+        "ranking": ranked,
+        "variants": variants,
+    }
+
+
+def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean * scale:{fmt}} ± {std * scale:{fmt}}"
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The comparison table as aligned text (accuracies in %), best test accuracy first.
+
+    Example:
+        >>> s = {"ranking": ["selu"], "variants": {"selu": {
+        ...     "test_accuracy": 0.97, "test_accuracy_std": 0.01, "best_val_accuracy": 0.98,
+        ...     "best_val_accuracy_std": 0.0, "final_val_accuracy": 0.975,
+        ...     "final_val_accuracy_std": 0.0, "epochs_to_97": 3.0, "epochs_to_97_std": 1.0,
+        ...     "epoch_seconds": 0.5, "epoch_seconds_std": 0.1, "diverged": 0.0}}}
+        >>> print(format_table(s))  # doctest: +NORMALIZE_WHITESPACE
+        variant  test acc %    best val %    final val %   epochs to 97%  s/epoch        diverged
+        selu     97.00 ± 1.00  98.00 ± 0.00  97.50 ± 0.00  3.0 ± 1.0      0.500 ± 0.100  0/1
+    """
+    header = (
+        "variant",
+        "test acc %",
+        "best val %",
+        "final val %",
+        "epochs to 97%",
+        "s/epoch",
+        "diverged",
+    )
+    names = list(summary["ranking"]) + [
+        n for n in summary["variants"] if n not in summary["ranking"]
+    ]
+    rows = [header]
+    for n in names:
+        v = summary["variants"][n]
+        n_runs = len(v.get("runs", [])) or 1
+        rows.append(
+            (
+                n,
+                _pm(v["test_accuracy"], v["test_accuracy_std"], ".2f", 100),
+                _pm(v["best_val_accuracy"], v["best_val_accuracy_std"], ".2f", 100),
+                _pm(v["final_val_accuracy"], v["final_val_accuracy_std"], ".2f", 100),
+                _pm(v["epochs_to_97"], v["epochs_to_97_std"], ".1f"),
+                _pm(v["epoch_seconds"], v["epoch_seconds_std"], ".3f"),
+                f"{round(v['diverged'] * n_runs)}/{n_runs}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

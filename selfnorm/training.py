@@ -1,0 +1,299 @@
+"""The one training loop, and ``compare``: that loop over variants and seeds.
+
+Every variant sees the same data in the same order: the data are preloaded as tensors on the
+device and shuffled by index once per epoch with a generator seeded by ``(seed, epoch)``. One seed
+also fixes the weights (an explicit ``torch.Generator``) and the dropout masks (the global torch
+RNG, seeded per run and saved in every checkpoint), so the same seed gives the same numbers and a
+resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from selfnorm._io import atomic_write_json
+from selfnorm.activations import get_spec
+from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig
+from selfnorm.data import Dataset, load_dataset
+from selfnorm.models import build_cnn, build_mlp
+from selfnorm.storage import RunDir, RunPaths, read_jsonl
+from selfnorm.summary import summarize
+
+__all__ = ["DeviceData", "compare", "make_optimizer", "resolve_device", "train_run"]
+
+EVAL_BATCH = 4096
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """The splits as tensors on the training device (loaded once, shared by every run)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, device: torch.device) -> DeviceData:
+        def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+
+        return cls(
+            t(ds.x_train, torch.float32),
+            t(ds.y_train, torch.int64),
+            t(ds.x_val, torch.float32),
+            t(ds.y_val, torch.int64),
+            t(ds.x_test, torch.float32),
+            t(ds.y_test, torch.int64),
+            ds.num_classes,
+        )
+
+
+def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam (fused kernel where this torch build has one), SGD or RMSprop."""
+    params = list(params)
+    if cfg.optimizer == "adam":
+        try:
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError):  # no fused Adam for this device/build: plain one
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.RMSprop(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def build_model(
+    cfg: ModelConfig,
+    activation: str,
+    dropout: float,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    seed: int,
+) -> nn.Module:
+    """The model of one run, initialized from ``seed``."""
+    spec = get_spec(activation)
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.kind == "cnn":
+        return build_cnn(input_shape, num_classes, spec, cfg.channels, dropout, gen)
+    return build_mlp(
+        math.prod(input_shape), num_classes, cfg.depth, cfg.width, spec, dropout, cfg.shape, gen
+    )
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of one epoch: the same for every variant with this seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode, in large batches."""
+    model.eval()
+    loss = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, len(x), EVAL_BATCH):
+        out = model(x[i : i + EVAL_BATCH])
+        yb = y[i : i + EVAL_BATCH]
+        loss += F.cross_entropy(out, yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    n = len(x)
+    return float(loss) / n, int(correct) / n
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def train_run(
+    data: DeviceData,
+    config: ExperimentConfig,
+    activation: str,
+    seed: int,
+    paths: RunPaths,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one (variant, seed) run to the end, resuming from its checkpoint if there is one.
+
+    Appends one metrics row per epoch to ``paths.metrics``, checkpoints after every epoch and
+    writes ``paths.result`` at the end. A non-finite training loss stops the run with
+    ``diverged: true`` and the reason.
+
+    Returns:
+        The result dict (also written to ``result.json``).
+    """
+    device = data.x_train.device
+    cfg = config.train
+    model = build_model(
+        config.model,
+        activation,
+        config.dropout_for(activation),
+        tuple(data.x_train.shape[1:]),
+        data.num_classes,
+        seed,
+    ).to(device)
+    optimizer = make_optimizer(model.parameters(), cfg, device)
+    torch.manual_seed(seed)  # dropout masks
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    ckpt = paths.load_checkpoint(device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"], device)
+        history = paths.truncate_metrics(ckpt["epoch"])
+        start_epoch = ckpt["epoch"] + 1
+    else:
+        paths.reset()
+    for row in history:
+        if on_epoch:
+            on_epoch(row)
+
+    n = len(data.x_train)
+    bs = cfg.batch_size
+    diverged_reason = None
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        perm = epoch_permutation(n, seed, epoch).to(device)
+        xs, ys = data.x_train[perm], data.y_train[perm]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        t0 = time.perf_counter()
+        for i in range(0, n, bs):
+            xb, yb = xs[i : i + bs], ys[i : i + bs]
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.detach().argmax(1) == yb).sum()
+        train_loss = float(loss_sum) / n  # the epoch's one host sync
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            diverged_reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
+            break
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": int(correct) / n,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "epoch_seconds": seconds,
+        }
+        paths.append_metrics(row)
+        history.append(row)
+        paths.save_checkpoint(
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(device),
+            }
+        )
+        if on_epoch:
+            on_epoch(row)
+
+    result: dict[str, Any] = {
+        "activation": activation,
+        "seed": seed,
+        "epochs_completed": len(history),
+        "diverged": diverged_reason is not None,
+        "diverged_reason": diverged_reason,
+    }
+    if diverged_reason is None:
+        result["test_loss"], result["test_accuracy"] = evaluate(model, data.x_test, data.y_test)
+    else:
+        result["test_loss"] = result["test_accuracy"] = None
+    atomic_write_json(paths.result, result)
+    return result
+
+
+def compare(
+    config: ExperimentConfig,
+    out_dir: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> dict[str, Any]:
+    """Train every variant for every seed, one after another in this process; write summary.
+
+    Finished runs (``result.json`` present) are skipped on ``resume``; an interrupted run
+    continues from its last checkpoint.
+
+    Returns:
+        The summary dict, also written to ``out_dir/summary.json``.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir = RunDir(out_dir)
+    device = resolve_device(config.train.device)
+    ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
+    run_dir.prepare(config.to_dict(), resume=resume, overwrite=overwrite)
+    data = DeviceData.from_dataset(ds, device)
+    results: dict[str, list[dict[str, Any]]] = {}
+    histories: dict[str, list[list[dict[str, Any]]]] = {}
+    for activation in config.activations:
+        bar = tqdm(
+            total=config.train.epochs * len(config.seeds),
+            desc=f"{activation:>10}",
+            disable=not progress,
+            leave=True,
+            unit="ep",
+        )
+        for seed in config.seeds:
+            paths = run_dir.run(activation, seed)
+            if paths.result.exists():
+                result = json.loads(paths.result.read_text())
+                bar.update(config.train.epochs)
+            else:
+
+                def on_epoch(row: dict[str, Any], seed: int = seed, bar=bar) -> None:
+                    bar.update(1)
+                    bar.set_postfix(seed=seed, val_acc=f"{row['val_accuracy']:.4f}")
+
+                result = train_run(data, config, activation, seed, paths, on_epoch)
+                if result["diverged"]:
+                    bar.update(config.train.epochs - result["epochs_completed"])
+            results.setdefault(activation, []).append(result)
+            histories.setdefault(activation, []).append(read_jsonl(paths.metrics))
+        bar.close()
+    summary = summarize(config, results, histories, device=str(device), dataset=ds)
+    atomic_write_json(run_dir.summary, summary)
+    return summary

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from selfnorm.cli import main
+
+FAST = ["--depth", "2", "--width", "32", "--epochs", "2", "--seeds", "0", "--quiet"]
+
+
+def test_compare_prints_table_and_writes_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", *FAST, "--activations", "selu,relu+bn", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "relu+bn" in text and "test acc %" in text
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("selu", "relu+bn"):
+        v = summary["variants"][name]
+        for key in ("test_accuracy", "test_loss", "best_val_accuracy", "epoch_seconds"):
+            assert isinstance(v[key], float) and isinstance(v[f"{key}_std"], float)
+        assert v["diverged"] == 0.0
+    assert summary["dataset"]["name"] == "digits"
+
+
+def test_compare_json_and_toml_config(tmp_path, capsys):
+    toml = tmp_path / "exp.toml"
+    toml.write_text(
+        'activations = ["tanh"]\nseeds = [0]\n[model]\ndepth = 1\nwidth = 16\n'
+        "[train]\nepochs = 2\noptimizer = 'sgd'\nlr = 0.05\nmomentum = 0.9\n"
+    )
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(toml), "--epochs", "1", "--out", str(out), "--json",
+                 "--quiet"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert list(summary["variants"]) == ["tanh"]
+    cfg = json.loads((out / "config.json").read_text())
+    # the explicit flag beats the file, the file beats the defaults
+    assert cfg["train"]["epochs"] == 1 and cfg["train"]["optimizer"] == "sgd"
+    assert cfg["model"]["width"] == 16
+
+
+def test_per_variant_dropout(tmp_path):
+    out = tmp_path / "run"
+    args = ["compare", *FAST, "--activations", "selu,relu", "--dropout", "0.05,relu=0.2"]
+    assert main([*args, "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dropout"] == 0.05 and cfg["dropout_by_activation"] == {"relu": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--activations", "selu,swish"], "unknown activation 'swish'"),
+        (["--depth", "0"], "depth=0 must be an integer >= 1"),
+        (["--width", "-5"], "width=-5"),
+        (["--lr", "0"], "lr=0.0 must be > 0"),
+        (["--dropout", "1.0"], r"dropout=1.0 is outside [0, 1)"),
+        (["--epochs", "0"], "epochs=0"),
+        (["--batch-size", "0"], "batch_size=0"),
+        (["--preset", "nope"], "--preset 'nope' is unknown"),
+        (["--seeds", "a,b"], "--seeds"),
+        (["--dataset", "imagenet"], "imagenet"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert main(["compare", *FAST, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert message in err
+    assert not out.exists()
+
+
+def test_missing_csv_column_is_a_clean_error(tmp_path, capsys):
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b,label\n1,2,x\n3,4,y\n5,6,x\n7,8,y\n" * 10)
+    out = tmp_path / "never"
+    assert main(["compare", *FAST, "--dataset", f"csv:{csv}", "--target", "klass",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "klass" in err and "label" in err
+    assert not out.exists()
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", *FAST, "--activations", "selu", "--out", str(out)]) == 0
+    before = (out / "summary.json").read_bytes()
+    assert main(["compare", *FAST, "--activations", "selu", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
+    # resuming a finished run recomputes nothing and gives the same summary
+    assert main(["compare", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_bytes()) == json.loads(before)

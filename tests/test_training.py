@@ -1,0 +1,184 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
+from selfnorm.data import DataConfig, load_dataset
+from selfnorm.storage import RunDir, read_jsonl
+from selfnorm.training import compare, epoch_permutation, make_optimizer
+
+SMALL = {
+    "model": {"depth": 2, "width": 32},
+    "train": {"epochs": 3, "batch_size": 64},
+    "activations": ["selu", "relu"],
+    "seeds": [0, 1],
+}
+
+
+def small_config(**over) -> ExperimentConfig:
+    d = dict(SMALL)
+    d.update(over)
+    return experiment_from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig(), progress=False)
+
+
+def _strip_times(rows):
+    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]
+
+
+def test_compare_writes_summary_and_same_seed_gives_same_numbers(tmp_path, digits):
+    cfg = small_config()
+    s1 = compare(cfg, str(tmp_path / "a"), progress=False, dataset=digits)
+    s2 = compare(cfg, str(tmp_path / "b"), progress=False, dataset=digits)
+    assert set(s1["variants"]) == {"selu", "relu"}
+    for name in ("selu", "relu"):
+        v1, v2 = s1["variants"][name], s2["variants"][name]
+        assert v1["test_accuracy"] == v2["test_accuracy"]
+        assert v1["seeds"] == [0, 1] and v1["diverged"] == 0.0
+        assert 0.5 < v1["test_accuracy"] <= 1.0
+        for seed in (0, 1):
+            rows_a = read_jsonl(RunDir(tmp_path / "a").run(name, seed).metrics)
+            rows_b = read_jsonl(RunDir(tmp_path / "b").run(name, seed).metrics)
+            assert len(rows_a) == 3
+            assert _strip_times(rows_a) == _strip_times(rows_b)
+    on_disk = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert on_disk["variants"]["selu"]["test_accuracy"] == s1["variants"]["selu"]["test_accuracy"]
+    stored_cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert experiment_from_dict(stored_cfg) == cfg
+
+
+def test_summary_means_and_stds_are_over_seeds(tmp_path, digits):
+    s = compare(small_config(), str(tmp_path / "r"), progress=False, dataset=digits)
+    v = s["variants"]["selu"]
+    accs = [r["test_accuracy"] for r in v["runs"]]
+    assert v["test_accuracy"] == pytest.approx(sum(accs) / 2)
+    assert v["test_accuracy_std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    for r in v["runs"]:
+        rows = read_jsonl(RunDir(tmp_path / "r").run("selu", r["seed"]).metrics)
+        assert r["best_val_accuracy"] == max(row["val_accuracy"] for row in rows)
+
+
+def test_every_variant_sees_the_same_data_order():
+    a = epoch_permutation(1000, seed=3, epoch=2)
+    assert torch.equal(a, epoch_permutation(1000, seed=3, epoch=2))
+    assert not torch.equal(a, epoch_permutation(1000, seed=3, epoch=3))
+    assert sorted(a.tolist()) == list(range(1000))
+
+
+def test_divergence_stops_that_variant_and_the_others_go_on(tmp_path, digits):
+    cfg = small_config(
+        activations=["relu", "tanh"],
+        seeds=[0],
+        train={"optimizer": "sgd", "lr": 100.0, "epochs": 2},
+    )
+    s = compare(cfg, str(tmp_path / "d"), progress=False, dataset=digits)
+    relu = json.loads((tmp_path / "d/runs/relu/seed0/result.json").read_text())
+    assert relu["diverged"] and "non-finite training loss" in relu["diverged_reason"]
+    assert s["variants"]["relu"]["diverged"] == 1.0
+    assert s["variants"]["tanh"]["diverged"] == 0.0
+    assert len(read_jsonl(tmp_path / "d/runs/tanh/seed0/metrics.jsonl")) == 2
+
+
+def test_existing_directory_is_never_overwritten_silently(tmp_path, digits):
+    cfg = small_config(seeds=[0], activations=["selu"], train={"epochs": 1})
+    out = str(tmp_path / "x")
+    compare(cfg, out, progress=False, dataset=digits)
+    with pytest.raises(ValueError, match="already exists"):
+        compare(cfg, out, progress=False, dataset=digits)
+    other = small_config(seeds=[0], activations=["selu"], train={"epochs": 2})
+    with pytest.raises(ValueError, match="train.epochs: stored 1, now 2"):
+        compare(other, out, resume=True, progress=False, dataset=digits)
+    compare(other, out, overwrite=True, progress=False, dataset=digits)
+    assert len(read_jsonl(tmp_path / "x/runs/selu/seed0/metrics.jsonl")) == 2
+
+
+def test_fused_adam_matches_the_plain_one():
+    torch.manual_seed(0)
+    w0 = torch.randn(64, 32)
+    results = []
+    for fused in (True, False):
+        w = torch.nn.Parameter(w0.clone())
+        if fused:
+            opt = make_optimizer([w], TrainConfig(lr=1e-2), torch.device("cpu"))
+            assert opt.defaults.get("fused") in (True, None)
+        else:
+            opt = torch.optim.Adam([w], lr=1e-2)
+        for step in range(20):
+            g = torch.Generator().manual_seed(step)
+            opt.zero_grad()
+            (w * torch.randn(64, 32, generator=g)).sum().backward()
+            opt.step()
+        results.append(w.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_config_validation_names_the_value():
+    with pytest.raises(ValueError, match="lr=-1.0 must be > 0"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown activation 'sellu'"):
+        ExperimentConfig(activations=("sellu",))
+    with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
+        ExperimentConfig(dropout=1.5)
+    with pytest.raises(ValueError, match="depth=0"):
+        ModelConfig(depth=0)
+    with pytest.raises(ValueError, match="unknown key"):
+        experiment_from_dict({"train": {"learning_rate": 1}})
+
+
+RESUME_ARGS = [
+    "compare", "--activations", "selu,relu", "--seeds", "0,1", "--epochs", "6",
+    "--depth", "2", "--width", "256", "--dropout", "0.1", "--quiet",
+]  # fmt: skip
+
+
+def _cli(args, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "selfnorm", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def test_resume_after_kill_9_gives_exactly_the_uninterrupted_metrics(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    p = _cli([*RESUME_ARGS, "--out", str(full)])
+    assert p.wait(timeout=300) == 0, p.communicate()[1]
+    p.communicate()
+    # Start again and kill -9 once the second variant's first run is mid-way.
+    p = _cli([*RESUME_ARGS, "--out", str(cut)])
+    target = cut / "runs" / "relu" / "seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_jsonl(target)) < 2 and p.poll() is None:
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGKILL)
+    p.communicate()
+    assert not (cut / "summary.json").exists(), "the run finished before it could be killed"
+    assert (cut / "runs/selu/seed1/result.json").exists()
+    p = _cli(["compare", "--resume", str(cut), "--quiet"])
+    err = p.communicate(timeout=300)[1]
+    assert p.returncode == 0, err
+    for name in ("selu", "relu"):
+        for seed in (0, 1):
+            a = RunDir(full).run(name, seed)
+            b = RunDir(cut).run(name, seed)
+            assert _strip_times(read_jsonl(a.metrics)) == _strip_times(read_jsonl(b.metrics))
+            assert json.loads(a.result.read_text()) == json.loads(b.result.read_text())
+    s_full = json.loads((full / "summary.json").read_text())
+    s_cut = json.loads((cut / "summary.json").read_text())
+    for name in ("selu", "relu"):
+        assert s_full["variants"][name]["test_accuracy"] == s_cut["variants"][name]["test_accuracy"]
