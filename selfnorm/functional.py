@@ -57,9 +57,7 @@ def keep_mask(
             f"drop rate p={p!r} is too close to 1: it would drop every unit; use p <= 0.9999"
         )
     n = math.prod(shape)
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_(
-        generator=generator
-    )
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_(generator=generator)
     low = (bits & (_KEEP_LEVELS - 1)) < threshold
     high = (bits >> 16) < threshold
     return torch.cat((low, high))[:n].view(shape)
