@@ -3,7 +3,8 @@ r"""Model builders: an MLP and a small CNN from one :class:`~selfnorm.activation
 Every layer gets its own fresh, named module (``fc1``, ``bn1``, ``act1``, ``drop1``, ..., ``out``)
 so recorders and results are keyed by layer name. Weights get the spec's proper init (LeCun
 normal for SELU, He normal for ReLU, ...) from an explicit ``torch.Generator``; biases start at 0.
-Normalization sits between the affine layer and the activation.
+Normalization sits between the affine layer and the activation. Linear layers are
+:class:`selfnorm.linear.Linear` (an ``nn.Linear`` with a oneDNN fast path on the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from selfnorm import _validate
 from selfnorm.activations import FAMILIES, ActivationSpec, get_spec, spec_names
+from selfnorm.linear import Linear
 
 __all__ = [
     "FAMILIES",
@@ -99,7 +101,7 @@ def build_mlp(
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     prev = in_features
     for i, w in enumerate(layer_widths(depth, width, out_features, shape), start=1):
-        layers[f"fc{i}"] = nn.Linear(prev, w)
+        layers[f"fc{i}"] = Linear(prev, w)
         if spec.norm == "bn":
             layers[f"bn{i}"] = nn.BatchNorm1d(w)
         elif spec.norm == "ln":
@@ -108,7 +110,7 @@ def build_mlp(
         if dropout > 0:
             layers[f"drop{i}"] = spec.dropout(dropout)
         prev = w
-    layers["out"] = nn.Linear(prev, out_features)
+    layers["out"] = Linear(prev, out_features)
     model = nn.Sequential(layers)
     _init_(model, spec, generator)
     return model
@@ -157,7 +159,7 @@ def build_cnn(
         prev = c
     layers["pool"] = nn.AdaptiveAvgPool2d(1)
     layers["flatten"] = nn.Flatten()
-    layers["out"] = nn.Linear(prev, out_features)
+    layers["out"] = Linear(prev, out_features)
     model = nn.Sequential(layers)
     _init_(model, spec, generator)
     return model

@@ -126,6 +126,39 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return float(loss) / n, int(correct) / n
 
 
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perm: torch.Tensor,
+    batch_size: int,
+) -> tuple[float, float]:
+    """One pass over ``x[perm]`` in mini-batches: the hot loop, shared by every variant.
+
+    The data are gathered in epoch order once (one copy, then contiguous slices); loss and
+    accuracy accumulate on the device and are read back once at the end.
+
+    Returns:
+        Mean training loss and training accuracy of the epoch (with dropout active).
+    """
+    model.train()
+    n = len(perm)
+    xs, ys = x[perm], y[perm]
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for i in range(0, n, batch_size):
+        xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(yb)
+        correct += (out.detach().argmax(1) == yb).sum()
+    return float(loss_sum) / n, int(correct) / n
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -187,22 +220,9 @@ def train_run(
     bs = cfg.batch_size
     diverged_reason = None
     for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        perm = epoch_permutation(n, seed, epoch).to(device)
-        xs, ys = data.x_train[perm], data.y_train[perm]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
         t0 = time.perf_counter()
-        for i in range(0, n, bs):
-            xb, yb = xs[i : i + bs], ys[i : i + bs]
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (out.detach().argmax(1) == yb).sum()
-        train_loss = float(loss_sum) / n  # the epoch's one host sync
+        perm = epoch_permutation(n, seed, epoch).to(device)
+        train_loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, perm, bs)
         seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             diverged_reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
@@ -211,7 +231,7 @@ def train_run(
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
-            "train_accuracy": int(correct) / n,
+            "train_accuracy": train_acc,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "epoch_seconds": seconds,
