@@ -13,7 +13,7 @@ seconds per epoch, the ratio b/a, and the fraction of the compute floor (trainin
 best fp32 matmul throughput measured here at these layer shapes). With ``--json`` the last line is
 a JSON object.
 
-    python bench/train_speed.py --epochs 3 [--data mnist] [--threads 2] [--json]
+    python bench/train_speed.py --epochs 3 [--data mnist [--data-dir DIR]] [--threads 2] [--json]
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from selfnorm.training import epoch_permutation, evaluate, make_optimizer, train
 WIDTHS = [784, 512, 512, 512, 512, 10]
 
 
-def load(data: str, n: int):
+def load(data: str, n: int, data_dir: str | None):
     if data == "mnist":
         from selfnorm.data import DataConfig, load_dataset
 
-        ds = load_dataset(DataConfig("mnist", val_fraction=1 / 60, standardize="global"))
+        cfg = DataConfig("mnist", data_dir=data_dir, val_fraction=1 / 60, standardize="global")
+        ds = load_dataset(cfg)
         x = torch.from_numpy(ds.x_train).flatten(1)[:n]
         y = torch.from_numpy(ds.y_train)[:n]
         xt = torch.from_numpy(ds.x_test).flatten(1)
@@ -105,10 +106,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", choices=["synthetic", "mnist"], default="synthetic")
+    ap.add_argument("--data-dir", help="folder with the MNIST files (default: the cache)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    x, y, xt, yt = load(args.data, args.n)
+    x, y, xt, yt = load(args.data, args.n, args.data_dir)
     n = len(x)
 
     torch.manual_seed(0)

@@ -132,14 +132,16 @@ def test_keep_mask_is_bernoulli_with_independent_halves():
     q = 1 - realized_rate(0.3)
     se = math.sqrt(q * (1 - q) / n)
     assert abs(float(m.mean()) - q) < 5 * se
-    # neighbouring entries come from the low and high bits of one integer: uncorrelated
-    half = n // 2
-    lo, hi = m[0::2], m[1::2]
-    corr = float(((lo - q) * (hi - q)).mean()) / (q * (1 - q))
-    assert abs(corr) < 5 / math.sqrt(half)
-    # neighbours within a half are independent too
-    lag = float(((lo[1:] - q) * (lo[:-1] - q)).mean()) / (q * (1 - q))
-    assert abs(lag) < 5 / math.sqrt(half)
+    # groups of four neighbouring entries come from the bits of one integer: uncorrelated
+    fields = m[: n // 4 * 4].view(-1, 4)
+    var = q * (1 - q)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            corr = float(((fields[:, i] - q) * (fields[:, j] - q)).mean()) / var
+            assert abs(corr) < 5 / math.sqrt(len(fields))
+    # and consecutive integers are independent
+    lag = float(((fields[1:, 0] - q) * (fields[:-1, 3] - q)).mean()) / var
+    assert abs(lag) < 5 / math.sqrt(len(fields))
 
 
 def test_keep_mask_refuses_rates_that_drop_everything():

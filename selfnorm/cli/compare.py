@@ -1,95 +1,19 @@
-"""The ``selfnorm`` command: parse, print the resolved settings, call the library.
-
-Every subcommand is a function ``cmd_<name>(args) -> int`` that only uses the public library, so
-``main([...])`` runs the CLI in-process (that is how the tests drive it).
-"""
+"""``selfnorm compare``: train activations side by side (the main job)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from selfnorm import __version__
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
-def _print_json(obj: object) -> None:
-    print(json.dumps(obj, indent=2))
-
-
-def cmd_theory(args: argparse.Namespace) -> int:
-    from selfnorm.constants import ALPHA_01, LAMBDA_01, SATURATION_01
-    from selfnorm.theory import check_theorems, fixed_point, jacobian, spectral_norm
-
-    fp = fixed_point(0.0, 1.0)
-    jac = jacobian(fp.mean, 0.0, fp.var, 1.0)
-    norm = float(spectral_norm(jac))
-    checks = check_theorems(points_per_axis=args.grid)
-    if args.plot:
-        from selfnorm.report.plots import mapping_field_figure, save_figure
-
-        save_figure(mapping_field_figure(), args.plot)
-    if args.json:
-        _print_json(
-            {
-                "lambda": LAMBDA_01,
-                "alpha": ALPHA_01,
-                "saturation": SATURATION_01,
-                "fixed_point": {"mean": fp.mean, "var": fp.var},
-                "jacobian": jac.tolist(),
-                "spectral_norm": norm,
-                "theorems": [c.to_dict() for c in checks],
-            }
-        )
-        return 0
-    print("SELU constants (derived from the closed form, Eq. 14)")
-    print(f"  lambda_01 = {LAMBDA_01:.16f}")
-    print(f"  alpha_01  = {ALPHA_01:.16f}")
-    print(f"  alpha'    = -lambda*alpha = {SATURATION_01:.16f}")
-    print(f"Fixed point of g (omega=0, tau=1): mean = {fp.mean:.3e}, var = {fp.var:.12f}")
-    print("Jacobian of g w.r.t. (mu, nu) at the fixed point:")
-    for row in jac:
-        print("  [" + ", ".join(f"{v:9.6f}" for v in row) + "]")
-    print(f"  spectral norm = {norm:.6f} (< 1: the fixed point attracts)")
-    print(f"Theorems checked on grids of {args.grid}^4 points:")
-    for c in checks:
-        where = ", ".join(f"{k}={v:.3g}" for k, v in c.worst_at.items())
-        print(
-            f"  {c.name}: {'holds' if c.holds else 'FAILS'}; {c.claim}; worst {c.worst:.6f} at "
-            f"({where}); {c.grid_size:,} points in {c.seconds:.2f} s"
-        )
-    if args.plot:
-        print(f"wrote {args.plot}")
-    return 0
-
-
-def cmd_solve(args: argparse.Namespace) -> int:
-    from selfnorm.theory import solve_selu_parameters
-
-    lam, alpha = solve_selu_parameters(args.mean, args.var, convention=args.convention)
-    if args.json:
-        _print_json({"lambda": lam, "alpha": alpha})
-    else:
-        print(f"fixed point (mean={args.mean}, var={args.var}), convention={args.convention}")
-        print(f"  lambda = {lam:.16f}")
-        print(f"  alpha  = {alpha:.16f}")
-    return 0
-
-
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from selfnorm.cli.common import CliError, csv_list
+from selfnorm.cli.common import print_json as _print_json
 
 
 def _parse_seeds(text: str) -> list[int]:
     try:
-        return [int(t) for t in _csv_list(text)]
+        return [int(t) for t in csv_list(text)]
     except ValueError:
         raise CliError(
             f"--seeds {text!r}: pass comma-separated integers >= 0, e.g. 0,1,2"
@@ -99,7 +23,7 @@ def _parse_seeds(text: str) -> list[int]:
 def _parse_dropout(text: str) -> dict:
     """``0.1`` -> every variant; ``selu=0.1,relu=0.2`` -> per variant; both may be mixed."""
     out: dict = {}
-    for item in _csv_list(text):
+    for item in csv_list(text):
         key, sep, value = item.rpartition("=")
         try:
             rate = float(value)
@@ -131,7 +55,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "depth": args.depth,
             "width": args.width,
             "shape": args.shape,
-            "channels": [int(c) for c in _csv_list(args.channels)] if args.channels else None,
+            "channels": [int(c) for c in csv_list(args.channels)] if args.channels else None,
         },
         "train": {
             "optimizer": args.optimizer,
@@ -142,7 +66,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "epochs": args.epochs,
             "device": args.device,
         },
-        "activations": _csv_list(args.activations) if args.activations else None,
+        "activations": csv_list(args.activations) if args.activations else None,
         "seeds": _parse_seeds(args.seeds) if args.seeds is not None else None,
     }
     out = {
@@ -205,34 +129,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="selfnorm",
-        description="Self-Normalizing Neural Networks: building blocks, theory, comparisons.",
-    )
-    parser.add_argument("--version", action="version", version=f"selfnorm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("theory", help="constants, fixed point, Jacobian, Theorems 1-3 checked")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of g's vector field (Figure 2)")
-    p.add_argument(
-        "--grid", type=int, default=32, metavar="N", help="grid points per axis (default 32)"
-    )
-    p.set_defaults(func=cmd_theory)
-
-    p = sub.add_parser("solve", help="SELU (lambda, alpha) for a target fixed point")
-    p.add_argument("--mean", type=float, default=0.0, help="fixed-point mean (default 0)")
-    p.add_argument("--var", type=float, default=1.0, help="fixed-point variance (default 1)")
-    p.add_argument(
-        "--convention",
-        choices=["paper", "notebook"],
-        default="paper",
-        help="paper: z ~ N(0, var) (omega=0); notebook: z ~ N(mean, var) (omega=1)",
-    )
-    p.add_argument("--json", action="store_true", help='print {"lambda": .., "alpha": ..}')
-    p.set_defaults(func=cmd_solve)
-
+def register(sub) -> None:
+    """Add the ``compare`` subcommand."""
     p = sub.add_parser(
         "compare",
         help="train activations side by side on real data (the main job)",
@@ -276,23 +174,3 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     g.add_argument("--quiet", action="store_true", help="no progress bars or config echo")
     p.set_defaults(func=cmd_compare)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from selfnorm.data import DownloadError
-
-    try:
-        return args.func(args)
-    except (CliError, ValueError) as exc:
-        print(f"selfnorm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except DownloadError as exc:
-        print(f"selfnorm {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
