@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from selfnorm import __version__
-from selfnorm.cli import compare, theory
+from selfnorm.cli import compare, report, theory
 from selfnorm.cli.common import CliError
 
-COMMAND_MODULES = (theory, compare)
+COMMAND_MODULES = (theory, compare, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,11 +121,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summary = compare(
         config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
     )
+    from selfnorm.report.html import build_report
+
+    html_path, _ = build_report(out)
     if args.json:
         _print_json(summary)
     else:
         print(format_table(summary))
-        print(f"wrote {Path(out) / 'summary.json'}")
+        print(f"wrote {Path(out) / 'summary.json'}, {html_path} and summary.md")
     return 0
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -43,4 +45,213 @@ def mapping_field_figure(
     ax.set_ylabel("ν (variance of the inputs)")
     ax.set_title(f"SELU mean/variance mapping g (ω = 0, τ = 1, λ = {lam:.4f}, α = {alpha:.4f})")
     ax.legend(loc="upper right")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of a comparison run. Inputs are plain data read from the run directory: per variant
+# the Records of one seed (selfnorm.recording.read_records) and the per-epoch metrics of every
+# seed. Nothing here trains or touches a model.
+# ---------------------------------------------------------------------------------------------
+
+_CMAP = "viridis"
+
+
+def _variant_colors(names: Sequence[str]) -> dict[str, str]:
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
+    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+
+
+def _snapshot_indices(n_records: int, k: int) -> list[int]:
+    """``k`` record indices spread from the first to the last record (start ... end)."""
+    if n_records <= k:
+        return list(range(n_records))
+    return sorted({round(i * (n_records - 1) / (k - 1)) for i in range(k)})
+
+
+def _density(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """In-range counts [under, bins..., over] -> density over all values (integrates to the
+    in-range fraction, so mass outside the range is visible as a missing area)."""
+    inner = counts[1:-1].astype(float)
+    total = counts.sum()
+    return inner / (total * np.diff(edges)) if total > 0 else inner
+
+
+def _normal_pdf(x: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+
+
+def _grid(n_rows: int, n_cols: int, cell: tuple[float, float] = (3.2, 2.0)):
+    fig = Figure(figsize=(cell[0] * n_cols + 0.8, cell[1] * n_rows + 0.9), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True)
+    return fig, axes
+
+
+def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4) -> Figure:
+    """(a) Per-layer post-activation densities at ``snapshots`` moments of training (start to
+    end, light to dark), variants side by side, the N(0, 1) density dashed for reference."""
+    names = list(records)
+    n_layers = max(len(r.layers) for r in records.values())
+    fig, axes = _grid(n_layers, len(names))
+    cmap = matplotlib.colormaps[_CMAP]
+    for j, name in enumerate(names):
+        rec = records[name]
+        centers = 0.5 * (rec.bin_edges[1:] + rec.bin_edges[:-1])
+        idx = _snapshot_indices(len(rec.steps), snapshots)
+        for i in range(n_layers):
+            ax = axes[i, j]
+            if i >= len(rec.layers):
+                ax.set_axis_off()
+                continue
+            for t, s in enumerate(idx):
+                color = cmap(0.15 + 0.75 * t / max(len(idx) - 1, 1))
+                ax.plot(
+                    centers,
+                    _density(rec.hist_post[s, i], rec.bin_edges),
+                    color=color,
+                    lw=1.2,
+                    label=f"epoch {rec.epochs[s]:.2g}",
+                )
+            ax.plot(centers, _normal_pdf(centers), "k--", lw=0.8, label="N(0, 1)")
+            ax.axvline(0, color="0.8", lw=0.6, zorder=0)
+            # A ReLU's exact zeros make a spike that would flatten everything else: clip the
+            # axis and print the zero fraction instead.
+            ax.set_ylim(0, 1.0)
+            zeros = rec.post["zero_frac"][idx[-1], i]
+            if np.isfinite(zeros) and zeros > 0.01:
+                ax.text(
+                    0.98,
+                    0.92,
+                    f"{zeros:.0%} exact zeros",
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="top",
+                    fontsize=7,
+                )
+            if i == 0:
+                ax.set_title(name)
+            if j == 0:
+                ax.set_ylabel(f"{rec.layers[i]}\ndensity")
+            if i == n_layers - 1:
+                ax.set_xlabel("activation value")
+        axes[0, 0].legend(fontsize=6, loc="upper left")
+    fig.suptitle("Post-activation distributions over training (one seed per variant)")
+    return fig
+
+
+def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
+    """(b) Signed heatmaps: value bin (y) x training step (x), colour = log10(1 + count)."""
+    names = list(records)
+    n_layers = max(len(r.layers) for r in records.values())
+    fig, axes = _grid(n_layers, len(names), cell=(3.2, 1.8))
+    for j, name in enumerate(names):
+        rec = records[name]
+        for i in range(n_layers):
+            ax = axes[i, j]
+            if i >= len(rec.layers):
+                ax.set_axis_off()
+                continue
+            counts = np.log10(1.0 + rec.hist_post[:, i, 1:-1].T.astype(float))
+            x0, x1 = float(rec.epochs[0]), float(rec.epochs[-1])
+            if x1 <= x0:
+                x1 = x0 + 1.0
+            ax.imshow(
+                counts,
+                aspect="auto",
+                origin="lower",
+                cmap="magma",
+                extent=(x0, x1, float(rec.bin_edges[0]), float(rec.bin_edges[-1])),
+            )
+            ax.axhline(0, color="w", lw=0.5, alpha=0.6)
+            if i == 0:
+                ax.set_title(name)
+            if j == 0:
+                ax.set_ylabel(f"{rec.layers[i]}\nvalue")
+            if i == n_layers - 1:
+                ax.set_xlabel("epoch")
+    fig.suptitle("Post-activation histograms over training, log10(1 + count)")
+    return fig
+
+
+def moments_figure(records: Mapping[str, object]) -> Figure:
+    """(c) Mean (top) and variance (bottom) of every layer's post-activations over training;
+    the fixed point (0, 1) is the dashed line."""
+    names = list(records)
+    fig = Figure(figsize=(3.4 * len(names) + 0.8, 5.2), layout="constrained")
+    axes = fig.subplots(2, len(names), squeeze=False, sharex="col")
+    cmap = matplotlib.colormaps[_CMAP]
+    for j, name in enumerate(names):
+        rec = records[name]
+        n = len(rec.layers)
+        for i in range(n):
+            color = cmap(i / max(n - 1, 1))
+            axes[0, j].plot(rec.epochs, rec.post["mean"][:, i], color=color, label=rec.layers[i])
+            axes[1, j].plot(rec.epochs, rec.post["std"][:, i] ** 2, color=color)
+        axes[0, j].axhline(0.0, color="k", ls="--", lw=0.8)
+        axes[1, j].axhline(1.0, color="k", ls="--", lw=0.8)
+        axes[0, j].set_title(name)
+        axes[1, j].set_xlabel("epoch")
+        axes[1, j].set_yscale("log")
+    axes[0, 0].set_ylabel("mean")
+    axes[1, 0].set_ylabel("variance (log scale)")
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    fig.suptitle("Per-layer mean and variance of the activations; fixed point (0, 1) dashed")
+    return fig
+
+
+def training_curves_figure(histories: Mapping[str, Sequence[Sequence[Mapping]]]) -> Figure:
+    """(d) Training loss and validation accuracy of every variant, mean ± std over seeds."""
+    names = list(histories)
+    colors = _variant_colors(names)
+    fig = Figure(figsize=(10.5, 3.8), layout="constrained")
+    ax_loss, ax_vloss, ax_acc = fig.subplots(1, 3)
+    for name in names:
+        runs = [r for r in histories[name] if r]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        epochs = np.arange(1, n + 1)
+        for ax, key, scale in (
+            (ax_loss, "train_loss", 1.0),
+            (ax_vloss, "val_loss", 1.0),
+            (ax_acc, "val_accuracy", 100.0),
+        ):
+            vals = np.array([[row[key] for row in r[:n]] for r in runs]) * scale
+            mean, std = vals.mean(0), vals.std(0)
+            ax.plot(epochs, mean, color=colors[name], label=f"{name} ({len(runs)} seeds)")
+            ax.fill_between(epochs, mean - std, mean + std, color=colors[name], alpha=0.2, lw=0)
+    ax_loss.set(title="training loss", xlabel="epoch", yscale="log")
+    ax_vloss.set(title="validation loss", xlabel="epoch", yscale="log")
+    ax_acc.set(title="validation accuracy (%)", xlabel="epoch")
+    ax_acc.legend(fontsize=7)
+    fig.suptitle("Learning curves, mean ± std over seeds")
+    return fig
+
+
+def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
+    """(e) Distance of each layer's (mean, var) from (0, 1) against depth, at the start, the
+    middle and the end of training."""
+    names = list(records)
+    colors = _variant_colors(names)
+    fig = Figure(figsize=(10.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    for k, (label, frac) in enumerate((("start", 0.0), ("middle", 0.5), ("end", 1.0))):
+        ax = axes[k]
+        for name in names:
+            rec = records[name]
+            s = round(frac * (len(rec.steps) - 1))
+            ax.plot(
+                rec.depth,
+                rec.post["fp_distance"][s],
+                "o-",
+                color=colors[name],
+                label=name,
+                ms=4,
+            )
+        ax.set_title(f"{label} of training")
+        ax.set_xlabel("layer (depth)")
+        ax.set_yscale("symlog", linthresh=0.1)
+    axes[0].set_ylabel("distance of (mean, var) from (0, 1)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("How far each layer's activations sit from the fixed point (0, 1)")
     return fig

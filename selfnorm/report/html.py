@@ -1,0 +1,329 @@
+"""The report of a comparison run: ``report.html`` (self-contained) and ``summary.md``.
+
+Reads only the run directory (config.json, summary.json, each run's metrics.jsonl and, where
+present, its activation records), so it can be rebuilt any time without retraining:
+``selfnorm report RUN_DIR``. The page leads with the comparison table and a verdict computed from
+the numbers, then the figures (PNG, embedded as data URIs), then the resolved configuration. It
+loads nothing from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from selfnorm._io import atomic_write_text
+from selfnorm.report import plots
+from selfnorm.storage import RunDir, read_jsonl
+
+__all__ = ["DRIFT_THRESHOLD", "ReportFigure", "build_report", "verdict"]
+
+DRIFT_THRESHOLD = 0.5
+"""A layer "drifted" when sqrt(mean^2 + (var - 1)^2) of its post-activations exceeds this at
+the end of training (for reference: N(0, 1.5^2) sits at 1.25, N(0.5, 1) at 0.5)."""
+
+
+@dataclass(frozen=True)
+class ReportFigure:
+    """One figure of the report: an id, a caption and the PNG bytes."""
+
+    key: str
+    caption: str
+    png: bytes
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _load(run_dir: RunDir) -> tuple[dict, dict]:
+    for path in (run_dir.config, run_dir.summary):
+        if not path.exists():
+            raise ValueError(
+                f"{run_dir.root} has no {path.name}; pass the folder of a finished "
+                "`selfnorm compare` run (an interrupted one: finish it with --resume first)"
+            )
+    config = json.loads(run_dir.config.read_text(encoding="utf-8"))
+    summary = json.loads(run_dir.summary.read_text(encoding="utf-8"))
+    return config, summary
+
+
+def _records(run_dir: RunDir, config: Mapping, names) -> dict[str, Any]:
+    """Records of each variant's first seed, where they were stored."""
+    try:
+        from selfnorm.recording import read_records
+    except ImportError:  # pragma: no cover - recording is part of the package
+        return {}
+    out = {}
+    seed = config["seeds"][0]
+    for name in names:
+        root = run_dir.run(name, seed).root
+        if (root / "records").exists():
+            rec = read_records(root)
+            if len(rec.steps):
+                out[name] = rec
+    return out
+
+
+def _drift(records: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    out = {}
+    for name, rec in records.items():
+        last = rec.post["fp_distance"][-1]
+        out[name] = [
+            (layer, float(d))
+            for layer, d in zip(rec.layers, last, strict=True)
+            if math.isfinite(d) and d > DRIFT_THRESHOLD
+        ]
+    return out
+
+
+def verdict(summary: Mapping, drift: Mapping[str, list[tuple[str, float]]] | None = None) -> str:
+    """One paragraph computed from the numbers: who won, by how much compared with the spread
+    over seeds, who learned fastest, the cost per epoch, divergences, and drifting layers.
+
+    Example:
+        >>> v = {"test_accuracy": .97, "test_accuracy_std": .002, "epochs_to_97": 2.0,
+        ...      "epoch_seconds": .5, "diverged": 0.0, "seeds": [0, 1]}
+        >>> w = dict(v, test_accuracy=.95, epochs_to_97=4.0, epoch_seconds=.4)
+        >>> print(verdict({"ranking": ["selu", "relu"], "variants": {"selu": v, "relu": w}}))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        selu has the best test accuracy, 97.00% (mean of 2 seeds), 2.00 points above relu
+        (95.00%), a gap larger than the spread over seeds (std 0.20 points). selu reached 97% of
+        its best validation accuracy first (epoch 2.0 on average). The cheapest variant per
+        epoch was relu (0.400 s), 1.25x faster than the slowest (selu, 0.500 s).
+    """
+    variants = summary["variants"]
+    ranking = list(summary.get("ranking", []))
+    parts = []
+    if not ranking:
+        parts.append("Every run diverged; no variant has a test accuracy.")
+    else:
+        best = ranking[0]
+        b = variants[best]
+        n_seeds = len(b.get("seeds", [])) or 1
+        head = (
+            f"{best} has the best test accuracy, {100 * b['test_accuracy']:.2f}% "
+            f"(mean of {n_seeds} seed{'s' if n_seeds > 1 else ''})"
+        )
+        if len(ranking) > 1:
+            second = ranking[1]
+            s = variants[second]
+            gap = 100 * (b["test_accuracy"] - s["test_accuracy"])
+            spread = 100 * max(b["test_accuracy_std"] or 0.0, s["test_accuracy_std"] or 0.0)
+            if n_seeds < 2:
+                judged = "with one seed there is no spread to judge the gap by"
+            elif gap > spread:
+                judged = f"a gap larger than the spread over seeds (std {spread:.2f} points)"
+            else:
+                judged = f"within the spread over seeds (std {spread:.2f} points): not a clear win"
+            head += f", {gap:.2f} points above {second} ({100 * s['test_accuracy']:.2f}%), {judged}"
+        parts.append(head + ".")
+        timed = [n for n in ranking if variants[n].get("epochs_to_97") is not None]
+        if len(timed) > 1:
+            fastest = min(timed, key=lambda n: variants[n]["epochs_to_97"])
+            parts.append(
+                f"{fastest} reached 97% of its best validation accuracy first "
+                f"(epoch {variants[fastest]['epochs_to_97']:.1f} on average)."
+            )
+        costed = [n for n in ranking if variants[n].get("epoch_seconds")]
+        if len(costed) > 1:
+            cheap = min(costed, key=lambda n: variants[n]["epoch_seconds"])
+            dear = max(costed, key=lambda n: variants[n]["epoch_seconds"])
+            ratio = variants[dear]["epoch_seconds"] / variants[cheap]["epoch_seconds"]
+            parts.append(
+                f"The cheapest variant per epoch was {cheap} "
+                f"({variants[cheap]['epoch_seconds']:.3f} s), {ratio:.2f}x faster than the "
+                f"slowest ({dear}, {variants[dear]['epoch_seconds']:.3f} s)."
+            )
+    diverged = [n for n, v in variants.items() if v.get("diverged")]
+    for n in diverged:
+        parts.append(f"{n} diverged in {variants[n]['diverged']:.0%} of its seeds.")
+    if drift:
+        stayed = [n for n, layers in drift.items() if not layers]
+        moved = {n: layers for n, layers in drift.items() if layers}
+        if stayed:
+            parts.append(
+                f"At the end of training every layer of {', '.join(stayed)} stayed within "
+                f"{DRIFT_THRESHOLD} of the fixed point (0, 1) in (mean, variance)."
+            )
+        for n, layers in moved.items():
+            worst = max(layers, key=lambda t: t[1])
+            parts.append(
+                f"In {n}, {len(layers)} layer{'s' if len(layers) > 1 else ''} drifted from "
+                f"(0, 1) ({', '.join(layer for layer, _ in layers)}; farthest {worst[0]} at "
+                f"{worst[1]:.2f})."
+            )
+    return " ".join(parts)
+
+
+def make_figures(run_dir: str | Path) -> list[ReportFigure]:
+    """Every figure of the report, from the run directory alone."""
+    rd = RunDir(run_dir)
+    config, summary = _load(rd)
+    names = list(summary["variants"])
+    histories = {n: [read_jsonl(rd.run(n, s).metrics) for s in config["seeds"]] for n in names}
+    figs = [
+        ReportFigure(
+            "curves",
+            "Training loss, validation loss and validation accuracy per epoch, mean ± std over "
+            "seeds.",
+            _png(plots.training_curves_figure(histories)),
+        )
+    ]
+    records = _records(rd, config, names)
+    if records:
+        seed = config["seeds"][0]
+        figs += [
+            ReportFigure(
+                "histograms",
+                f"Post-activation densities of every layer at four moments of training (seed "
+                f"{seed}); dashed: N(0, 1), the distribution at the fixed point.",
+                _png(plots.histogram_evolution_figure(records)),
+            ),
+            ReportFigure(
+                "heatmaps",
+                "The same histograms as heatmaps: value (y, signed) against training time (x), "
+                "colour log10(1 + count).",
+                _png(plots.histogram_heatmap_figure(records)),
+            ),
+            ReportFigure(
+                "moments",
+                "Mean and variance of each layer's activations over training; the fixed point "
+                "is (0, 1).",
+                _png(plots.moments_figure(records)),
+            ),
+            ReportFigure(
+                "fixed_point_distance",
+                "Distance of each layer's (mean, variance) from (0, 1) against depth, at the "
+                "start, middle and end of training.",
+                _png(plots.fixed_point_distance_figure(records)),
+            ),
+        ]
+    return figs
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:1200px;padding:0 1rem;color:#222;line-height:1.45}
+h1{font-size:1.5rem;margin-bottom:.2rem}.sub{color:#666;margin-top:0}
+table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums}
+th,td{padding:.35rem .7rem;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
+tr.best td{font-weight:600}.verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;
+padding:.7rem 1rem}figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9rem}pre{background:#f6f6f6;padding:1rem;overflow:auto;
+font-size:.8rem}
+"""
+
+
+def _pm(v: Mapping, key: str, scale: float, fmt: str) -> str:
+    mean, std = v.get(key), v.get(f"{key}_std")
+    if mean is None:
+        return "—"
+    return f"{mean * scale:{fmt}} ± {(std or 0.0) * scale:{fmt}}"
+
+
+_COLUMNS = (
+    ("test acc %", "test_accuracy", 100.0, ".2f"),
+    ("test loss", "test_loss", 1.0, ".4f"),
+    ("best val acc %", "best_val_accuracy", 100.0, ".2f"),
+    ("final val acc %", "final_val_accuracy", 100.0, ".2f"),
+    ("epochs to 97% of best", "epochs_to_97", 1.0, ".1f"),
+    ("s / epoch", "epoch_seconds", 1.0, ".3f"),
+)
+
+
+def _ordered(summary: Mapping) -> list[str]:
+    ranking = list(summary.get("ranking", []))
+    return ranking + [n for n in summary["variants"] if n not in ranking]
+
+
+def _html_table(summary: Mapping) -> str:
+    head = "".join(f"<th>{html.escape(c[0])}</th>" for c in _COLUMNS)
+    rows = []
+    ranking = summary.get("ranking", [])
+    for name in _ordered(summary):
+        v = summary["variants"][name]
+        cells = "".join(f"<td>{_pm(v, key, sc, fmt)}</td>" for _, key, sc, fmt in _COLUMNS)
+        n_runs = len(v.get("runs", [])) or 1
+        div = f"{round(v['diverged'] * n_runs)}/{n_runs}"
+        cls = ' class="best"' if ranking and name == ranking[0] else ""
+        rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}<td>{div}</td></tr>")
+    return (
+        f'<table id="comparison"><thead><tr><th>variant</th>{head}<th>diverged</th></tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _md_table(summary: Mapping) -> str:
+    cols = ["variant", *(c[0] for c in _COLUMNS), "diverged"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name in _ordered(summary):
+        v = summary["variants"][name]
+        n_runs = len(v.get("runs", [])) or 1
+        cells = [_pm(v, key, sc, fmt) for _, key, sc, fmt in _COLUMNS]
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {round(v['diverged'] * n_runs)}/{n_runs} |"
+        )
+    return "\n".join(lines)
+
+
+def build_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.md`` into ``run_dir``; return their paths.
+
+    Raises:
+        ValueError: ``run_dir`` is not a finished comparison run.
+    """
+    rd = RunDir(run_dir)
+    config, summary = _load(rd)
+    names = list(summary["variants"])
+    records = _records(rd, config, names)
+    text = verdict(summary, _drift(records) if records else None)
+    figures = make_figures(run_dir)
+    ds = summary.get("dataset", {})
+    title = f"selfnorm comparison: {', '.join(names)} on {ds.get('name', '?')}"
+    sub = (
+        f"{ds.get('train', '?')} training / {ds.get('val', '?')} validation / "
+        f"{ds.get('test', '?')} test samples, {len(config['seeds'])} seed(s), device "
+        f"{summary.get('device', '?')}"
+    )
+    fig_html = "".join(
+        f'<figure id="fig-{f.key}"><img alt="{html.escape(f.caption)}" '
+        f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}">'
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+        for f in figures
+    )
+    if not records:
+        fig_html += (
+            "<p>No activation records were stored in this run (it ran with --no-record), so "
+            "the per-layer figures are missing.</p>"
+        )
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class=sub>{html.escape(sub)}</p>"
+        f"{_html_table(summary)}<p class=verdict id=verdict>{html.escape(text)}</p>"
+        f"<h2>Figures</h2>{fig_html}"
+        f"<h2>Configuration</h2><pre id=config>{html.escape(json.dumps(config, indent=2))}</pre>"
+        "</body></html>\n"
+    )
+    html_path = atomic_write_text(rd.root / "report.html", page)
+    md = (
+        f"# {title}\n\n{sub}\n\n{_md_table(summary)}\n\n{text}\n\n"
+        f"Figures: see report.html ({', '.join(f.key for f in figures)}).\n\n"
+        f"## Configuration\n\n```json\n{json.dumps(config, indent=2)}\n```\n"
+    )
+    md_path = atomic_write_text(rd.root / "summary.md", md)
+    return html_path, md_path
