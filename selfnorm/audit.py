@@ -1,0 +1,858 @@
+r"""Audit a model for the mistakes that silently stop a SELU network from self-normalizing.
+
+:func:`audit` runs the model once on an example input (a standardized Gaussian batch when none
+is given) with hooks that record the execution order of the leaf modules and the mean and
+variance of every SELU output, removes the hooks, restores every module's train/eval flag, and
+returns a list of :class:`Finding`. "Next to" and "feeding" are decided in execution order;
+when no input can be made it falls back to registration order (``named_modules``) and says so.
+
+Static findings (from the modules and weights):
+
+* ``weight_init``: a Linear/Conv feeding a SELU whose per-unit :math:`\tau = \sum_i w_i^2` has a
+  mean outside Theorem 1's :math:`\tau \in [0.95, 1.1]` (widened by 4 standard errors of the
+  mean of :math:`\tau` under LeCun init, :math:`\sqrt{2/N}` for N weights), or whose mean
+  :math:`\omega = \sum_i w_i` is off 0 by more than Theorem 1's 0.1 plus 4/sqrt(units).
+* ``bias_nonzero``: biases of a layer feeding a SELU (info if their rms is <= 0.1, warning up
+  to 0.5, error above).
+* ``dropout_with_selu``, ``alpha_dropout_without_selu``, ``alpha_dropout_mismatch``,
+  ``dropout_rate_looks_like_keep_prob``, ``norm_with_selu``, ``output_activation``,
+  ``inplace_op``, ``no_selu``.
+
+Dynamic findings (from the forward pass, in eval mode):
+
+* ``activation_drift``: the first SELU whose output mean/variance leaves Theorem 1's domain
+  :math:`\mu \in [-0.1, 0.1]`, :math:`\nu \in [0.8, 1.5]` around the fixed point (widened by 4
+  standard errors), where g is proved to be a contraction towards (0, 1).
+* ``input_not_standardized``: a given example input outside the same domain.
+* ``dynamic_check_skipped``: no input could be made or the inferred one did not fit.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from selfnorm import SELU, AlphaDropout, init_snn_
+    >>> net = nn.Sequential(nn.Linear(64, 128), SELU(), AlphaDropout(0.7), nn.Linear(128, 10))
+    >>> net = init_snn_(net, torch.Generator().manual_seed(0))
+    >>> [(f.severity, f.layer, f.kind) for f in audit(net)]
+    [('error', '2', 'dropout_rate_looks_like_keep_prob')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from selfnorm.activations import SELU
+from selfnorm.constants import ALPHA_01, LAMBDA_01
+from selfnorm.dropout import AlphaDropout
+from selfnorm.theory import _THEOREM_DOMAINS, fixed_point, jacobian
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "KINDS",
+    "SEVERITIES",
+    "Finding",
+    "audit",
+    "infer_input_shape",
+]
+
+Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
+
+KINDS: tuple[str, ...] = (
+    "weight_init",
+    "bias_nonzero",
+    "dropout_with_selu",
+    "alpha_dropout_without_selu",
+    "alpha_dropout_mismatch",
+    "dropout_rate_looks_like_keep_prob",
+    "norm_with_selu",
+    "output_activation",
+    "inplace_op",
+    "no_selu",
+    "activation_drift",
+    "input_not_standardized",
+    "dynamic_check_skipped",
+)
+"""Every ``Finding.kind`` the audit emits (a stable interface, like the ``--json`` keys)."""
+
+DEFAULT_BATCH = 256
+"""Rows of the standardized Gaussian input made when none is given."""
+
+MODEL = "<model>"
+"""``Finding.layer`` of findings about the whole model (and of a root module that is a leaf)."""
+INPUT = "<input>"
+"""``Finding.layer`` of findings about the example input."""
+
+_THEOREM1 = _THEOREM_DOMAINS["theorem1"]
+_MEAN_HALF_WIDTH = _THEOREM1["mu"][1]  # 0.1: |mean| band around the fixed-point mean
+_VAR_BAND = _THEOREM1["nu"]  # (0.8, 1.5): variance band, relative to the fixed-point variance
+_TAU_BAND = _THEOREM1["tau"]  # (0.95, 1.1)
+_OMEGA_HALF_WIDTH = _THEOREM1["omega"][1]  # 0.1
+_Z = 4.0
+"""Standard errors added to each band: a correct network is flagged with probability ~1e-4."""
+_BIAS_WARNING_RMS = 0.1
+_BIAS_ERROR_RMS = 0.5
+_KEEP_PROB_RATE = 0.5
+
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what selfnorm.init_snn_ initializes
+_ALPHA_DROPOUT = (AlphaDropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_PLAIN_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_NORMS = tuple(
+    t for t in (_NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None)) if t
+)
+_SELUS = (SELU, nn.SELU)
+_ACTIVATIONS = _SELUS + (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
+    nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.LogSigmoid, nn.Softmax,
+    nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.GLU, nn.Threshold,
+)  # fmt: skip
+_SHAPE_ONLY = (
+    nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)  # fmt: skip
+"""Skipped when looking for a module's neighbour: they move values, not which unit made them."""
+
+_INIT_FIX = "selfnorm.init_snn_(model) or torch.nn.init.normal_(w, 0, 1/sqrt(fan_in))"
+_DRIFT_CAUSES = ("weight_init", "bias_nonzero", "input_not_standardized", "norm_with_selu")
+"""Findings that explain a drift downstream of them (it is then reported as info). A norm counts
+because the audit runs in eval mode, where a fresh BatchNorm's running statistics (0, 1) make it
+the identity, so whatever it would normalize in training shows up as drift."""
+
+Value = float | int | str | bool | list
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by :func:`audit`.
+
+    ``measured`` and ``expected`` map short names to plain values (numbers, strings, and
+    ``[low, high]`` lists for ranges), so :meth:`to_dict` is JSON as is.
+
+    Example:
+        >>> f = Finding("error", "fc1", "bias_nonzero", {"bias_rms": 1.0}, {"bias_rms": 0.0},
+        ...             "torch.nn.init.zeros_(layer.bias)")
+        >>> f.to_dict()["measured"]
+        {'bias_rms': 1.0}
+    """
+
+    severity: Severity
+    """``"error"`` (the network does not self-normalize; exit code 1), ``"warning"`` or
+    ``"info"``."""
+    layer: str
+    """Module name as in ``named_modules()``, or ``<input>`` / ``<model>``."""
+    kind: str
+    """Short id, one of :data:`KINDS`."""
+    measured: dict[str, Value] = field(hash=False)
+    """What the audit measured."""
+    expected: dict[str, Value] = field(hash=False)
+    """What a self-normalizing network has."""
+    fix: str
+    """The fix, in one line."""
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity={self.severity!r}; use one of {SEVERITIES}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}; use one of {KINDS}")
+        object.__setattr__(self, "measured", MappingProxyType(dict(self.measured)))
+        object.__setattr__(self, "expected", MappingProxyType(dict(self.expected)))
+
+    def to_dict(self) -> dict:
+        """``{"severity", "layer", "kind", "measured", "expected", "fix"}``, JSON-ready
+        (non-finite numbers become the strings ``"nan"``, ``"inf"``, ``"-inf"``)."""
+        return {
+            "severity": self.severity,
+            "layer": self.layer,
+            "kind": self.kind,
+            "measured": {k: _json_value(v) for k, v in self.measured.items()},
+            "expected": {k: _json_value(v) for k, v in self.expected.items()},
+            "fix": self.fix,
+        }
+
+
+def _json_value(v: Value) -> Value:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def _r(x: float) -> float:
+    """Round to 6 significant digits for readable, stable output."""
+    x = float(x)
+    return float(f"{x:.6g}") if math.isfinite(x) else x
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing: execution order of the leaf modules and the statistics of every SELU output.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Moments:
+    """Mean and variance of a layer's output, with their standard errors.
+
+    The layer's statistics are averages over its units (features, or channels of a feature map),
+    so the standard errors are taken over units: ``se_mean = sd_j(m_j) / sqrt(units)`` and
+    ``se_var = sd_j(q_j) / sqrt(units)`` with :math:`m_j` the mean and :math:`q_j` the second
+    moment about the layer mean of unit j (over the batch and any spatial positions). This covers
+    both the finite batch and the finite width: a layer of 16 units wanders further from (0, 1)
+    than a layer of 512, even with a correct init.
+    """
+
+    mean: float
+    var: float
+    se_mean: float
+    se_var: float
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> _Moments:
+        x = x.detach().to(torch.float64)
+        mean = x.mean()
+        sq = (x - mean) ** 2
+        if x.dim() >= 2:  # (N, units, *rest): unit j's values are x[:, j, ...]
+            dims = [d for d in range(x.dim()) if d != 1]
+            m_j, q_j = x.mean(dims), sq.mean(dims)
+        else:
+            m_j, q_j = x, sq
+        units = m_j.numel()
+        se_mean = float(m_j.std(unbiased=False)) / math.sqrt(units)
+        se_var = float(q_j.std(unbiased=False)) / math.sqrt(units)
+        return cls(float(mean), float(sq.mean()), se_mean, se_var)
+
+    def band(
+        self, mean0: float, var0: float, walk: float = 0.0
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Theorem 1's (mean, var) domain around the fixed point ``(mean0, var0)``, widened by
+        _Z standard errors; ``walk`` is the relative sd of the variance that finite-width weights
+        upstream add (see :func:`_variance_walk`)."""
+        half = _MEAN_HALF_WIDTH + _Z * _finite(self.se_mean)
+        se_var = math.hypot(_finite(self.se_var), var0 * walk)
+        lo = max(_VAR_BAND[0] * var0 - _Z * se_var, 0.0)
+        return (mean0 - half, mean0 + half), (lo, _VAR_BAND[1] * var0 + _Z * se_var)
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def _inside(x: float, band: tuple[float, float]) -> bool:
+    return band[0] <= x <= band[1]  # NaN is never inside
+
+
+@dataclass
+class _Trace:
+    names: list[str]
+    modules: list[nn.Module]
+    selu: dict[int, _Moments]
+    executed: bool
+
+
+def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, m in model.named_modules():
+        if next(m.children(), None) is None and not isinstance(m, (nn.Sequential, nn.ModuleList)):
+            out.append((name or MODEL, m))
+    return out
+
+
+def _registration_trace(model: nn.Module) -> _Trace:
+    leaves = _leaves(model)
+    return _Trace([n for n, _ in leaves], [m for _, m in leaves], {}, executed=False)
+
+
+def _run_trace(model: nn.Module, args: tuple) -> _Trace:
+    """Run ``model(*args)`` once in eval mode without gradients, recording the order of leaf
+    calls and the moments of each SELU output; every hook is removed and every module's
+    training flag restored, also when the forward raises."""
+    trace = _Trace([], [], {}, executed=True)
+
+    def pre(name: str, module: nn.Module, _args) -> None:
+        trace.names.append(name)
+        trace.modules.append(module)
+
+    def post(module: nn.Module, _args, output) -> None:
+        index = max(i for i, m in enumerate(trace.modules) if m is module)
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            trace.selu[index] = _Moments.of(output)
+
+    modes = {m: m.training for m in model.modules()}
+    handles = []
+    try:
+        for name, m in _leaves(model):
+            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(n, mod, a)))
+            if isinstance(m, _SELUS):
+                handles.append(m.register_forward_hook(post))
+        model.eval()
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return trace
+
+
+# ---------------------------------------------------------------------------------------------
+# Input: given, made from a shape, or inferred from the first Linear.
+# ---------------------------------------------------------------------------------------------
+
+
+def infer_input_shape(model: nn.Module, batch_size: int = DEFAULT_BATCH) -> tuple[int, ...] | None:
+    """``(batch_size, in_features)`` of the first Linear in registration order, or ``None``
+    when the first Linear/Conv is a Conv (its spatial size is unknown) or there is none.
+
+    Example:
+        >>> infer_input_shape(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+        (256, 784)
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return (batch_size, m.in_features)
+        if isinstance(m, _AFFINE):
+            return None
+    return None
+
+
+def _standard_gaussian(
+    model: nn.Module, shape: Sequence[int], generator: torch.Generator | None
+) -> torch.Tensor:
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else torch.device("cpu")
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(shape), generator=generator, dtype=torch.float64, device="cpu")
+    return x.to(device=device, dtype=dtype)
+
+
+def _shape_of(args: tuple) -> str:
+    return ", ".join(str(tuple(a.shape)) if isinstance(a, torch.Tensor) else "?" for a in args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static checks.
+# ---------------------------------------------------------------------------------------------
+
+
+def _neighbour(trace: _Trace, i: int, step: int, skip: tuple) -> int | None:
+    j = i + step
+    while 0 <= j < len(trace.modules) and isinstance(trace.modules[j], skip):
+        j += step
+    return j if 0 <= j < len(trace.modules) else None
+
+
+def _is_activation(m: nn.Module) -> bool:
+    return isinstance(m, _ACTIVATIONS)
+
+
+def _selu_params(m: nn.Module) -> tuple[float, float]:
+    """(scale, alpha) of a SELU module."""
+    if isinstance(m, SELU):
+        return m.scale, m.alpha
+    return LAMBDA_01, ALPHA_01
+
+
+def _selu_fixed_point(m: nn.Module) -> tuple[float, float]:
+    lam, alpha = _selu_params(m)
+    if (lam, alpha) == (LAMBDA_01, ALPHA_01):
+        return 0.0, 1.0
+    fp = fixed_point(0.0, 1.0, lam=lam, alpha=alpha)
+    return (fp.mean, fp.var) if fp.converged else (0.0, 1.0)
+
+
+def _tau_candidates(fan_in: int, fan_out: int) -> dict[str, float]:
+    """Mean tau of common wrong inits: what the measured tau most likely came from."""
+    out = {
+        "calculate_gain('selu') = 3/4, e.g. kaiming_normal_(nonlinearity='selu')": 9 / 16,
+        "PyTorch's default init (kaiming_uniform_(a=sqrt(5)), tau = 1/3)": 1 / 3,
+        "Xavier/Glorot (Keras' default), tau = 2 fan_in/(fan_in + fan_out)": 2
+        * fan_in
+        / (fan_in + fan_out),
+        "He/Kaiming for ReLU (gain sqrt(2))": 2.0,
+    }
+    if fan_in > 4:
+        out["N(0, 1) weights (no 1/sqrt(fan_in) scaling)"] = float(fan_in)
+    return out
+
+
+def _check_weight(name: str, m: nn.Module) -> Finding | None:
+    w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)
+    units, n = w.shape
+    fan_out = units * math.prod(m.weight.shape[2:])
+    tau = (w * w).sum(1)
+    omega = w.sum(1)
+    tau_mean, omega_mean = float(tau.mean()), float(omega.mean())
+    se_tau = math.sqrt(2.0 / w.numel())  # sd of mean tau = chi2_N / N under LeCun normal
+    tau_band = (_TAU_BAND[0] - _Z * se_tau, _TAU_BAND[1] + _Z * se_tau)
+    omega_half = _OMEGA_HALF_WIDTH + _Z / math.sqrt(units)  # omega_j ~ N(0, 1) under LeCun
+    if _inside(tau_mean, tau_band) and abs(omega_mean) <= omega_half:
+        return None
+    measured: dict[str, Value] = {
+        "weight_std": _r(w.std(unbiased=False)),
+        "tau_mean": _r(tau_mean),
+        "tau_min": _r(tau.min()),
+        "tau_max": _r(tau.max()),
+        "omega_mean": _r(omega_mean),
+        "omega_sd": _r(omega.std(unbiased=False)),
+        "fan_in": n,
+        "weights": w.numel(),
+    }
+    guesses = {
+        label: c
+        for label, c in _tau_candidates(n, fan_out).items()
+        if abs(tau_mean - c) <= _Z * se_tau + 0.02 * c
+    }
+    if guesses:
+        measured["looks_like"] = min(guesses, key=lambda k: abs(tau_mean - guesses[k]))
+    fix = _INIT_FIX + " (LeCun normal)"
+    if "looks_like" in measured and "3/4" in str(measured["looks_like"]):
+        fix += "; calculate_gain('selu') = 3/4 does not self-normalize"
+    return Finding(
+        "error",
+        name,
+        "weight_init",
+        measured,
+        {
+            "weight_std": _r(1.0 / math.sqrt(n)),
+            "tau_mean": [_r(tau_band[0]), _r(tau_band[1])],
+            "omega_mean": [_r(-omega_half), _r(omega_half)],
+        },
+        fix,
+    )
+
+
+def _check_bias(name: str, m: nn.Module) -> Finding | None:
+    if m.bias is None:
+        return None
+    b = m.bias.detach().to(torch.float64)
+    rms = float(b.square().mean().sqrt())
+    if rms == 0.0:
+        return None
+    if rms > _BIAS_ERROR_RMS:
+        severity: Severity = "error"
+    elif rms > _BIAS_WARNING_RMS:
+        severity = "warning"
+    else:
+        severity = "info"
+    return Finding(
+        severity,
+        name,
+        "bias_nonzero",
+        {"bias_rms": _r(rms), "bias_mean": _r(b.mean()), "bias_max_abs": _r(b.abs().max())},
+        {"bias_rms": 0.0},
+        "torch.nn.init.zeros_(layer.bias) (selfnorm.init_snn_ zeroes every bias)",
+    )
+
+
+def _check_dropout(trace: _Trace, i: int, name: str, m: nn.Module) -> list[Finding]:
+    found = []
+    alpha = isinstance(m, _ALPHA_DROPOUT)
+    p = float(m.p)
+    if p > _KEEP_PROB_RATE:
+        found.append(
+            Finding(
+                "error" if alpha else "warning",
+                name,
+                "dropout_rate_looks_like_keep_prob",
+                {"p": p, "module": type(m).__name__},
+                {"p": [0.0, _KEEP_PROB_RATE]},
+                f"p is the drop rate: if {p:g} is a keep probability pass p={1 - p:.4g}"
+                + (" (SNNs use 0.05-0.1)" if alpha else ""),
+            )
+        )
+    if p == 0.0:
+        return found
+    before = _neighbour(trace, i, -1, _SHAPE_ONLY)
+    after = _neighbour(trace, i, +1, _SHAPE_ONLY)
+    if not alpha:
+        selu = next((j for j in (before, after) if j is not None and _is_selu(trace, j)), None)
+        if selu is not None:
+            found.append(
+                Finding(
+                    "error",
+                    name,
+                    "dropout_with_selu",
+                    {"dropout": type(m).__name__, "next_to": trace.names[selu]},
+                    {"dropout": "AlphaDropout"},
+                    "replace it with selfnorm.AlphaDropout(p) (FeatureAlphaDropout for conv "
+                    "maps): plain dropout changes the variance SELU converges to",
+                )
+            )
+        return found
+    act = next(
+        (j for j in (before, after) if j is not None and _is_activation(trace.modules[j])), None
+    )
+    if act is None:
+        return found
+    am = trace.modules[act]
+    if not isinstance(am, _SELUS):
+        found.append(
+            Finding(
+                "error",
+                name,
+                "alpha_dropout_without_selu",
+                {
+                    "dropout": type(m).__name__,
+                    "next_to": f"{trace.names[act]} ({type(am).__name__})",
+                },
+                {"next_to": "SELU"},
+                f"use nn.Dropout with {type(am).__name__}, or make the activation selfnorm.SELU "
+                "(alpha dropout sets units to SELU's saturation value)",
+            )
+        )
+        return found
+    lam, a = _selu_params(am)
+    mean0, var0 = _selu_fixed_point(am)
+    drop_mean = float(getattr(m, "mean", 0.0))
+    drop_var = float(getattr(m, "var", 1.0))
+    drop_sat = float(getattr(m, "saturation", -LAMBDA_01 * ALPHA_01))
+    want = (mean0, var0, -lam * a)
+    got = (drop_mean, drop_var, drop_sat)
+    if any(abs(x - y) > 1e-3 * max(1.0, abs(y)) for x, y in zip(got, want, strict=True)):
+        found.append(
+            Finding(
+                "warning",
+                name,
+                "alpha_dropout_mismatch",
+                {"mean": _r(drop_mean), "var": _r(drop_var), "saturation": _r(drop_sat)},
+                {"mean": _r(mean0), "var": _r(var0), "saturation": _r(-lam * a)},
+                f"selfnorm.AlphaDropout(p, mean={mean0:.4g}, var={var0:.4g}, "
+                f"saturation={-lam * a:.4g}) to match {trace.names[act]}",
+            )
+        )
+    return found
+
+
+def _is_selu(trace: _Trace, j: int) -> bool:
+    return isinstance(trace.modules[j], _SELUS)
+
+
+def _static(trace: _Trace) -> list[Finding]:
+    found: list[Finding] = []
+    seen: set[str] = set()
+    last_affine = max(
+        (i for i, m in enumerate(trace.modules) if isinstance(m, _AFFINE)), default=None
+    )
+    for i, (name, m) in enumerate(zip(trace.names, trace.modules, strict=True)):
+        if name in seen:
+            continue
+        seen.add(name)
+        if isinstance(m, _AFFINE):
+            nxt = _neighbour(trace, i, +1, _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT)
+            if nxt is not None and _is_selu(trace, nxt):
+                found += [f for f in (_check_weight(name, m), _check_bias(name, m)) if f]
+        elif isinstance(m, _ALPHA_DROPOUT + _PLAIN_DROPOUT):
+            found += _check_dropout(trace, i, name, m)
+        elif isinstance(m, _NORMS):
+            skip = _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT
+            near = [j for j in (_neighbour(trace, i, -1, skip), _neighbour(trace, i, +1, skip))]
+            selu = next((j for j in near if j is not None and _is_selu(trace, j)), None)
+            if selu is not None:
+                found.append(
+                    Finding(
+                        "warning",
+                        name,
+                        "norm_with_selu",
+                        {"norm": type(m).__name__, "next_to": trace.names[selu]},
+                        {"norm": "none"},
+                        f"remove the {type(m).__name__}: SELU with LeCun init normalizes by "
+                        "itself (or use ReLU with the norm instead of SELU)",
+                    )
+                )
+        if _is_activation(m) and last_affine is not None and i > last_affine:
+            if not any(f.kind == "output_activation" for f in found):
+                log_softmax = isinstance(m, nn.LogSoftmax)
+                found.append(
+                    Finding(
+                        "info" if log_softmax else "warning",
+                        name,
+                        "output_activation",
+                        {
+                            "after_output_layer": trace.names[last_affine],
+                            "module": type(m).__name__,
+                        },
+                        {"module": "none (logits)"},
+                        "fine with nn.NLLLoss; with nn.CrossEntropyLoss remove it"
+                        if log_softmax
+                        else f"return logits: remove the {type(m).__name__} after the last layer "
+                        "and use a loss that takes logits (nn.CrossEntropyLoss, "
+                        "BCEWithLogitsLoss)",
+                    )
+                )
+        if getattr(m, "inplace", False) is True:
+            found.append(
+                Finding(
+                    "info",
+                    name,
+                    "inplace_op",
+                    {"module": type(m).__name__, "inplace": True},
+                    {"inplace": False},
+                    "pass inplace=False: an in-place op overwrites the tensor a forward hook "
+                    "recorded (activation recorders) and breaks backward hooks",
+                )
+            )
+    if not any(isinstance(m, _SELUS) for m in trace.modules):
+        found.append(
+            Finding(
+                "info",
+                MODEL,
+                "no_selu",
+                {"selu_modules": 0},
+                {"selu_modules": ">= 1"},
+                "self-normalization needs selfnorm.SELU / nn.SELU modules (F.selu calls inside "
+                "forward are invisible to the audit)",
+            )
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic checks.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_inputs(args: tuple) -> list[Finding]:
+    found = []
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    for k, x in enumerate(tensors):
+        mom = _Moments.of(x.reshape(-1))  # elements, not features: spread is the finding
+        mean_band, var_band = mom.band(0.0, 1.0)
+        if _inside(mom.mean, mean_band) and _inside(mom.var, var_band):
+            continue
+        found.append(
+            Finding(
+                "warning",
+                INPUT if len(tensors) == 1 else f"{INPUT}[{k}]",
+                "input_not_standardized",
+                {"mean": _r(mom.mean), "var": _r(mom.var), "std": _r(math.sqrt(mom.var))},
+                {"mean": [_r(b) for b in mean_band], "var": [_r(b) for b in var_band]},
+                "standardize every feature with the training set's statistics: (x - mean) / std",
+            )
+        )
+    return found
+
+
+def _variance_walk(trace: _Trace, order: list[int]) -> dict[int, float]:
+    r"""Relative sd of each SELU's output variance that finite width alone causes.
+
+    A layer of N LeCun-normal weights multiplies the variance by its mean :math:`\tau`, which
+    is :math:`1 \pm \sqrt{2/N}`; g damps a deviation of the variance by
+    :math:`\rho = \partial\tilde\nu/\partial\nu \approx 0.78` per layer (its Jacobian at the
+    fixed point), so the squared deviations add up as :math:`a_l = \rho^2 a_{l-1} + 2/N_l`.
+    """
+    walk, a = {}, 0.0
+    skip = _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT
+    for i in order:
+        m = trace.modules[i]
+        lam, alpha = _selu_params(m)
+        mean0, var0 = _selu_fixed_point(m)
+        rho = float(jacobian(mean0, 0.0, var0, 1.0, lam, alpha)[1][1])
+        a *= rho * rho
+        j = _neighbour(trace, i, -1, skip)
+        if j is not None and isinstance(trace.modules[j], _AFFINE):
+            a += 2.0 / trace.modules[j].weight.numel()
+        walk[i] = math.sqrt(a)
+    return walk
+
+
+def _check_drift(trace: _Trace, earlier: list[Finding]) -> list[Finding]:
+    order = sorted(trace.selu)
+    if not order:
+        return []
+    walk = _variance_walk(trace, order)
+    first_out = None
+    bands = {}
+    for i in order:
+        mean0, var0 = _selu_fixed_point(trace.modules[i])
+        bands[i] = trace.selu[i].band(mean0, var0, walk[i])
+        mb, vb = bands[i]
+        if first_out is None and not (
+            _inside(trace.selu[i].mean, mb) and _inside(trace.selu[i].var, vb)
+        ):
+            first_out = i
+    if first_out is None:
+        return []
+    last = order[-1]
+    last_in = _inside(trace.selu[last].mean, bands[last][0]) and _inside(
+        trace.selu[last].var, bands[last][1]
+    )
+    first_pos = {}
+    for j, n in enumerate(trace.names):
+        first_pos.setdefault(n, j)
+    causes = [
+        f
+        for f in earlier
+        if f.kind in _DRIFT_CAUSES
+        and f.severity != "info"
+        and first_pos.get(f.layer, -1) <= first_out
+    ]
+    s, sl = trace.selu[first_out], trace.selu[last]
+    mb, vb = bands[first_out]
+    if causes:
+        severity: Severity = "info"
+        fix = (
+            "caused by " + ", ".join(f"{f.kind} on {f.layer}" for f in causes) + ": fix that first"
+        )
+    else:
+        severity = "warning" if last_in and last != first_out else "error"
+        fix = (
+            "find what feeds this SELU off its fixed point (a scaling module, a skip connection, "
+            "trained weights far from tau = 1); " + _INIT_FIX
+        )
+    return [
+        Finding(
+            severity,
+            trace.names[first_out],
+            "activation_drift",
+            {
+                "mean": _r(s.mean),
+                "var": _r(s.var),
+                "selu_index": order.index(first_out) + 1,
+                "selu_count": len(order),
+                "last_layer": trace.names[last],
+                "last_mean": _r(sl.mean),
+                "last_var": _r(sl.var),
+                "last_in_band": last_in,
+            },
+            {"mean": [_r(b) for b in mb], "var": [_r(b) for b in vb]},
+            fix,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit.
+# ---------------------------------------------------------------------------------------------
+
+
+def audit(
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[Finding]:
+    r"""Check ``model`` for what stops it from self-normalizing; return the findings.
+
+    The model runs once, in eval mode, without gradients, on ``example_input`` (a tensor or a
+    tuple of positional arguments; it is cloned first, so in-place modules cannot change it),
+    or on a standardized Gaussian batch of shape ``input_shape``, or, when both are ``None``, of
+    shape :func:`infer_input_shape`. Every hook is removed and every module's training flag
+    restored afterwards. Without an input (a CNN without ``input_shape``), or when the inferred
+    one does not fit, the static checks use registration order and a ``dynamic_check_skipped``
+    info says so.
+
+    Args:
+        model: the network.
+        example_input: a batch of real, standardized data; its own mean/variance is checked.
+        input_shape: full shape of a made-up input, batch first (e.g. ``(256, 784)``); use a
+            batch of 100+ rows for tight statistics. Only with ``example_input=None``.
+        generator: draws the made-up input. Default ``torch.Generator().manual_seed(0)``.
+
+    Returns:
+        Findings ordered by where they occur in the network (input first), then by
+        :data:`KINDS`. The network is fine when none has severity ``"error"``.
+
+    Raises:
+        ValueError: both ``example_input`` and ``input_shape`` given, a bad ``input_shape``, or
+            the model raised on a given input or shape (the message names the shape).
+
+    Warning:
+        Only modules are seen: ``F.selu`` or ``F.dropout`` called inside a ``forward`` are not.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(100, 100), nn.SELU(), nn.Linear(100, 10))
+        >>> [(f.severity, f.layer, f.kind) for f in audit(net)]  # PyTorch's default init
+        [('error', '0', 'weight_init'), ('info', '0', 'bias_nonzero'), ('info', '1', 'activation_drift')]
+    """  # noqa: E501
+    if example_input is not None and input_shape is not None:
+        raise ValueError(
+            "pass example_input or input_shape, not both (input_shape only shapes a made-up "
+            "standardized Gaussian input)"
+        )
+    found: list[Finding] = []
+    given = example_input is not None
+    inferred = False
+    if given:
+        args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    else:
+        if input_shape is None:
+            input_shape = infer_input_shape(model)
+            inferred = True
+        else:
+            input_shape = tuple(input_shape)
+            if not input_shape or any(
+                isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in input_shape
+            ):
+                raise ValueError(
+                    f"input_shape={input_shape!r} must be positive integers, batch first, "
+                    "e.g. (256, 784)"
+                )
+        args = None if input_shape is None else (_standard_gaussian(model, input_shape, generator),)
+
+    trace = None
+    if args is None:
+        found.append(
+            Finding(
+                "info",
+                MODEL,
+                "dynamic_check_skipped",
+                {"input": "none: the first Linear/Conv is a Conv (or there is no Linear)"},
+                {"input": "a batch, e.g. shape (256, C, H, W)"},
+                "pass example_input= or input_shape= (CLI: --input-shape 256,C,H,W); "
+                "neighbours were taken in registration order",
+            )
+        )
+    else:
+        try:
+            trace = _run_trace(model, args)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if not inferred:
+                raise ValueError(
+                    f"model(x) failed on the example input of shape {_shape_of(args)}: "
+                    f"{first_line}; pass an input the model accepts"
+                ) from exc
+            found.append(
+                Finding(
+                    "info",
+                    MODEL,
+                    "dynamic_check_skipped",
+                    {"input": f"inferred shape {_shape_of(args)} failed: {first_line}"},
+                    {"input": "an input the model accepts"},
+                    "pass example_input= or input_shape= (CLI: --input-shape); neighbours were "
+                    "taken in registration order",
+                )
+            )
+    if trace is None:
+        trace = _registration_trace(model)
+    if given:
+        found += _check_inputs(args)
+    found += _static(trace)
+    if trace.executed:
+        found += _check_drift(trace, found)
+    position = {INPUT: -2, MODEL: -1}
+    for j, name in enumerate(trace.names):
+        position.setdefault(name, j)
+
+    def key(f: Finding) -> tuple[int, int]:
+        pos = position.get(f.layer, position.get(INPUT) if f.layer.startswith(INPUT) else -1)
+        return pos, KINDS.index(f.kind)
+
+    return sorted(found, key=key)

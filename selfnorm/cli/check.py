@@ -1,0 +1,222 @@
+"""``selfnorm check MODULE_OR_FILE:FACTORY``: audit a model for self-normalization mistakes.
+
+Exit code 1 when an error-level finding exists, 0 otherwise, 2 for bad usage (one line on
+stderr). The factory is any callable with no required arguments that returns the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+from selfnorm.cli.common import CliError, print_json
+
+
+@contextmanager
+def _on_sys_path(directory: str) -> Iterator[None]:
+    """Put ``directory`` first on ``sys.path`` while importing and calling the factory (what
+    ``python script.py`` does for the script's folder); restore ``sys.path`` afterwards."""
+    saved = list(sys.path)
+    sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise CliError(f"no such file: {path}; pass FILE.py:FACTORY or MODULE:FACTORY")
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"_selfnorm_check_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CliError(f"cannot import {path} as Python source; pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and name.startswith(exc.name):
+            raise CliError(
+                f"no module named {exc.name!r} (from {name!r}); pass an importable module "
+                "name or a path to a .py file, e.g. models.py:make_model"
+            ) from None
+        raise
+
+
+def load_factory(target: str) -> Callable[[], object]:
+    """Resolve ``MODULE_OR_FILE:FACTORY`` to the factory; the import runs with the file's
+    folder (or, for a module name, the working directory) first on ``sys.path``.
+
+    Raises:
+        CliError: malformed target, missing file/module/attribute, a factory that is not
+            callable or has required parameters.
+    """
+    ref, sep, attr = target.rpartition(":")
+    if not sep or not ref or not attr:
+        raise CliError(
+            f"expected MODULE_OR_FILE:FACTORY, got {target!r}; e.g. models.py:make_model or "
+            "mypackage.models:make_model"
+        )
+    is_file = ref.endswith(".py") or os.sep in ref or "/" in ref
+    directory = str(Path(ref).resolve().parent) if is_file else os.getcwd()
+    with _on_sys_path(directory):
+        module = _import_file(Path(ref)) if is_file else _import_module(ref)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        names = sorted(
+            n
+            for n, v in vars(module).items()
+            if callable(v)
+            and not n.startswith("_")
+            and getattr(v, "__module__", None) == module.__name__
+        )
+        defined = ", ".join(names) or "none"
+        raise CliError(f"{ref} has no attribute {attr!r}; callables defined there: {defined}")
+    if not callable(factory):
+        raise CliError(f"{ref}:{attr} is a {type(factory).__name__}, not a callable factory")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        required = [
+            p.name
+            for p in signature.parameters.values()
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if required:
+            raise CliError(
+                f"{ref}:{attr} requires {', '.join(required)}; FACTORY must be callable with no "
+                "arguments (wrap it: def make(): return build(...))"
+            )
+
+    def call() -> object:
+        with _on_sys_path(directory):
+            return factory()
+
+    return call
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"256,784"`` -> ``(256, 784)``; every entry an integer >= 1."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        shape = tuple(int(t) for t in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise CliError(
+            f"--input-shape {text!r}: expected positive integers separated by commas, batch "
+            "first, e.g. 256,784 or 64,3,32,32"
+        )
+    return shape
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _fmt_dict(d) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in d.items())
+
+
+def _print_table(findings) -> None:
+    if not findings:
+        print("no findings: the model looks self-normalizing")
+        return
+    header = ("SEVERITY", "LAYER", "KIND")
+    rows = [(f.severity, f.layer, f.kind) for f in findings]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(3)]
+    indent = " " * (sum(widths) + 6)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  DETAILS")
+    for f, row in zip(findings, rows, strict=True):
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), end="  ")
+        print(f"measured: {_fmt_dict(f.measured)}")
+        print(f"{indent}expected: {_fmt_dict(f.expected)}")
+        print(f"{indent}fix: {f.fix}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import torch
+    from torch import nn
+
+    from selfnorm.audit import audit, infer_input_shape
+
+    shape = parse_shape(args.input_shape) if args.input_shape is not None else None
+    factory = load_factory(args.target)
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise CliError(f"{args.target} returned a {type(model).__name__}, not a torch.nn.Module")
+    source = "--input-shape"
+    if shape is None:
+        shape = infer_input_shape(model)
+        source = "inferred from the first Linear's in_features"
+    findings = audit(model, input_shape=shape, generator=torch.Generator().manual_seed(0))
+    errors = sum(f.severity == "error" for f in findings)
+    if args.json:
+        print_json({"findings": [f.to_dict() for f in findings]})
+        return 1 if errors else 0
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {args.target} -> {type(model).__name__}, {n_params:,} parameters")
+    if shape is None:
+        print("input: none (the first layer is a Conv): static checks only, pass --input-shape")
+    else:
+        print(
+            f"input: standardized Gaussian of shape {shape} ({source}), seed 0; "
+            "one forward pass in eval mode, no gradients"
+        )
+    _print_table(findings)
+    counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
+    print(
+        f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info"
+        f" -> exit {1 if errors else 0}"
+    )
+    return 1 if errors else 0
+
+
+def register(sub) -> None:
+    """Add the ``check`` subcommand."""
+    p = sub.add_parser(
+        "check",
+        help="audit a model for what stops it from self-normalizing (init, biases, dropout, ...)",
+        description="Audit the model returned by FACTORY: weights vs LeCun init, biases, dropout "
+        "kind and rate, norms and activations next to SELU, and the mean/variance of every SELU "
+        "output on a standardized Gaussian input. Exit 1 if an error-level finding exists.",
+    )
+    p.add_argument(
+        "target",
+        metavar="MODULE_OR_FILE:FACTORY",
+        help="e.g. models.py:make_model or mypackage.models:make_model (no required arguments)",
+    )
+    p.add_argument(
+        "--input-shape",
+        metavar="N,D,...",
+        help="shape of the made-up standardized Gaussian input, batch first (e.g. 256,784 or "
+        "64,3,32,32); default (256, in_features of the first Linear)",
+    )
+    p.add_argument("--json", action="store_true", help='print {"findings": [...]}')
+    p.set_defaults(func=cmd_check)
