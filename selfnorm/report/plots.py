@@ -255,3 +255,33 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
     axes[0].legend(fontsize=7)
     fig.suptitle("How far each layer's activations sit from the fixed point (0, 1)")
     return fig
+
+
+def depth_figure(curves: Mapping[str, object]) -> Figure:
+    """Per-layer mean, variance and gradient norm at initialization against depth, measured
+    (solid) and the mean-field prediction (dashed); the fixed point (0, 1) in grey."""
+    names = list(curves)
+    colors = _variant_colors(names)
+    fig = Figure(figsize=(13.0, 4.0), layout="constrained")
+    ax_m, ax_v, ax_g = fig.subplots(1, 3)
+    for name in names:
+        c = curves[name]
+        layers = np.arange(len(c.mean))
+        theory_m = np.array(c.theory_mean, dtype=float)
+        theory_v = np.array(c.theory_var, dtype=float)
+        ax_m.plot(layers, c.mean, color=colors[name], label=name)
+        ax_v.plot(layers, c.var, color=colors[name], label=name)
+        if np.isfinite(theory_m[1:]).any():
+            ax_m.plot(layers, theory_m, "--", color=colors[name], lw=1)
+            ax_v.plot(layers, theory_v, "--", color=colors[name], lw=1)
+        ax_g.plot(layers[1:], c.grad_norm[1:], color=colors[name], label=name)
+    ax_m.axhline(0.0, color="0.6", lw=0.8)
+    ax_v.axhline(1.0, color="0.6", lw=0.8)
+    ax_m.set(title="mean of the activations", xlabel="layer")
+    ax_v.set(title="variance of the activations", xlabel="layer", yscale="log")
+    ax_g.set(title="gradient norm per sample (backward)", xlabel="layer", yscale="log")
+    ax_m.legend(fontsize=7)
+    ax_v.plot([], [], "k--", lw=1, label="mean-field theory")
+    ax_v.legend(fontsize=7)
+    fig.suptitle("Signal propagation at initialization (solid: measured, dashed: theory)")
+    return fig
