@@ -1,0 +1,972 @@
+"""Grids -> jobs -> local worker processes or a Ray cluster -> one table, best per variant.
+
+A sweep file is a ``selfnorm compare`` experiment file (``[data]``, ``[model]``, ``[train]``,
+``activations``, ``dropout``, ...) plus ``datasets``, a ``[grid]`` of hyperparameter values,
+and ``select``::
+
+    datasets = ["digits", "csv:data/htru2.csv"]   # default: [data] dataset, else digits
+    activations = ["selu", "relu", "relu+bn"]     # the variants
+    seeds = [0, 1]                                # or grid.seeds
+    select = "val_accuracy"                       # or "val_loss"
+    [train]
+    batch_size = 64
+    [grid]                                        # each key: a list, or a list per variant
+    depth = [2, 4, 8]
+    width = [256, 512]
+    lr = [1e-3, 1e-2]
+    dropout = { selu = [0.0, 0.05], relu = [0.0, 0.2], "relu+bn" = [0.0] }
+
+It expands into one :class:`Job` per (dataset, variant, grid point, seed); a job is
+:func:`selfnorm.training.compare` with one variant and one seed, so it runs the same training
+loop and writes an ordinary run directory, ``OUT/jobs/<name>/`` (name: a readable prefix and a
+hash of the resolved config, so the same job always lands in the same folder). A job is finished
+when its ``job.json`` says ``"status": "ok"``: starting the sweep again skips finished jobs,
+resumes interrupted ones from their last checkpoint and re-runs failed ones. A failing job
+records its error (``job.json``) and traceback (``error.txt``) and does not stop the others.
+
+Jobs run in ``workers`` local processes (each with ``threads`` torch threads, its data loaded
+once per process) or as Ray tasks; each job seeds itself, so with the same thread count both
+give the same numbers. At the end :func:`summarize_sweep` chooses, per dataset and variant, the
+grid point with the best mean over seeds of the *final-epoch validation* score (the model that
+the test score belongs to), and ``sweep.json`` and ``summary.md`` are written to ``OUT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import socket
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from selfnorm._io import atomic_write_json, atomic_write_text
+from selfnorm.config import ExperimentConfig, experiment_from_dict, load_toml, merge
+from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
+
+__all__ = [
+    "GRID_KEYS",
+    "SELECT_MODES",
+    "Job",
+    "JobTask",
+    "Progress",
+    "SweepSpec",
+    "available_cores",
+    "best_point",
+    "format_best_table",
+    "format_jobs_table",
+    "group_points",
+    "load_sweep",
+    "run_job",
+    "run_jobs",
+    "run_sweep",
+    "summarize_sweep",
+    "summary_markdown",
+    "sweep_from_dict",
+]
+
+GRID_KEYS: dict[str, tuple[str | None, str]] = {
+    "depth": ("model", "depth"),
+    "width": ("model", "width"),
+    "shape": ("model", "shape"),
+    "optimizer": ("train", "optimizer"),
+    "lr": ("train", "lr"),
+    "momentum": ("train", "momentum"),
+    "weight_decay": ("train", "weight_decay"),
+    "batch_size": ("train", "batch_size"),
+    "epochs": ("train", "epochs"),
+    "dropout": (None, "dropout"),
+}
+"""Grid key -> (config section or None for top level, field). ``seeds`` is a grid key too."""
+
+SELECT_MODES = ("val_accuracy", "val_loss")
+"""How the best grid point is chosen: highest mean final-epoch validation accuracy (ties: lower
+validation loss), or lowest mean final-epoch validation loss."""
+
+_FLOAT_KEYS = ("lr", "momentum", "weight_decay", "dropout")
+_SWEEP_KEYS = ("datasets", "activations", "seeds", "select", "grid")
+_SHORT = {"depth": "d", "width": "w", "lr": "lr", "dropout": "p", "epochs": "e", "shape": ""}
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: base settings, datasets x variants x grid x seeds, and the selection rule.
+
+    Example:
+        >>> spec = sweep_from_dict({"activations": ["selu", "relu"], "seeds": [0, 1],
+        ...                         "grid": {"depth": [2, 4], "lr": [1e-3]}})
+        >>> len(spec.jobs()), spec.varied
+        (8, ('depth',))
+    """
+
+    base: Mapping[str, Any] = field(default_factory=dict)
+    """Experiment settings shared by every job ([data], [model], [train], dropout, ...)."""
+    datasets: tuple[str, ...] = ("digits",)
+    """Registry names or ``csv:PATH`` (stored with an absolute path)."""
+    activations: tuple[str, ...] = ("selu", "relu", "lrelu")
+    """The variants, names from the activation registry."""
+    grid: Mapping[str, Any] = field(default_factory=dict)
+    """Grid key (:data:`GRID_KEYS`) -> tuple of values, or {variant: tuple of values}."""
+    seeds: tuple[int, ...] = (0,)
+    """One job per seed; selection averages over them."""
+    select: str = "val_accuracy"
+    """One of :data:`SELECT_MODES`."""
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT_MODES:
+            raise ValueError(f"select={self.select!r}; choose one of {', '.join(SELECT_MODES)}")
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        if not self.datasets or len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"datasets={list(self.datasets)}: name each dataset once, e.g. digits")
+        # ExperimentConfig normalizes and checks the variants and seeds
+        probe = self._experiment(list(self.activations), list(self.seeds))
+        object.__setattr__(self, "activations", probe.activations)
+        object.__setattr__(self, "seeds", probe.seeds)
+        object.__setattr__(self, "grid", _check_grid(self.grid, probe.activations))
+        self.jobs()  # every job's config is valid, or this raises naming the bad value
+
+    def _experiment(self, activations: list[str], seeds: list[int]) -> ExperimentConfig:
+        """The base settings as an experiment on the first dataset (checks and resolves them)."""
+        over = {"data": {"dataset": self.datasets[0]}, "activations": activations, "seeds": seeds}
+        return experiment_from_dict(merge(self.base, over))
+
+    @property
+    def varied(self) -> tuple[str, ...]:
+        """Grid keys with more than one value for some variant (they name the jobs)."""
+        out = []
+        for key, values in self.grid.items():
+            lists = values.values() if isinstance(values, Mapping) else [values]
+            if any(len(v) > 1 for v in lists):
+                out.append(key)
+        return tuple(out)
+
+    def values(self, key: str, activation: str) -> tuple[Any, ...] | None:
+        """The grid values of ``key`` for one variant (None: not searched, the base value)."""
+        values = self.grid.get(key)
+        if isinstance(values, Mapping):
+            return values.get(activation)
+        return values
+
+    def jobs(self, task: JobTask | None = None) -> list[Job]:
+        """Every job, in a fixed order: dataset, variant, grid point (keys in
+        :data:`GRID_KEYS` order, last varies fastest), seed.
+
+        Args:
+            task: extra data handling and metrics of every job (the benchmark's folds).
+        """
+        dropouts = self._experiment(list(self.activations), [0])
+        out = []
+        for dataset in self.datasets:
+            for act in self.activations:
+                keys = [k for k in GRID_KEYS if self.values(k, act) is not None]
+                for combo in itertools.product(*(self.values(k, act) for k in keys)):
+                    point = dict(zip(keys, combo, strict=True))
+                    for seed in self.seeds:
+                        cfg = _job_config(self.base, dataset, act, seed, point, dropouts)
+                        out.append(Job.make(cfg, point, self.varied, task))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :func:`sweep_from_dict` reads it back."""
+        grid = {
+            k: ({a: list(v) for a, v in vals.items()} if isinstance(vals, Mapping) else list(vals))
+            for k, vals in self.grid.items()
+        }
+        return {
+            **json.loads(json.dumps(dict(self.base))),
+            "datasets": list(self.datasets),
+            "activations": list(self.activations),
+            "seeds": list(self.seeds),
+            "select": self.select,
+            "grid": grid,
+        }
+
+
+def _check_grid(grid: Mapping[str, Any], activations: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(grid, Mapping):
+        raise ValueError(f"[grid] must be a table of hyperparameter lists, got {grid!r}")
+    out: dict[str, Any] = {}
+    for key, values in grid.items():
+        if key not in GRID_KEYS:
+            raise ValueError(f"unknown grid key {key!r}; valid: {', '.join([*GRID_KEYS, 'seeds'])}")
+        if isinstance(values, Mapping):
+            per = {}
+            for act, vals in values.items():
+                name = act.strip().lower()
+                if name not in activations:
+                    raise ValueError(
+                        f"grid.{key} names variant {act!r}, which is not among the activations "
+                        f"{list(activations)}"
+                    )
+                per[name] = _check_values(key, f"grid.{key}.{act}", vals)
+            out[key] = per
+        else:
+            out[key] = _check_values(key, f"grid.{key}", values)
+    return out
+
+
+def _check_values(key: str, where: str, values: Any) -> tuple[Any, ...]:
+    if isinstance(values, (str, int, float)):
+        values = [values]
+    values = tuple(values)
+    if key in _FLOAT_KEYS:  # 0 and 0.0 are one value (and one job hash)
+        values = tuple(
+            float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in values
+        )
+    if not values:
+        raise ValueError(f"{where} is empty; give at least one value, e.g. [4]")
+    if len(set(map(repr, values))) != len(values):
+        raise ValueError(f"{where}={list(values)} repeats a value")
+    return values
+
+
+def _absolute_dataset(name: str) -> str:
+    if name.startswith(CSV_PREFIX):
+        path = Path(name[len(CSV_PREFIX) :].strip()).expanduser()
+        return CSV_PREFIX + str(path.resolve()) if str(path) else name
+    return name
+
+
+def _job_config(
+    base: Mapping[str, Any],
+    dataset: str,
+    activation: str,
+    seed: int,
+    point: Mapping[str, Any],
+    dropouts: ExperimentConfig,
+) -> ExperimentConfig:
+    override: dict[str, Any] = {
+        "data": {"dataset": dataset},
+        "activations": [activation],
+        "seeds": [seed],
+        "dropout": float(dropouts.dropout_for(activation)),
+        "dropout_by_activation": {},
+    }
+    for key, value in point.items():
+        section, name = GRID_KEYS[key]
+        if section is None:
+            override[name] = value
+        else:
+            override.setdefault(section, {})[name] = value
+    merged = merge(base, override)
+    merged["dropout_by_activation"] = {}
+    return experiment_from_dict(merged)
+
+
+def sweep_from_dict(d: Mapping[str, Any]) -> SweepSpec:
+    """Build a :class:`SweepSpec` from a nested dict (a sweep TOML file, or ``to_dict()``).
+
+    Relative ``csv:`` paths and ``data_dir`` are resolved against the current directory (as in
+    ``selfnorm compare``) and stored absolute, so that workers anywhere find them.
+    """
+    d = dict(d)
+    sweep_keys = {k: d.pop(k) for k in _SWEEP_KEYS if k in d}
+    base = json.loads(json.dumps(d))  # a deep, plain copy
+    data = base.get("data", {})
+    if not isinstance(data, Mapping):
+        raise ValueError(f"[data] must be a table of settings, got {data!r}")
+    if "datasets" in sweep_keys and "dataset" in data:
+        raise ValueError(
+            "the sweep names its data twice: `datasets` and [data] dataset; keep one of them"
+        )
+    datasets = sweep_keys.get("datasets", [data.get("dataset", DataConfig.dataset)])
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if "dataset" in data:
+        base["data"] = {k: v for k, v in data.items() if k != "dataset"}
+    if base.get("data", {}).get("data_dir") is not None:
+        base["data"]["data_dir"] = str(Path(base["data"]["data_dir"]).expanduser().resolve())
+    grid = dict(sweep_keys.get("grid", {}))
+    if "seeds" in grid and "seeds" in sweep_keys:
+        raise ValueError("seeds are given twice: top-level `seeds` and grid.seeds; keep one")
+    seeds = grid.pop("seeds", sweep_keys.get("seeds", [0]))
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    kwargs: dict[str, Any] = {
+        "base": base,
+        "datasets": tuple(_absolute_dataset(str(x)) for x in datasets),
+        "grid": grid,
+        "seeds": tuple(seeds),
+    }
+    if "activations" in sweep_keys:
+        kwargs["activations"] = tuple(sweep_keys["activations"])
+    if "select" in sweep_keys:
+        kwargs["select"] = sweep_keys["select"]
+    return SweepSpec(**kwargs)
+
+
+def load_sweep(path: str | os.PathLike) -> SweepSpec:
+    """Read a sweep TOML file (see the module docstring)."""
+    return sweep_from_dict(load_toml(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+
+class JobTask(Protocol):
+    """What a job does beyond a plain run: its own data split and extra metrics.
+
+    :class:`selfnorm.benchmark.CvFold` is one: it trains on one cross-validation fold and
+    scores the model with ROC AUC. Implementations must be picklable (they travel to workers),
+    hashable (they key the per-process data cache) and frozen.
+    """
+
+    def label(self) -> str:
+        """A short prefix of the job name, e.g. ``fold3``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; part of the job's hash."""
+
+    def dataset(self, data: DataConfig) -> Dataset:
+        """The job's splits."""
+
+    def extra_metrics(self, job: Job, dataset: Dataset, run_root: Path) -> dict[str, Any]:
+        """More numbers for ``job.json``, computed after training (the checkpoint still exists)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: one dataset, one variant, one grid point, one seed."""
+
+    name: str
+    """``<task>-<dataset>-<variant>-<varied params>-s<seed>-<hash>``; the job's folder."""
+    activation: str
+    seed: int
+    params: Mapping[str, Any]
+    """Every grid key's value in this job (searched or not)."""
+    config: ExperimentConfig
+    """The resolved experiment: one activation, one seed."""
+    task: JobTask | None = None
+
+    @classmethod
+    def make(
+        cls,
+        config: ExperimentConfig,
+        point: Mapping[str, Any],
+        varied: Sequence[str],
+        task: JobTask | None = None,
+    ) -> Job:
+        act, seed = config.activations[0], config.seeds[0]
+        params = {
+            key: getattr(config, name)
+            if section is None
+            else getattr(getattr(config, section), name)
+            for key, (section, name) in GRID_KEYS.items()
+        }
+        key = json.dumps(
+            {"config": config.to_dict(), "task": task.to_dict() if task else None},
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+        parts = [task.label()] if task else []
+        parts += [_dataset_label(config.data.dataset), act]
+        parts += [f"{_SHORT.get(k, k)}{params[k]}" for k in varied if k in point]
+        prefix = _slug("-".join([*parts, f"s{seed}"]))[:96]
+        return cls(f"{prefix}-{digest}", act, seed, params, config, task)
+
+    @property
+    def dataset(self) -> str:
+        return self.config.data.dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "activation": self.activation,
+            "seed": self.seed,
+            "params": dict(self.params),
+            "task": self.task.to_dict() if self.task else None,
+            "config": self.config.to_dict(),
+        }
+
+
+def _dataset_label(name: str) -> str:
+    return Path(name[len(CSV_PREFIX) :]).stem if name.startswith(CSV_PREFIX) else name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+_-]", "_", text)
+
+
+@lru_cache(maxsize=8)
+def _load(data: DataConfig, task: JobTask | None) -> Dataset:
+    """The data of a job, loaded once per process (a worker runs many jobs on the same data)."""
+    from selfnorm.data import load_dataset
+
+    return task.dataset(data) if task is not None else load_dataset(data, progress=False)
+
+
+def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) -> dict[str, Any]:
+    """Run one job in this process (the worker function of both executors); never raises.
+
+    Sets torch to ``threads`` threads, trains (or resumes, or skips a finished run) with
+    :func:`selfnorm.training.compare`, and writes ``job.json`` (the record returned) into
+    ``root/jobs/<name>/``. A failure writes its traceback to ``error.txt`` next to it.
+    ``keep_checkpoint=False`` deletes the finished run's checkpoint (it is only needed to resume).
+    """
+    import torch
+
+    from selfnorm.storage import RunDir
+    from selfnorm.training import compare
+
+    torch.set_num_threads(threads)
+    job_dir = Path(root) / "jobs" / job.name
+    for leftover in ("job.json", "error.txt"):
+        (job_dir / leftover).unlink(missing_ok=True)
+    record: dict[str, Any] = {
+        **{k: v for k, v in job.to_dict().items() if k != "config"},
+        "status": "failed",
+        "error": None,
+        "metrics": {},
+        "seconds": None,
+        "epoch_seconds": None,
+        "threads": threads,
+        "host": socket.gethostname(),
+    }
+    t0 = time.perf_counter()
+    paths = RunDir(job_dir).run(job.activation, job.seed)
+    try:
+        ds = _load(job.config.data, job.task)
+        resume = (job_dir / "config.json").exists()
+        compare(job.config, str(job_dir), resume=resume, progress=False, dataset=ds)
+        metrics = run_numbers(paths.root)
+        if job.task is not None:
+            metrics.update(job.task.extra_metrics(job, ds, paths.root))
+        record.update(status="ok", metrics=metrics, epoch_seconds=_epoch_seconds(paths.root))
+    except Exception as exc:  # recorded, never swallowed: job.json + error.txt + the summary
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        atomic_write_text(job_dir / "error.txt", traceback.format_exc())
+    record["seconds"] = time.perf_counter() - t0
+    atomic_write_json(job_dir / "job.json", record)
+    if record["status"] == "ok" and not keep_checkpoint:
+        paths.checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def run_numbers(run_root: Path) -> dict[str, Any]:
+    """Deterministic numbers of one finished run (``result.json`` + ``metrics.jsonl``).
+
+    ``final_*`` are the last epoch's, the model whose test score is reported; timings are left
+    out (``job.json`` has them under ``seconds`` and ``epoch_seconds``).
+    """
+    from selfnorm.storage import read_jsonl
+
+    result = json.loads((run_root / "result.json").read_text(encoding="utf-8"))
+    rows = read_jsonl(run_root / "metrics.jsonl")
+    last = rows[-1] if rows else {}
+    return {
+        "epochs_completed": result["epochs_completed"],
+        "diverged": result["diverged"],
+        "diverged_reason": result["diverged_reason"],
+        "final_val_accuracy": last.get("val_accuracy"),
+        "final_val_loss": last.get("val_loss"),
+        "best_val_accuracy": max((r["val_accuracy"] for r in rows), default=None),
+        "min_val_loss": min((r["val_loss"] for r in rows), default=None),
+        "final_train_loss": last.get("train_loss"),
+        "test_accuracy": result["test_accuracy"],
+        "test_loss": result["test_loss"],
+    }
+
+
+def _epoch_seconds(run_root: Path) -> float | None:
+    from selfnorm.storage import read_jsonl
+
+    rows = read_jsonl(run_root / "metrics.jsonl")
+    return statistics.median(r["epoch_seconds"] for r in rows) if rows else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Executors
+# ---------------------------------------------------------------------------------------------
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    root: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    threads: int | None = None,
+    keep_checkpoints: bool = False,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unfinished job; return every job's record, in the order of ``jobs``.
+
+    Args:
+        jobs: from :meth:`SweepSpec.jobs`.
+        root: the sweep folder; job ``j`` writes ``root/jobs/<j.name>/``.
+        workers: local worker processes (default: the cores); only without Ray.
+        ray_address: with ``use_ray``: ``"auto"`` (the cluster this machine belongs to),
+            ``"ray://HOST:10001"`` or ``"HOST:6379"``; None starts a local Ray instance. A
+            process already connected to Ray (``ray.init`` called) must pass None and uses that
+            connection.
+        use_ray: run the jobs as Ray tasks (``pip install selfnorm[ray]``).
+        threads: torch threads per job (default: cores // workers locally, 1 with Ray, where
+            each task reserves this many CPUs).
+        keep_checkpoints: keep each finished run's ``checkpoint.pt`` (default: delete it).
+        progress: called after every finished job with ``{"done", "total", "skipped",
+            "record", "elapsed", "eta"}`` (``eta`` in seconds, None before the first job ends).
+
+    Returns:
+        The ``job.json`` records (finished ones read back from disk).
+    """
+    root = Path(root).resolve()
+    if len({j.name for j in jobs}) != len(jobs):
+        raise ValueError("two jobs have the same name (the same config twice); remove duplicates")
+    if use_ray:
+        if workers is not None:
+            raise ValueError("workers is for the local executor; Ray places tasks by CPUs")
+        _ray(ray_address)
+    elif ray_address is not None:
+        raise ValueError(f"ray_address={ray_address!r} is given but use_ray is False")
+    records: dict[str, dict[str, Any]] = {}
+    todo = []
+    for job in jobs:
+        rec = _finished_record(root, job)
+        if rec is not None:
+            records[job.name] = rec
+            if not keep_checkpoints:
+                _checkpoint(root, job).unlink(missing_ok=True)
+        else:
+            todo.append(job)
+    tracker = _Tracker(len(jobs), len(records), progress)
+    if todo:
+        if use_ray:
+            threads = 1 if threads is None else threads
+            _check_threads(threads)
+            done = _run_ray(todo, root, threads, keep_checkpoints, ray_address, tracker)
+        else:
+            workers = available_cores() if workers is None else workers
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise ValueError(f"workers={workers!r} must be an integer >= 1, e.g. 2")
+            threads = max(1, available_cores() // workers) if threads is None else threads
+            _check_threads(threads)
+            done = _run_local(todo, root, workers, threads, keep_checkpoints, tracker)
+        records.update(done)
+    return [records[j.name] for j in jobs]
+
+
+def _check_threads(threads: int) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads={threads!r} must be an integer >= 1, e.g. 1")
+
+
+def _checkpoint(root: Path, job: Job) -> Path:
+    from selfnorm.storage import RunDir
+
+    return RunDir(root / "jobs" / job.name).run(job.activation, job.seed).checkpoint
+
+
+def _finished_record(root: Path, job: Job) -> dict[str, Any] | None:
+    path = root / "jobs" / job.name / "job.json"
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rec if rec.get("status") == "ok" else None
+
+
+class _Tracker:
+    """Counts finished jobs and estimates the time left from this session's pace."""
+
+    def __init__(self, total: int, skipped: int, progress: Progress | None) -> None:
+        self.total, self.skipped, self.ran = total, skipped, 0
+        self.progress = progress
+        self.t0 = time.perf_counter()
+
+    def done(self, record: dict[str, Any]) -> None:
+        self.ran += 1
+        elapsed = time.perf_counter() - self.t0
+        left = self.total - self.skipped - self.ran
+        if self.progress is not None:
+            self.progress(
+                {
+                    "done": self.skipped + self.ran,
+                    "total": self.total,
+                    "skipped": self.skipped,
+                    "record": record,
+                    "elapsed": elapsed,
+                    "eta": elapsed / self.ran * left,
+                }
+            )
+
+
+def _lost(job: Job, threads: int, error: str) -> dict[str, Any]:
+    """The record of a job whose worker died (it never wrote job.json)."""
+    return {
+        **{k: v for k, v in job.to_dict().items() if k != "config"},
+        "status": "failed",
+        "error": error,
+        "metrics": {},
+        "seconds": None,
+        "epoch_seconds": None,
+        "threads": threads,
+        "host": None,
+    }
+
+
+_WORKER_MODULES = ("torch", "torch._dynamo", "selfnorm.training", "sklearn.model_selection")
+"""Imported once before any job (torch.optim imports torch._dynamo lazily, 1.6 s here)."""
+
+
+def _init_worker(threads: int) -> None:
+    import importlib
+
+    import torch
+
+    torch.set_num_threads(threads)
+    for name in _WORKER_MODULES:
+        importlib.import_module(name)
+
+
+def _pool_context():
+    """forkserver where there is one: workers fork from a server that has imported torch once
+    (a fork of a process that has run torch ops can hang; a spawn re-imports everything)."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(_WORKER_MODULES))
+    return ctx
+
+
+def _run_local(
+    jobs: Sequence[Job],
+    root: Path,
+    workers: int,
+    threads: int,
+    keep: bool,
+    tracker: _Tracker,
+) -> dict[str, dict[str, Any]]:
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = _pool_context()
+    out: dict[str, dict[str, Any]] = {}
+    n = min(workers, len(jobs))
+    with ProcessPoolExecutor(
+        n, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+    ) as ex:
+        try:
+            futures = {ex.submit(run_job, job, str(root), threads, keep): job for job in jobs}
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as exc:  # the worker process died (killed, out of memory)
+                    rec = _lost(job, threads, f"worker process lost: {type(exc).__name__}: {exc}")
+                out[job.name] = rec
+                tracker.done(rec)
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+    return out
+
+
+def _ray(address: str | None):
+    """The ray module, checked: installed, and no second address for a connected process."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "Ray is not installed; pip install 'selfnorm[ray]' (or run without --ray)"
+        ) from None
+    if ray.is_initialized() and address is not None:
+        raise ValueError(
+            f"ray_address={address!r}, but this process is already connected to Ray; pass "
+            "None to use that connection, or call ray.shutdown() first"
+        )
+    return ray
+
+
+def _run_ray(
+    jobs: Sequence[Job],
+    root: Path,
+    threads: int,
+    keep: bool,
+    address: str | None,
+    tracker: _Tracker,
+) -> dict[str, dict[str, Any]]:
+    ray = _ray(address)
+    connected_here = False
+    if not ray.is_initialized():
+        ray.init(address=address)
+        connected_here = True
+    try:
+        task = ray.remote(run_job).options(num_cpus=threads)
+        refs = {task.remote(job, str(root), threads, keep): job for job in jobs}
+        pending = list(refs)
+        out: dict[str, dict[str, Any]] = {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                job = refs[ref]
+                try:
+                    rec = ray.get(ref)
+                except Exception as exc:  # the task's worker died (RayTaskError, node lost)
+                    rec = _lost(job, threads, f"Ray task lost: {type(exc).__name__}: {exc}")
+                out[job.name] = rec
+                tracker.done(rec)
+        return out
+    finally:
+        if connected_here:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _std(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+
+
+def _point_key(rec: Mapping[str, Any]) -> str:
+    return json.dumps(
+        [rec["dataset"], rec["activation"], rec["params"], rec["task"]], sort_keys=True
+    )
+
+
+def group_points(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records grouped by (dataset, variant, grid point, task) across seeds, with means.
+
+    A grid point is ``eligible`` for selection when every seed finished without diverging.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(_point_key(rec), []).append(rec)
+    out = []
+    for recs in groups.values():
+        ok = [r for r in recs if r["status"] == "ok" and not r["metrics"]["diverged"]]
+        m = [r["metrics"] for r in ok]
+        first = recs[0]
+        entry = {
+            "dataset": first["dataset"],
+            "activation": first["activation"],
+            "params": first["params"],
+            "task": first["task"],
+            "seeds": [r["seed"] for r in recs],
+            "jobs": [r["name"] for r in recs],
+            "eligible": len(ok) == len(recs),
+            "val_accuracy": _mean([x["final_val_accuracy"] for x in m]),
+            "val_loss": _mean([x["final_val_loss"] for x in m]),
+            "test_accuracy": _mean([x["test_accuracy"] for x in m]),
+            "test_accuracy_std": _std([x["test_accuracy"] for x in m]),
+            "test_loss": _mean([x["test_loss"] for x in m]),
+        }
+        for key in ("val_score", "test_score"):
+            if all(key in x for x in m) and m:
+                entry[key] = _mean([x[key] for x in m])
+        out.append(entry)
+    return out
+
+
+def best_point(points: Sequence[Mapping[str, Any]], select: str) -> Mapping[str, Any] | None:
+    """The eligible point with the best validation number (None when none is eligible).
+
+    ``val_accuracy``: highest mean final val accuracy, ties broken by lower val loss;
+    ``val_loss``: lowest mean final val loss; ``val_score`` (benchmark): highest mean val score,
+    ties by lower val loss. Remaining ties: the first point in job order.
+    """
+    eligible = [p for p in points if p["eligible"] and p["val_loss"] is not None]
+    if not eligible:
+        return None
+    if select == "val_loss":
+        return min(eligible, key=lambda p: p["val_loss"])
+    return max(eligible, key=lambda p: (p[select], -p["val_loss"]))
+
+
+def summarize_sweep(spec: SweepSpec, records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """sweep.json: the spec, every job's record, and the best grid point per dataset and variant
+    (chosen on validation only; its test numbers are reported, never used to choose)."""
+    points = group_points(records)
+    best: dict[str, dict[str, Any]] = {}
+    for dataset in spec.datasets:
+        for act in spec.activations:
+            mine = [p for p in points if p["dataset"] == dataset and p["activation"] == act]
+            b = best_point(mine, spec.select)
+            best.setdefault(dataset, {})[act] = None if b is None else dict(b)
+    failed = [r["name"] for r in records if r["status"] != "ok"]
+    return {
+        "spec": spec.to_dict(),
+        "select": spec.select,
+        "selection": "best mean over seeds of the final-epoch validation "
+        + ("accuracy (ties: lower validation loss)" if spec.select == "val_accuracy" else "loss")
+        + "; test numbers are those of the same final-epoch models",
+        "varied": list(spec.varied),
+        "jobs_total": len(records),
+        "jobs_ok": len(records) - len(failed),
+        "jobs_failed": failed,
+        "best": best,
+        "jobs": list(records),
+    }
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_best_table(summary: Mapping[str, Any]) -> str:
+    """The best grid point per dataset and variant, as a Markdown table."""
+    varied = summary["varied"]
+    header = [
+        "dataset",
+        "variant",
+        *varied,
+        "seeds",
+        "val acc",
+        "val loss",
+        "test acc",
+        "test loss",
+    ]
+    rows = []
+    for dataset, per in summary["best"].items():
+        for act, b in per.items():
+            if b is None:
+                rows.append([_dataset_label(dataset), act, *["—"] * (len(header) - 2)])
+                continue
+            rows.append(
+                [
+                    _dataset_label(dataset),
+                    act,
+                    *[_fmt(b["params"][k]) for k in varied],
+                    str(len(b["seeds"])),
+                    _fmt(b["val_accuracy"]),
+                    _fmt(b["val_loss"]),
+                    _fmt(b["test_accuracy"])
+                    + (f" ± {b['test_accuracy_std']:.4f}" if len(b["seeds"]) > 1 else ""),
+                    _fmt(b["test_loss"]),
+                ]
+            )
+    return _md_table(header, rows)
+
+
+def format_jobs_table(summary: Mapping[str, Any]) -> str:
+    """Every job with its validation and test numbers, as a Markdown table."""
+    varied = summary["varied"]
+    header = ["job", "variant", *varied, "seed", "status", "val acc", "val loss", "test acc", "s"]
+    rows = []
+    for r in summary["jobs"]:
+        m = r["metrics"]
+        status = r["status"] if r["status"] != "ok" or not m["diverged"] else "diverged"
+        rows.append(
+            [
+                r["name"],
+                r["activation"],
+                *[_fmt(r["params"][k]) for k in varied],
+                str(r["seed"]),
+                status,
+                _fmt(m.get("final_val_accuracy")),
+                _fmt(m.get("final_val_loss")),
+                _fmt(m.get("test_accuracy")),
+                _fmt(r["seconds"], 1),
+            ]
+        )
+    return _md_table(header, rows)
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """summary.md: counts, failures with their errors, the best table, the jobs table."""
+    parts = [
+        "# Sweep",
+        "",
+        f"{summary['jobs_total']} jobs: {summary['jobs_ok']} finished, "
+        f"{len(summary['jobs_failed'])} failed.",
+        "",
+        f"## Best configuration per variant\n\nChosen on validation only: {summary['selection']}.",
+        "",
+        format_best_table(summary),
+        "",
+    ]
+    failed = [r for r in summary["jobs"] if r["status"] != "ok"]
+    if failed:
+        parts += ["## Failed jobs", ""]
+        parts += [f"- `{r['name']}`: {r['error']} (traceback: `jobs/{r['name']}/error.txt`)"
+                  for r in failed]  # fmt: skip
+        parts.append("")
+    parts += ["## All jobs", "", format_jobs_table(summary), ""]
+    return "\n".join(parts)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    threads: int | None = None,
+    keep_checkpoints: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run a sweep (see :func:`run_jobs` for the executor arguments) and write its summary.
+
+    Writes ``out_dir/spec.json`` first, then one folder per job under ``out_dir/jobs/``, and at
+    the end ``out_dir/sweep.json`` (:func:`summarize_sweep`) and ``out_dir/summary.md``. Calling
+    it again on the same folder skips finished jobs; a changed spec adds its new jobs (jobs are
+    named by their config) and summarizes exactly the jobs of the new spec.
+
+    Returns:
+        The sweep.json dict.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "spec.json", spec.to_dict())
+    records = run_jobs(
+        spec.jobs(),
+        out,
+        workers=workers,
+        ray_address=ray_address,
+        use_ray=use_ray,
+        threads=threads,
+        keep_checkpoints=keep_checkpoints,
+        progress=progress,
+    )
+    summary = summarize_sweep(spec, records)
+    atomic_write_json(out / "sweep.json", summary)
+    atomic_write_text(out / "summary.md", summary_markdown(summary))
+    return summary

@@ -1,0 +1,292 @@
+import json
+import shutil
+import statistics
+
+import pytest
+import torch
+
+from selfnorm.cli import main
+from selfnorm.data import load_dataset
+from selfnorm.storage import RunDir, read_jsonl
+from selfnorm.sweep import (
+    SweepSpec,
+    load_sweep,
+    run_sweep,
+    summarize_sweep,
+    sweep_from_dict,
+)
+from selfnorm.training import DeviceData, train_run
+
+# 2 variants x depth {1, 2} x 2 seeds = 8 jobs of a few hundred ms each
+SMALL = {
+    "activations": ["selu", "relu"],
+    "seeds": [0, 1],
+    "model": {"width": 16},
+    "train": {"epochs": 2, "batch_size": 128},
+    "grid": {"depth": [1, 2], "dropout": {"selu": [0.0]}},
+}
+TOML = """\
+datasets = ["digits"]
+activations = ["selu", "relu"]
+seeds = [0, 1]
+[model]
+width = 16
+[train]
+epochs = 2
+batch_size = 128
+[grid]
+depth = [1, 2]
+dropout = { selu = [0] }
+"""
+
+
+def _metrics(summary):
+    return {r["name"]: r["metrics"] for r in summary["jobs"]}
+
+
+@pytest.fixture(scope="module")
+def spec() -> SweepSpec:
+    return sweep_from_dict(SMALL)
+
+
+@pytest.fixture(scope="module")
+def local(spec, tmp_path_factory):
+    """The sweep run once on 2 local worker processes, 1 torch thread each."""
+    out = tmp_path_factory.mktemp("local")
+    events = []
+    summary = run_sweep(spec, out, workers=2, threads=1, progress=events.append)
+    return out, summary, events
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# --- the sweep file ---------------------------------------------------------------------------
+
+
+def test_spec_expands_grid_in_a_fixed_order_with_stable_names(spec, tmp_path):
+    jobs = spec.jobs()
+    assert len(jobs) == 8 and spec.varied == ("depth",)
+    assert [(j.activation, j.params["depth"], j.seed) for j in jobs[:4]] == [
+        ("selu", 1, 0), ("selu", 1, 1), ("selu", 2, 0), ("selu", 2, 1),
+    ]  # fmt: skip
+    assert jobs[0].name.startswith("digits-selu-d1-s0-") and len({j.name for j in jobs}) == 8
+    for j in jobs:
+        assert j.config.activations == (j.activation,) and j.config.seeds == (j.seed,)
+        assert j.config.model.width == 16 and j.config.train.epochs == 2
+    # the same settings from TOML, from to_dict() and from a dict give the same jobs
+    (tmp_path / "s.toml").write_text(TOML)
+    for other in (load_sweep(tmp_path / "s.toml"), sweep_from_dict(spec.to_dict())):
+        assert [j.name for j in other.jobs()] == [j.name for j in jobs]
+
+
+def test_per_variant_grid_and_base_dropout():
+    spec = sweep_from_dict(
+        {
+            "activations": ["selu", "relu"],
+            "dropout_by_activation": {"relu": 0.2},
+            "grid": {"dropout": {"selu": [0, 0.05]}, "lr": [1e-3, 1e-2]},
+        }
+    )
+    drops = {(j.activation, j.params["dropout"], j.params["lr"]) for j in spec.jobs()}
+    assert drops == {
+        ("selu", 0.0, 1e-3), ("selu", 0.05, 1e-3), ("selu", 0.0, 1e-2), ("selu", 0.05, 1e-2),
+        ("relu", 0.2, 1e-3), ("relu", 0.2, 1e-2),
+    }  # fmt: skip
+    for j in spec.jobs():  # the job's own config holds the effective rate
+        assert j.config.dropout_for(j.activation) == j.params["dropout"]
+
+
+@pytest.mark.parametrize(
+    ("d", "message"),
+    [
+        ({"grid": {"depht": [2]}}, "unknown grid key 'depht'; valid: depth"),
+        ({"grid": {"depth": []}}, "grid.depth is empty"),
+        ({"grid": {"depth": [2, 2]}}, "repeats a value"),
+        ({"grid": {"depth": [0]}}, "depth=0 must be an integer >= 1"),
+        ({"grid": {"dropout": {"tanh": [0.1]}}}, "names variant 'tanh'"),
+        ({"seeds": [0], "grid": {"seeds": [1]}}, "seeds are given twice"),
+        ({"select": "test_accuracy"}, "select='test_accuracy'; choose one of"),
+        ({"datasets": ["digits"], "data": {"dataset": "iris"}}, "names its data twice"),
+        ({"activations": ["swish"]}, "unknown activation 'swish'"),
+        ({"modle": {}}, "unknown key(s) ['modle']"),
+    ],
+)
+def test_bad_sweep_files_name_the_problem(d, message):
+    with pytest.raises(ValueError, match=None) as exc:
+        sweep_from_dict(d)
+    assert message in str(exc.value)
+
+
+# --- running it -------------------------------------------------------------------------------
+
+
+def test_local_sweep_writes_job_dirs_and_picks_best_on_validation(local, spec):
+    out, summary, events = local
+    assert summary["jobs_total"] == summary["jobs_ok"] == 8 and summary["jobs_failed"] == []
+    assert [e["done"] for e in events] == list(range(1, 9))
+    assert all(e["total"] == 8 and e["eta"] >= 0 for e in events) and events[-1]["eta"] == 0
+    for job in spec.jobs():
+        d = out / "jobs" / job.name
+        rec = json.loads((d / "job.json").read_text())
+        assert rec["status"] == "ok" and rec["threads"] == 1
+        run = RunDir(d).run(job.activation, job.seed)
+        result = json.loads(run.result.read_text())
+        rows = read_jsonl(run.metrics)
+        assert len(rows) == 2 and not run.checkpoint.exists()  # deleted once finished
+        assert rec["metrics"]["test_accuracy"] == result["test_accuracy"]
+        assert rec["metrics"]["final_val_accuracy"] == rows[-1]["val_accuracy"]
+        assert json.loads((d / "config.json").read_text()) == job.config.to_dict()
+    # best per variant, recomputed from the job files: highest mean final val accuracy
+    for act in spec.activations:
+        by_depth = {}
+        for job in spec.jobs():
+            if job.activation == act:
+                rec = json.loads((out / "jobs" / job.name / "job.json").read_text())
+                by_depth.setdefault(job.params["depth"], []).append(rec["metrics"])
+        means = {
+            k: statistics.fmean(m["final_val_accuracy"] for m in v) for k, v in by_depth.items()
+        }
+        best = summary["best"]["digits"][act]
+        assert best["params"]["depth"] == max(means, key=means.get)
+        assert best["val_accuracy"] == means[best["params"]["depth"]]
+        tests = [m["test_accuracy"] for m in by_depth[best["params"]["depth"]]]
+        assert best["test_accuracy"] == statistics.fmean(tests)
+    assert json.loads((out / "sweep.json").read_text()) == summary
+    md = (out / "summary.md").read_text()
+    assert "## Best configuration per variant" in md and md.count("| digits-") == 8
+
+
+def test_ray_executor_gives_the_same_numbers(local, spec, ray_instance, tmp_path):
+    _, expected, _ = local
+    summary = run_sweep(spec, tmp_path, use_ray=True, threads=1)
+    assert _metrics(summary) == _metrics(expected)  # exact: same seeds, same thread count
+    assert summary["best"] == expected["best"]
+    with pytest.raises(ValueError, match="already connected to Ray"):
+        run_sweep(spec, tmp_path, use_ray=True, ray_address="auto")
+
+
+def test_cli_ray_local_uses_the_connection(local, ray_instance, tmp_path, capsys):
+    _, expected, _ = local
+    (tmp_path / "s.toml").write_text(TOML)
+    out = tmp_path / "out"
+    assert main(["sweep", str(tmp_path / "s.toml"), "--ray", "local", "--out", str(out),
+                 "--json"]) == 0  # fmt: skip
+    assert _metrics(json.loads(capsys.readouterr().out)) == _metrics(expected)
+
+
+def test_resume_skips_finished_and_completes_unfinished(local, spec, tmp_path):
+    src, expected, _ = local
+    out = tmp_path / "sweep"
+    shutil.copytree(src, out)
+    jobs = spec.jobs()
+    # job 0: interrupted after epoch 1 of 2 (checkpoint + 1 metrics row, no result)
+    j0 = jobs[0]
+    d0 = out / "jobs" / j0.name
+    shutil.rmtree(d0)
+    RunDir(d0).prepare(j0.config.to_dict(), resume=False, overwrite=False)
+    data = DeviceData.from_dataset(
+        load_dataset(j0.config.data, progress=False), torch.device("cpu")
+    )
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers, for bit-equal numbers
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_run(data, j0.config, j0.activation, j0.seed, RunDir(d0).run(j0.activation, 0),
+                      stop_after_first)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert RunDir(d0).run(j0.activation, 0).checkpoint.exists()
+    # job 1: never started; job 2: trained, but the driver died before job.json
+    shutil.rmtree(out / "jobs" / jobs[1].name)
+    (out / "jobs" / jobs[2].name / "job.json").unlink()
+    untouched = out / "jobs" / jobs[3].name / "job.json"
+    before = untouched.stat().st_mtime_ns
+
+    events = []
+    summary = run_sweep(spec, out, workers=2, threads=1, progress=events.append)
+    assert [e["skipped"] for e in events] == [5, 5, 5] and events[-1]["done"] == 8
+    assert {e["record"]["name"] for e in events} == {j.name for j in jobs[:3]}
+    assert untouched.stat().st_mtime_ns == before
+    assert _metrics(summary) == _metrics(expected)  # the resumed run is bit-identical
+    rows = read_jsonl(RunDir(d0).run(j0.activation, 0).metrics)
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+    # nothing left to do: no job runs, the summary is rebuilt from the job files
+    events.clear()
+    again = run_sweep(spec, out, workers=2, threads=1, progress=events.append)
+    assert events == [] and _metrics(again) == _metrics(expected)
+
+
+def test_failing_job_is_recorded_and_others_finish(tmp_path, capsys):
+    toml = tmp_path / "s.toml"
+    missing = tmp_path / "missing.csv"
+    toml.write_text(
+        TOML.replace('datasets = ["digits"]', f'datasets = ["digits", "csv:{missing}"]')
+    )
+    out = tmp_path / "out"
+    code = main(["sweep", str(toml), "--workers", "2", "--threads", "1", "--out", str(out)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.err and "8 job(s) failed" in captured.err
+    assert "| missing-selu-d1-s0-" in captured.out
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["jobs_ok"] == 8 and len(summary["jobs_failed"]) == 8
+    for rec in summary["jobs"]:
+        d = out / "jobs" / rec["name"]
+        if rec["dataset"].startswith("csv:"):
+            assert rec["status"] == "failed" and "FileNotFoundError" in rec["error"]
+            assert str(missing) in rec["error"]
+            assert "Traceback" in (d / "error.txt").read_text()
+            assert json.loads((d / "job.json").read_text())["status"] == "failed"
+        else:
+            assert rec["status"] == "ok" and not (d / "error.txt").exists()
+    assert summary["best"][f"csv:{missing}"] == {"selu": None, "relu": None}
+    assert summary["best"]["digits"]["selu"] is not None
+    assert "## Failed jobs" in (out / "summary.md").read_text()
+
+    # the file appears: running again retries only the failed jobs
+    missing.write_text("a,b,y\n" + "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(60)))
+    assert main(["sweep", str(toml), "--workers", "2", "--threads", "1", "--out", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["jobs_ok"] == 16 and not any((out / "jobs").glob("*/error.txt"))
+
+
+def test_summarize_selects_on_validation_loss_when_asked(local, spec):
+    _, summary, _ = local
+    by_loss = summarize_sweep(
+        sweep_from_dict({**spec.to_dict(), "select": "val_loss"}), summary["jobs"]
+    )
+    for act, best in by_loss["best"]["digits"].items():
+        mean_loss = {
+            depth: statistics.fmean(
+                r["metrics"]["final_val_loss"]
+                for r in summary["jobs"]
+                if r["activation"] == act and r["params"]["depth"] == depth
+            )
+            for depth in (1, 2)
+        }
+        assert best["params"]["depth"] == min(mean_loss, key=mean_loss.get)
+        assert best["val_loss"] == min(mean_loss.values())
+
+
+def test_cli_errors(tmp_path, capsys):
+    (tmp_path / "s.toml").write_text(TOML)
+    assert main(["sweep", str(tmp_path / "s.toml"), "--ray", "auto", "--workers", "2"]) == 2
+    assert "--workers is for local processes" in capsys.readouterr().err
+    (tmp_path / "bad.toml").write_text("[grid]\ndepth = [0]\n")
+    assert main(["sweep", str(tmp_path / "bad.toml")]) == 2
+    assert "depth=0 must be an integer >= 1" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
