@@ -124,7 +124,7 @@ def build_cnn(
     dropout: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> nn.Sequential:
-    """A small CNN: 3x3 convolutions (stride 2 after the first), global average pool, linear.
+    """A small CNN: 3x3 convolutions (stride 2 after the first), flatten, linear.
 
     Block ``i``: ``conv{i}`` -> [``bn{i}`` | ``ln{i}``] -> ``act{i}`` -> [``drop{i}``] with
     channel-wise dropout of the spec's kind (:class:`~selfnorm.FeatureAlphaDropout` for SELU).
@@ -157,9 +157,11 @@ def build_cnn(
         if dropout > 0:
             layers[f"drop{i}"] = spec.feature_dropout(dropout)
         prev = c
-    layers["pool"] = nn.AdaptiveAvgPool2d(1)
+    height, width = int(input_shape[1]), int(input_shape[2])
+    for _ in channels[1:]:  # each stride-2 conv (3x3, padding 1) maps n -> ceil(n / 2)
+        height, width = -(-height // 2), -(-width // 2)
     layers["flatten"] = nn.Flatten()
-    layers["out"] = Linear(prev, out_features)
+    layers["out"] = Linear(prev * height * width, out_features)
     model = nn.Sequential(layers)
     _init_(model, spec, generator)
     return model

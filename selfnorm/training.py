@@ -285,6 +285,11 @@ def compare(
     run_dir = RunDir(out_dir)
     device = resolve_device(config.train.device)
     ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
+    for activation in config.activations:  # a model that cannot be built fails before any write
+        build_model(
+            config.model, activation, config.dropout_for(activation), ds.input_shape,
+            ds.num_classes, 0,
+        )  # fmt: skip
     run_dir.prepare(config.to_dict(), resume=resume, overwrite=overwrite)
     data = DeviceData.from_dataset(ds, device)
     results: dict[str, list[dict[str, Any]]] = {}

@@ -91,3 +91,23 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
     # resuming a finished run recomputes nothing and gives the same summary
     assert main(["compare", "--resume", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_bytes()) == json.loads(before)
+
+
+def test_cnn_variant_on_image_data(tmp_path):
+    out = tmp_path / "cnn"
+    args = ["compare", "--model", "cnn", "--channels", "8,16", "--activations", "selu,relu",
+            "--dropout", "0.05", "--epochs", "8", "--seeds", "0", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"]["input_shape"] == [1, 8, 8]
+    for name in ("selu", "relu"):
+        assert summary["variants"][name]["test_accuracy"] > 0.7  # chance is 0.1
+
+
+def test_cnn_on_tabular_data_is_a_clean_error(tmp_path, capsys):
+    args = ["compare", "--model", "cnn", "--dataset", "iris", "--epochs", "1", "--seeds", "0",
+            "--quiet", "--out", str(tmp_path / "x")]  # fmt: skip
+    assert main(args) == 2
+    assert "needs input_shape (C, H, W)" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
