@@ -28,6 +28,7 @@ __all__ = [
     "PRESETS",
     "ExperimentConfig",
     "ModelConfig",
+    "RecordConfig",
     "TrainConfig",
     "experiment_from_dict",
     "load_toml",
@@ -99,6 +100,53 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RecordConfig:
+    """What :class:`selfnorm.recording.ActivationRecorder` measures during training, and where
+    ``selfnorm compare`` writes it.
+
+    Example:
+        >>> RecordConfig(every=10).bin_edges()[:3]
+        [-4.0, -3.875, -3.75]
+    """
+
+    enabled: bool = True
+    """Record activation statistics during training (``--no-record`` turns it off)."""
+    every: int = 50
+    """Record every N optimizer steps (step 0, N, 2N, ...); ``--record-every N``."""
+    bins: int = 64
+    """Histogram bins over ``range``; values outside are counted as underflow/overflow."""
+    range: tuple[float, float] = (-4.0, 4.0)
+    """Signed histogram range ``(low, high)``; the default suits SELU's fixed point (0, 1)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to ``RUN_DIR/tensorboard/`` (``--tensorboard``)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"record.enabled={self.enabled!r} must be true or false")
+        if not isinstance(self.tensorboard, bool):
+            raise ValueError(f"record.tensorboard={self.tensorboard!r} must be true or false")
+        if self.tensorboard and not self.enabled:
+            raise ValueError(
+                "record.tensorboard=true writes the recorded statistics, but record.enabled="
+                "false records none; drop --no-record or --tensorboard"
+            )
+        _validate.positive_int("record.every", self.every)
+        _validate.positive_int("record.bins", self.bins)
+        rng = tuple(self.range)
+        if len(rng) != 2:
+            raise ValueError(f"record.range={self.range!r} must be two numbers (low, high)")
+        lo, hi = (_validate.finite("record.range", v) for v in rng)
+        if not lo < hi:
+            raise ValueError(f"record.range=({lo}, {hi}) needs low < high, e.g. (-4, 4)")
+        object.__setattr__(self, "range", (lo, hi))
+
+    def bin_edges(self) -> list[float]:
+        """The ``bins + 1`` edges, evenly spaced over ``range``."""
+        lo, hi = self.range
+        return [lo + (hi - lo) * i / self.bins for i in range(self.bins + 1)]
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole comparison: data, model, training, the variants and the seeds."""
 
@@ -113,6 +161,8 @@ class ExperimentConfig:
     """Per-variant drop rates that override ``dropout`` (e.g. selu 0.1, relu 0.2)."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """One run per seed and variant; a seed fixes init, data order and dropout masks."""
+    record: RecordConfig = field(default_factory=RecordConfig)
+    """Activation recording during training (statistics and histograms per layer)."""
 
     def __post_init__(self) -> None:
         acts = tuple(a.strip().lower() for a in self.activations)
@@ -161,7 +211,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "record": RecordConfig,
+}
 
 
 def _check_keys(where: str, given: Mapping[str, Any], cls: type) -> None:
@@ -191,6 +246,8 @@ def experiment_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
             section = dict(value)
             if key == "model" and "channels" in section:
                 section["channels"] = tuple(section["channels"])
+            if key == "record" and "range" in section:
+                section["range"] = tuple(section["range"])
             kwargs[key] = _SECTIONS[key](**section)
         elif key in ("activations", "seeds"):
             kwargs[key] = tuple(value)

@@ -8,10 +8,13 @@ Layout::
       runs/<variant>/seed<k>/
         metrics.jsonl                  one JSON line per epoch, appended as it happens
         checkpoint.pt                  model + optimizer + RNG state after the last epoch
+        records/chunk-<k>.npz          activation statistics, one chunk per epoch (records.py)
         result.json                    final numbers; its presence marks the run complete
+      tensorboard/<variant>/seed<k>/   TensorBoard event files (``--tensorboard``)
 
 Appends are flushed and fsync'ed; whole-file writes are atomic (temporary file + rename), so a
-``kill -9`` at any moment leaves either the old or the new version of every file.
+``kill -9`` at any moment leaves either the old or the new version of every file. On resume the
+metrics and records beyond the checkpoint are dropped before training continues.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selfnorm._io import atomic_write_bytes, atomic_write_json
+from selfnorm.records import truncate_records
 
 __all__ = ["RunDir", "RunPaths", "read_jsonl"]
 
@@ -55,6 +59,8 @@ class RunPaths:
     """Files of one (variant, seed) run."""
 
     root: Path
+    tensorboard: Path | None = field(default=None, compare=False)
+    """Folder of this run's TensorBoard event files (``RunDir.run`` sets it)."""
 
     @property
     def metrics(self) -> Path:
@@ -67,6 +73,10 @@ class RunPaths:
     @property
     def result(self) -> Path:
         return self.root / "result.json"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -87,6 +97,11 @@ class RunPaths:
         atomic_write_bytes(self.metrics, text.encode("utf-8"))
         return rows
 
+    def truncate_records(self, before_step: int) -> None:
+        """Drop the records taken at or after ``before_step`` (those a resumed run takes
+        again), and any temporary file an interrupted write left."""
+        truncate_records(self.records, before_step)
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -98,8 +113,12 @@ class RunPaths:
         return torch.load(self.checkpoint, map_location=device, weights_only=True)
 
     def reset(self) -> None:
+        """Delete everything a previous attempt of this run wrote."""
         for p in (self.metrics, self.checkpoint, self.result):
             p.unlink(missing_ok=True)
+        for d in (self.records, self.tensorboard):
+            if d is not None and d.exists():
+                shutil.rmtree(d)
 
 
 class RunDir:
@@ -117,7 +136,10 @@ class RunDir:
         return self.root / "summary.json"
 
     def run(self, variant: str, seed: int) -> RunPaths:
-        return RunPaths(self.root / "runs" / _slug(variant) / f"seed{seed}")
+        return RunPaths(
+            self.root / "runs" / _slug(variant) / f"seed{seed}",
+            self.root / "tensorboard" / _slug(variant) / f"seed{seed}",
+        )
 
     def exists(self) -> bool:
         return self.root.exists() and any(self.root.iterdir())

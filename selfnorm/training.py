@@ -13,6 +13,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from selfnorm.activations import get_spec
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig
 from selfnorm.data import Dataset, load_dataset
 from selfnorm.models import build_cnn, build_mlp
+from selfnorm.recording import ActivationRecorder
+from selfnorm.sinks import NpzChunkSink, TensorBoardSink
 from selfnorm.storage import RunDir, RunPaths, read_jsonl
 from selfnorm.summary import summarize
 
@@ -133,11 +136,14 @@ def train_epoch(
     y: torch.Tensor,
     perm: torch.Tensor,
     batch_size: int,
+    recorder: ActivationRecorder | None = None,
 ) -> tuple[float, float]:
     """One pass over ``x[perm]`` in mini-batches: the hot loop, shared by every variant.
 
     The data are gathered in epoch order once (one copy, then contiguous slices); loss and
-    accuracy accumulate on the device and are read back once at the end.
+    accuracy accumulate on the device and are read back once at the end. With a ``recorder``,
+    ``recorder.step()`` starts every step (it arms hooks on recording steps only); flushing
+    its records is the caller's business, out of this loop.
 
     Returns:
         Mean training loss and training accuracy of the epoch (with dropout active).
@@ -148,6 +154,8 @@ def train_epoch(
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, n, batch_size):
+        if recorder is not None:
+            recorder.step()
         xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
         out = model(xb)
         loss = F.cross_entropy(out, yb)
@@ -184,7 +192,10 @@ def train_run(
 
     Appends one metrics row per epoch to ``paths.metrics``, checkpoints after every epoch and
     writes ``paths.result`` at the end. A non-finite training loss stops the run with
-    ``diverged: true`` and the reason.
+    ``diverged: true`` and the reason. With ``config.record.enabled`` an
+    :class:`~selfnorm.recording.ActivationRecorder` records every ``config.record.every``
+    steps; each epoch's records become one chunk in ``paths.records`` (and TensorBoard events
+    in ``paths.tensorboard`` with ``config.record.tensorboard``), written before the checkpoint.
 
     Returns:
         The result dict (also written to ``result.json``).
@@ -203,12 +214,16 @@ def train_run(
     torch.manual_seed(seed)  # dropout masks
     history: list[dict[str, Any]] = []
     start_epoch = 1
+    n = len(data.x_train)
+    bs = cfg.batch_size
+    steps_per_epoch = -(-n // bs)
     ckpt = paths.load_checkpoint(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], device)
         history = paths.truncate_metrics(ckpt["epoch"])
+        paths.truncate_records(ckpt["epoch"] * steps_per_epoch)
         start_epoch = ckpt["epoch"] + 1
     else:
         paths.reset()
@@ -216,38 +231,43 @@ def train_run(
         if on_epoch:
             on_epoch(row)
 
-    n = len(data.x_train)
-    bs = cfg.batch_size
+    start_step = (start_epoch - 1) * steps_per_epoch
+    recorder = _recorder(model, config, paths, start_step, steps_per_epoch)
     diverged_reason = None
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        perm = epoch_permutation(n, seed, epoch).to(device)
-        train_loss, train_acc = train_epoch(model, optimizer, data.x_train, data.y_train, perm, bs)
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            diverged_reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
-            break
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "epoch_seconds": seconds,
-        }
-        paths.append_metrics(row)
-        history.append(row)
-        paths.save_checkpoint(
-            {
+    with recorder if recorder is not None else nullcontext():
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            perm = epoch_permutation(n, seed, epoch).to(device)
+            train_loss, train_acc = train_epoch(
+                model, optimizer, data.x_train, data.y_train, perm, bs, recorder
+            )
+            seconds = time.perf_counter() - t0
+            if recorder is not None:
+                recorder.flush()  # this epoch's chunk, before the checkpoint that covers it
+            if not math.isfinite(train_loss):
+                diverged_reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
+                break
+            val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
+            row = {
                 "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(device),
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "epoch_seconds": seconds,
             }
-        )
-        if on_epoch:
-            on_epoch(row)
+            paths.append_metrics(row)
+            history.append(row)
+            paths.save_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state(device),
+                }
+            )
+            if on_epoch:
+                on_epoch(row)
 
     result: dict[str, Any] = {
         "activation": activation,
@@ -262,6 +282,27 @@ def train_run(
         result["test_loss"] = result["test_accuracy"] = None
     atomic_write_json(paths.result, result)
     return result
+
+
+def _recorder(
+    model: nn.Module,
+    config: ExperimentConfig,
+    paths: RunPaths,
+    start_step: int,
+    steps_per_epoch: int,
+) -> ActivationRecorder | None:
+    """The run's recorder with its sinks (chunks in the run folder, TensorBoard), or None."""
+    rc = config.record
+    if not rc.enabled:
+        return None
+    sinks: list[Any] = [NpzChunkSink(paths.records)]
+    if rc.tensorboard:
+        if paths.tensorboard is None:
+            raise ValueError(f"{paths.root}: no TensorBoard folder; get paths from RunDir.run")
+        sinks.append(TensorBoardSink(paths.tensorboard, purge_step=start_step or None))
+    return ActivationRecorder(
+        model, rc, sinks=sinks, start_step=start_step, steps_per_epoch=steps_per_epoch
+    )
 
 
 def compare(

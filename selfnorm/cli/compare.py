@@ -66,6 +66,11 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "epochs": args.epochs,
             "device": args.device,
         },
+        "record": {
+            "every": args.record_every,
+            "enabled": False if args.no_record else None,
+            "tensorboard": True if args.tensorboard else None,
+        },
         "activations": csv_list(args.activations) if args.activations else None,
         "seeds": _parse_seeds(args.seeds) if args.seeds is not None else None,
     }
@@ -170,6 +175,19 @@ def register(sub) -> None:
     g.add_argument("--batch-size", type=int, help="mini-batch size (default 128)")
     g.add_argument("--epochs", type=int, help="epochs (default 30)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    g = p.add_argument_group("recording (activation statistics per layer, runs/*/seed*/records)")
+    g.add_argument(
+        "--record-every",
+        type=int,
+        metavar="N",
+        help="record activation statistics every N optimizer steps (default 50)",
+    )
+    g.add_argument("--no-record", action="store_true", help="do not record activation statistics")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files to RUN_DIR/tensorboard/<variant>/seed<k>",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run directory (default runs/<dataset>-<time>)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")

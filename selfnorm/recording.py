@@ -1,0 +1,695 @@
+r"""``ActivationRecorder``: per-layer activation statistics and histograms during training.
+
+Wrap any ``nn.Module``; every activation module (ReLU, SELU, GELU, ..., see
+:data:`ACTIVATION_TYPES`) is recorded by name, before (pre-activation: the module's input) and
+after (post-activation: its output), together with the gradient of the loss w.r.t. its output
+and the weights of every Linear/Conv layer. Per layer and record:
+
+* mean, std (population), min, max;
+* histogram counts over fixed signed bins (``RecordConfig.range``, ``RecordConfig.bins``;
+  default [-4, 4], 64 bins) plus underflow (``x < low``) and overflow (``x >= high`` and NaN):
+  nothing is dropped, each histogram sums to the number of values;
+* fraction of exact zeros; fraction of units (index along dim 1: features of ``(N, F)``,
+  channels of ``(N, C, H, W)``) never > 0 in the batch ("dead", ReLU family only);
+* fraction of outputs within 5% of the SELU saturation value :math:`\alpha' = -\lambda\alpha`
+  (:data:`SATURATION_RTOL`; for SELU that is a pre-activation below :math:`\ln 0.05 \approx -3`;
+  SELU family only);
+* distance of (mean, var) from the fixed point (0, 1), :math:`\sqrt{\mu^2 + (\nu - 1)^2}`;
+* std of the gradient w.r.t. the layer's output;
+* for every Linear/Conv layer, the mean and std over units of
+  :math:`\omega = \sum_i w_i` and :math:`\tau = \sum_i w_i^2` (the quantities of the SELU theory).
+
+Cost: hooks are registered only for the forward pass of a recording step (every
+``RecordConfig.every`` steps) and removed right after it, so other steps run without hooks. The
+hooks copy each tensor into a reused buffer (so in-place activations and later in-place edits
+cannot change what is measured), and all layers of one shape are reduced together, on the
+tensors' device, with a fixed number of operations. Nothing is read back to the host until
+:meth:`ActivationRecorder.flush`, which makes one transfer for all records taken since the last
+flush and hands plain arrays (:class:`~selfnorm.records.Records`) to the sinks
+(:mod:`selfnorm.sinks`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from selfnorm.activations import SELU
+from selfnorm.config import RecordConfig
+from selfnorm.constants import SATURATION_01
+from selfnorm.records import (
+    STAT_KEYS,
+    WEIGHT_KEYS,
+    Records,
+    concat_records,
+    read_records,
+)
+
+__all__ = [
+    "ACTIVATION_TYPES",
+    "SATURATION_RTOL",
+    "ActivationRecorder",
+    "Records",
+    "activation_family",
+    "read_records",
+    "saturation_value",
+]
+
+SATURATION_RTOL = 0.05
+r"""An output :math:`y` of a SELU-family layer counts as saturated when
+:math:`|y - \alpha'| \le 0.05\,|\alpha'|`."""
+
+# Order matters where classes inherit (ReLU6 is a Hardtanh, CELU is not an ELU).
+_FAMILY_TYPES: tuple[tuple[str, tuple[type[nn.Module], ...]], ...] = (
+    ("selu", (SELU, nn.SELU)),
+    ("relu", (nn.ReLU, nn.ReLU6)),
+    ("lrelu", (nn.LeakyReLU, nn.PReLU, nn.RReLU)),
+    ("elu", (nn.ELU, nn.CELU)),
+    ("gelu", (nn.GELU,)),
+    ("silu", (nn.SiLU,)),
+    ("tanh", (nn.Tanh,)),
+    (
+        "other",
+        (
+            nn.Sigmoid,
+            nn.Softplus,
+            nn.Mish,
+            nn.Hardtanh,
+            nn.Hardswish,
+            nn.Hardsigmoid,
+            nn.Softsign,
+            nn.Tanhshrink,
+            nn.LogSigmoid,
+            nn.Softshrink,
+            nn.Hardshrink,
+            nn.Threshold,
+        ),
+    ),
+)
+
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(t for _, ts in _FAMILY_TYPES for t in ts)
+"""Module types recorded as activation layers (element-wise activations of torch.nn and
+:class:`selfnorm.SELU`); pass ``activation_types=`` to record others."""
+
+_DEAD_FAMILIES = ("relu", "lrelu")
+_WEIGHT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
+# Device-side statistics per row, before the histogram: see _reduce_rows.
+_N_STATS = 7
+
+
+def activation_family(module: nn.Module) -> str:
+    """``selu``, ``relu``, ``lrelu``, ``elu``, ``gelu``, ``silu``, ``tanh`` or ``other``.
+
+    Example:
+        >>> activation_family(nn.LeakyReLU(0.2)), activation_family(SELU())
+        ('lrelu', 'selu')
+    """
+    for name, types in _FAMILY_TYPES:
+        if isinstance(module, types):
+            return name
+    return "other"
+
+
+def saturation_value(module: nn.Module) -> float | None:
+    r"""The value :math:`\alpha' = -\lambda\alpha` a SELU module saturates to; ``None`` for
+    other modules.
+
+    Example:
+        >>> round(saturation_value(nn.SELU()), 4), saturation_value(nn.ReLU())
+        (-1.7581, None)
+    """
+    if isinstance(module, SELU):
+        return module.saturation
+    if isinstance(module, nn.SELU):
+        return SATURATION_01
+    return None
+
+
+class _Rows:
+    """Tensors of one shape (and device, dtype) captured in one pass, copied into a reused
+    buffer ``(capacity, *shape)`` row by row; ``ids`` says which (layer, pre/post) each row is."""
+
+    __slots__ = ("buf", "ids", "itmp", "n", "tmp")
+
+    def __init__(self, like: torch.Tensor, dtype: torch.dtype, int_dtype: torch.dtype) -> None:
+        self.buf = torch.empty((2, *like.shape), dtype=dtype, device=like.device)
+        self.tmp = torch.empty((2, like.numel()), dtype=dtype, device=like.device)
+        self.itmp = torch.empty((2, like.numel()), dtype=int_dtype, device=like.device)
+        self.ids: list[int] = []
+        self.n = 0
+
+    def add(self, t: torch.Tensor, row_id: int) -> None:
+        if self.n == len(self.buf):
+            cap = 2 * len(self.buf)
+            buf = self.buf.new_empty((cap, *self.buf.shape[1:]))
+            buf[: self.n].copy_(self.buf[: self.n])
+            self.buf = buf
+            self.tmp = self.tmp.new_empty((cap, self.tmp.shape[1]))
+            self.itmp = self.itmp.new_empty((cap, self.itmp.shape[1]))
+        self.buf[self.n].copy_(t)
+        self.ids.append(row_id)
+        self.n += 1
+
+
+@dataclass
+class _GroupPlan:
+    """How to reduce one :class:`_Rows` (cached per layout) and decode its results."""
+
+    ids: np.ndarray  # row ids: 2 * slot + (0 pre | 1 post)
+    numel: int
+    units: int
+    thresholds: torch.Tensor  # (n, 1) saturation thresholds, -inf where not applicable
+    offsets: torch.Tensor  # (n, 1) row offsets into the joint histogram
+    width: int  # floats per row in the record
+
+
+@dataclass
+class _Pending:
+    step: int
+    groups: list[_GroupPlan]
+    grads: list[tuple[np.ndarray, int]]  # (slots, floats)
+    flat: torch.Tensor
+
+
+class ActivationRecorder:
+    r"""Record activation statistics of ``model`` during training; a context manager.
+
+    Call :meth:`step` once per optimizer step, before the forward pass; on every
+    ``config.every``-th step (0, every, 2·every, ...) it arms hooks for the next forward pass in
+    training mode, which records every activation layer (and, through tensor hooks, the
+    gradients of that pass's backward). :meth:`flush` (out of the hot loop, e.g. at epoch end)
+    reads the records back to the host in one transfer and gives them to the sinks.
+
+    Args:
+        model: any ``nn.Module``. Call it as ``model(x)``: ``model.forward(x)`` skips hooks.
+        config: bins, range and ``every``; default :class:`~selfnorm.config.RecordConfig`.
+            With ``enabled=False`` :meth:`step` never arms.
+        sinks: objects with ``write(records)`` and ``close()`` (:mod:`selfnorm.sinks`); ``None``
+            (default) keeps the records in memory for :meth:`records`.
+        start_step: global step of the first :meth:`step` call (a resumed run passes the step
+            it resumes at, so the schedule and the step numbers continue).
+        steps_per_epoch: turns steps into fractional epochs in the records (NaN when ``None``).
+        record_eval: also record forward passes in eval mode (default: a forward pass with
+            ``model.training == False`` records nothing and leaves the recorder armed).
+        activation_types: module types treated as activation layers
+            (default :data:`ACTIVATION_TYPES`).
+
+    Warning:
+        Layers are fixed by the first recorded forward pass, in call order; a module called
+        twice per pass is recorded twice (``name``, ``name#2``). A later pass that calls an
+        activation the first one did not raises ``RuntimeError``; one that skips a layer leaves
+        its statistics NaN in that record.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> with ActivationRecorder(net, RecordConfig(every=2)) as rec:
+        ...     for _ in range(5):
+        ...         _ = rec.step()
+        ...         loss = net(torch.randn(32, 8)).square().mean()
+        ...         opt.zero_grad()
+        ...         loss.backward()
+        ...         opt.step()
+        ...     r = rec.records()
+        >>> r.steps.tolist(), r.layers, r.family, r.hist_post.shape
+        ([0, 2, 4], ('1',), ('relu',), (3, 1, 66))
+        >>> int(r.hist_post[0, 0].sum()) == 32 * 16
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: RecordConfig | None = None,
+        *,
+        sinks: Iterable[Any] | None = None,
+        start_step: int = 0,
+        steps_per_epoch: int | None = None,
+        record_eval: bool = False,
+        activation_types: Sequence[type[nn.Module]] = ACTIVATION_TYPES,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.config = config if config is not None else RecordConfig()
+        if not isinstance(self.config, RecordConfig):
+            raise TypeError(f"config must be a RecordConfig, got {type(self.config).__name__}")
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"start_step={start_step!r} must be an integer >= 0")
+        if steps_per_epoch is not None and (
+            isinstance(steps_per_epoch, bool)
+            or not isinstance(steps_per_epoch, int)
+            or steps_per_epoch < 1
+        ):
+            raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be None or an int >= 1")
+        self.record_eval = bool(record_eval)
+        self.steps_per_epoch = steps_per_epoch
+        self._memory: list[Records] | None = [] if sinks is None else None
+        self.sinks = [] if sinks is None else list(sinks)
+        types = tuple(activation_types)
+        self._acts = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
+        if not self._acts:
+            raise ValueError(
+                f"{type(model).__name__} has no activation modules to record (looked for "
+                f"{', '.join(t.__name__ for t in types[:8])}, ...); activations called as "
+                "functions (F.relu) cannot be hooked: use modules, or pass activation_types="
+            )
+        self._weights = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, _WEIGHT_TYPES) and isinstance(getattr(m, "weight", None), torch.Tensor)
+        ]
+        lo, hi = self.config.range
+        self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
+        self._scale = self.config.bins / (hi - lo)
+        self._shift = 1.0 - lo * self._scale  # value -> 1 + bin index
+
+        # layout: slots in call order, fixed by the first captured pass
+        self._slot_of: dict[tuple[int, int], int] = {}
+        self._slot_names: list[str] = []
+        self._slot_family: list[str] = []
+        self._slot_saturation: list[float | None] = []
+        self._frozen = False
+
+        self._next_step = start_step
+        self._armed_step: int | None = None
+        self._capturing = False
+        self._calls: dict[int, int] = {}
+        self._current: dict[int, int] = {}
+        self._module_handles: list[Any] = []
+        self._tensor_handles: list[Any] = []
+        self._rows: dict[tuple, _Rows] = {}
+        self._used: list[_Rows] = []
+        self._grad_rows: dict[tuple, _Rows] = {}
+        self._grad_used: list[_Rows] = []
+        self._plans: dict[tuple, list[_GroupPlan]] = {}
+        self._forward: tuple[int, list[_GroupPlan], torch.Tensor] | None = None
+        self._pending: list[_Pending] = []
+        self._seg: dict[torch.device, torch.Tensor] = {}
+        self._closed = False
+
+    # -- context manager -------------------------------------------------------------------
+
+    def __enter__(self) -> ActivationRecorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Remove every hook and close the sinks (without flushing). Idempotent."""
+        self._remove_module_hooks()
+        self._remove_tensor_hooks()
+        self._armed_step = None
+        self._capturing = False
+        if not self._closed:
+            self._closed = True
+            for sink in self.sinks:
+                sink.close()
+
+    # -- the hot loop ----------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Start an optimizer step: finish the previous record, arm if this step records.
+
+        Returns:
+            Whether this step's forward pass will be recorded.
+        """
+        if self._forward is not None:
+            self._finish()
+        s = self._next_step
+        self._next_step = s + 1
+        if s % self.config.every or not self.config.enabled:
+            return False
+        self._arm(s)
+        return True
+
+    def arm(self) -> None:
+        """Record the next forward pass (in training mode, or any mode with ``record_eval``)
+        whatever the schedule, under the step number of the last :meth:`step`."""
+        if self._forward is not None:
+            self._finish()
+        self._arm(max(self._next_step - 1, 0))
+
+    @property
+    def armed(self) -> bool:
+        """Whether the next forward pass in training mode will be recorded."""
+        return self._armed_step is not None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Recorded activation layers in call order (empty before the first record)."""
+        return tuple(self._slot_names)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _arm(self, step: int) -> None:
+        if self._closed:
+            raise RuntimeError("this ActivationRecorder is closed; create a new one")
+        self._armed_step = step
+        if self._module_handles:
+            return
+        hs = self._module_handles
+        hs.append(self.model.register_forward_pre_hook(self._on_root_pre))
+        for i, (_, m) in enumerate(self._acts):
+            hs.append(m.register_forward_pre_hook(partial(self._on_pre, i)))
+            hs.append(m.register_forward_hook(partial(self._on_post, i)))
+        hs.append(self.model.register_forward_hook(self._on_root_post))
+
+    def _remove_module_hooks(self) -> None:
+        for h in self._module_handles:
+            h.remove()
+        self._module_handles.clear()
+
+    def _remove_tensor_hooks(self) -> None:
+        for h in self._tensor_handles:
+            h.remove()
+        self._tensor_handles.clear()
+
+    def _on_root_pre(self, module: nn.Module, args: Any) -> None:
+        if self._capturing or self._armed_step is None:
+            return
+        if not (module.training or self.record_eval):
+            return
+        self._capturing = True
+        self._calls.clear()
+        self._current.clear()
+        for r in self._used:
+            r.n = 0
+            r.ids.clear()
+        self._used.clear()
+
+    def _slot(self, i: int) -> int:
+        call = self._calls.get(i, 0) + 1
+        self._calls[i] = call
+        slot = self._slot_of.get((i, call))
+        if slot is None:
+            name, module = self._acts[i]
+            label = (name or type(module).__name__) + (f"#{call}" if call > 1 else "")
+            if self._frozen:
+                raise RuntimeError(
+                    f"activation {label!r} was called in this recorded forward pass but not in "
+                    f"the first one, which fixed the layers {self._slot_names}; record a model "
+                    "whose forward pass calls the same activations every time"
+                )
+            slot = len(self._slot_names)
+            self._slot_of[(i, call)] = slot
+            self._slot_names.append(label)
+            self._slot_family.append(activation_family(module))
+            self._slot_saturation.append(saturation_value(module))
+        return slot
+
+    def _put(self, table: dict, used: list, t: torch.Tensor, row_id: int) -> None:
+        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+        key = (t.shape, t.device, dtype)
+        rows = table.get(key)
+        if rows is None:
+            int_dtype = torch.int32 if t.device.type == "cpu" else torch.int64
+            rows = table[key] = _Rows(t, dtype, int_dtype)
+        if rows.n == 0:
+            used.append(rows)
+        with torch.no_grad():
+            rows.add(t.detach(), row_id)
+
+    def _on_pre(self, i: int, module: nn.Module, args: tuple) -> None:
+        if not self._capturing:
+            return
+        slot = self._slot(i)
+        self._current[i] = slot
+        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+            # copied now: an in-place activation overwrites its input
+            self._put(self._rows, self._used, args[0], 2 * slot)
+
+    def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
+        if not self._capturing:
+            return
+        slot = self._current.pop(i, None)
+        if slot is None or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return
+        self._put(self._rows, self._used, out, 2 * slot + 1)
+        if out.requires_grad:
+            self._tensor_handles.append(out.register_hook(partial(self._on_grad, slot)))
+
+    def _on_grad(self, slot: int, grad: torch.Tensor) -> None:
+        self._put(self._grad_rows, self._grad_used, grad, slot)
+
+    def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
+        if not self._capturing:
+            return
+        self._capturing = False
+        step = self._armed_step
+        self._armed_step = None
+        self._remove_module_hooks()
+        self._frozen = True
+        with torch.no_grad():
+            plans = self._forward_plans()
+            parts = [self._reduce_rows(r, p) for r, p in zip(self._used, plans, strict=True)]
+            parts.append(self._weight_sums())
+            self._forward = (step, plans, torch.cat(parts))
+        for r in self._grad_used:
+            r.n = 0
+            r.ids.clear()
+        self._grad_used.clear()
+
+    # -- reductions on the device ----------------------------------------------------------
+
+    def _forward_plans(self) -> list[_GroupPlan]:
+        key = tuple((r.buf.shape[1:], r.buf.device, r.buf.dtype, tuple(r.ids)) for r in self._used)
+        plans = self._plans.get(key)
+        if plans is None:
+            plans = [self._plan(r) for r in self._used]
+            self._plans[key] = plans
+        return plans
+
+    def _plan(self, r: _Rows) -> _GroupPlan:
+        ids = np.array(r.ids, dtype=np.int64)
+        shape = r.buf.shape[1:]
+        numel = math.prod(shape)
+        units = int(shape[1]) if len(shape) >= 2 else numel
+        thr = []
+        for row in ids:
+            sat = self._slot_saturation[row // 2]
+            post = row % 2 == 1
+            thr.append(sat + SATURATION_RTOL * abs(sat) if post and sat is not None else -math.inf)
+        nb = self.config.bins + 2
+        dev = r.buf.device
+        return _GroupPlan(
+            ids=ids,
+            numel=numel,
+            units=units,
+            thresholds=torch.tensor(thr, dtype=r.buf.dtype, device=dev).view(-1, 1),
+            offsets=torch.arange(len(ids), dtype=r.itmp.dtype, device=dev).view(-1, 1) * nb,
+            width=_N_STATS + nb,
+        )
+
+    def _reduce_rows(self, r: _Rows, plan: _GroupPlan) -> torch.Tensor:
+        """Statistics of the ``n`` captured rows, as ``(n, 7 + bins + 2)`` float64 flattened:
+        mean, var, min, max, #zeros, #saturated, #dead units, then the histogram counts."""
+        n, nb, numel = r.n, self.config.bins + 2, plan.numel
+        x = r.buf[:n]
+        x2 = x.view(n, numel)
+        lead = x.shape[1] if x.dim() >= 3 else 1  # batch
+        tmp, itmp = r.tmp[:n], r.itmp[:n]
+        mean = x2.sum(1).div_(numel)
+        torch.sub(x2, mean.unsqueeze(1), out=tmp)  # two passes: exact for any mean
+        var = torch.linalg.vector_norm(tmp, dim=1).square_().div_(numel)
+        unit_max = x.view(n, lead, plan.units, -1).amax(dim=(1, 3))
+        dead = (unit_max <= 0).sum(1)
+        mx = unit_max.amax(1)
+        mn = x2.amin(1)
+        # counts: float 0/1 then sums (comparisons into bool tensors are slow on the CPU);
+        # the batch-wise partial sums stay exact integers, the last sum is float64
+        torch.eq(x2, 0, out=tmp)
+        zeros = tmp.view(n, lead, -1).sum(1).sum(1, dtype=torch.float64)
+        torch.le(x2, plan.thresholds, out=tmp)
+        sat = tmp.view(n, lead, -1).sum(1).sum(1, dtype=torch.float64)
+        # histogram: value -> 1 + floor((x - low) * bins / (high - low)), clamped to
+        # [0 (underflow), bins + 1 (overflow)]; NaN -> overflow; one joint count for all rows
+        torch.mul(x2, self._scale, out=tmp)
+        tmp.add_(self._shift).clamp_(0.0, nb - 1.0).nan_to_num_(nan=nb - 1.0)
+        itmp.copy_(tmp)
+        itmp.add_(plan.offsets)
+        flat_idx = itmp.view(-1)
+        if flat_idx.device.type == "cpu":
+            hist = torch.bincount(flat_idx, minlength=n * nb)
+        else:  # CUDA's bincount reads the maximum back to the host: a sync per call
+            hist = torch.zeros(n * nb, dtype=torch.int64, device=flat_idx.device)
+            hist.scatter_add_(0, flat_idx, torch.ones_like(flat_idx))
+        stats = torch.stack([mean, var, mn, mx]).double()
+        counts = torch.stack([zeros, sat, dead.double()])
+        head = torch.cat([stats, counts], 0).t()
+        return torch.cat([head, hist.view(n, nb).double()], 1).reshape(-1)
+
+    def _weight_sums(self) -> torch.Tensor:
+        """Per weight layer: Σω, Σω², Στ, Στ² over its units (float64, flattened (4, W))."""
+        if not self._weights:
+            return torch.zeros(0, dtype=torch.float64, device=self._device())
+        omegas, norms = [], []
+        dev = self._weights[0][1].weight.device
+        for _, m in self._weights:
+            w = m.weight.detach()
+            if getattr(m, "transposed", False):  # ConvTranspose: (in, out/groups, *kernel)
+                w = w.transpose(0, 1)
+            w2 = w.reshape(w.shape[0], -1)
+            omegas.append(w2.sum(1, dtype=torch.float32).to(dev))
+            norms.append(torch.linalg.vector_norm(w2, dim=1, dtype=torch.float32).to(dev))
+        om = torch.cat(omegas).double()
+        tau = torch.cat(norms).double().square_()
+        seg = self._seg.get(dev)
+        if seg is None:
+            sizes = [len(o) for o in omegas]
+            seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(dev)
+            self._seg[dev] = seg
+        moments = torch.stack([om, om * om, tau, tau * tau])
+        sums = moments.new_zeros(4, len(omegas)).index_add_(1, seg, moments)
+        return sums.reshape(-1).to(self._device())
+
+    def _device(self) -> torch.device:
+        if self._used:
+            return self._used[0].buf.device
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def _finish(self) -> None:
+        """Add the gradients to the pending forward record; queue it for :meth:`flush`."""
+        step, plans, fwd = self._forward
+        self._forward = None
+        self._remove_tensor_hooks()
+        grads: list[tuple[np.ndarray, int]] = []
+        parts = [fwd]
+        with torch.no_grad():
+            for r in self._grad_used:
+                n = r.n
+                x2 = r.buf[:n].view(n, -1)
+                tmp = r.tmp[:n]
+                mean = x2.sum(1).div_(x2.shape[1])
+                torch.sub(x2, mean.unsqueeze(1), out=tmp)
+                var = torch.linalg.vector_norm(tmp, dim=1).square_().div_(x2.shape[1])
+                parts.append(var.double().to(fwd.device))
+                grads.append((np.array(r.ids, dtype=np.int64), n))
+                r.n = 0
+                r.ids.clear()
+            self._grad_used.clear()
+            flat = torch.cat(parts) if len(parts) > 1 else fwd
+        self._pending.append(_Pending(step, plans, grads, flat))
+
+    # -- out of the hot loop ---------------------------------------------------------------
+
+    def flush(self) -> Records:
+        """Finish the pending record, read all records since the last flush back to the host
+        (one transfer), give them to the sinks and return them.
+
+        A record whose backward pass has not run yet when it is flushed has NaN ``grad_std``.
+        """
+        if self._forward is not None:
+            self._finish()
+        pending, self._pending = self._pending, []
+        if not pending:
+            return Records.empty()
+        host = torch.cat([p.flat for p in pending]).cpu().numpy()
+        records = self._decode(pending, host)
+        for sink in self.sinks:
+            sink.write(records)
+        if self._memory is not None:
+            self._memory.append(records)
+        return records
+
+    def records(self) -> Records:
+        """Every record so far (flushes first); only for a recorder without ``sinks``."""
+        if self._memory is None:
+            raise RuntimeError(
+                "records() needs a recorder without sinks (it keeps records in memory); with "
+                "sinks, read what they wrote (e.g. selfnorm.records.read_records(folder))"
+            )
+        self.flush()
+        return concat_records(self._memory)
+
+    def _decode(self, pending: list[_Pending], host: np.ndarray) -> Records:
+        s, nl, nb = len(pending), len(self._slot_names), self.config.bins + 2
+        nw = len(self._weights)
+        stats = np.full((2, s, nl, _N_STATS), np.nan)
+        numel = np.full((2, s, nl), np.nan)
+        units = np.full((2, s, nl), np.nan)
+        hist = np.zeros((2, s, nl, nb), dtype=np.int64)
+        grad_var = np.full((s, nl), np.nan)
+        wsum = np.zeros((s, 4, nw))
+        off = 0
+        for k, p in enumerate(pending):
+            for plan in p.groups:
+                n = len(plan.ids)
+                block = host[off : off + n * plan.width].reshape(n, plan.width)
+                off += n * plan.width
+                slot, kind = plan.ids // 2, plan.ids % 2
+                stats[kind, k, slot] = block[:, :_N_STATS]
+                hist[kind, k, slot] = np.rint(block[:, _N_STATS:]).astype(np.int64)
+                numel[kind, k, slot] = plan.numel
+                units[kind, k, slot] = plan.units
+            wsum[k] = host[off : off + 4 * nw].reshape(4, nw)
+            off += 4 * nw
+            for slots, n in p.grads:
+                grad_var[k, slots] = host[off : off + n]
+                off += n
+        assert off == len(host)
+
+        family = tuple(self._slot_family)
+        dead_ok = np.array([f in _DEAD_FAMILIES for f in family], dtype=bool)
+        sat_ok = np.array([f is not None for f in self._slot_saturation], dtype=bool)
+        out = []
+        for kind in (0, 1):
+            st = stats[kind]
+            mean, var = st[..., 0], st[..., 1]
+            with np.errstate(invalid="ignore"):
+                d = {
+                    "mean": mean,
+                    "std": np.sqrt(np.maximum(var, 0.0)),
+                    "min": st[..., 2],
+                    "max": st[..., 3],
+                    "zero_frac": st[..., 4] / numel[kind],
+                    "dead_frac": np.where(dead_ok, st[..., 6] / units[kind], np.nan),
+                    "saturation_frac": np.where(
+                        sat_ok & (kind == 1), st[..., 5] / numel[kind], np.nan
+                    ),
+                    "fp_distance": np.sqrt(mean**2 + (var - 1.0) ** 2),
+                }
+            out.append({key: d[key] for key in STAT_KEYS})
+        steps = np.array([p.step for p in pending], dtype=np.int64)
+        nu = np.array([_units(m) for _, m in self._weights], dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            om_mean, tau_mean = wsum[:, 0] / nu, wsum[:, 2] / nu
+            om_var = np.maximum(wsum[:, 1] / nu - om_mean**2, 0.0)
+            tau_var = np.maximum(wsum[:, 3] / nu - tau_mean**2, 0.0)
+        weights = dict(
+            zip(WEIGHT_KEYS, (om_mean, np.sqrt(om_var), tau_mean, np.sqrt(tau_var)), strict=True)
+        )
+        return Records(
+            steps=steps,
+            epochs=steps / self.steps_per_epoch if self.steps_per_epoch else np.full(s, np.nan),
+            layers=tuple(self._slot_names),
+            depth=np.arange(1, nl + 1, dtype=np.int64),
+            family=family,
+            bin_edges=self.bin_edges.copy(),
+            hist_post=hist[1],
+            hist_pre=hist[0],
+            post=out[1],
+            pre=out[0],
+            grad_std=np.sqrt(grad_var),
+            weight_layers=tuple(n for n, _ in self._weights),
+            weights=weights,
+        )
+
+
+def _units(m: nn.Module) -> int:
+    return int(m.weight.shape[1] if getattr(m, "transposed", False) else m.weight.shape[0])

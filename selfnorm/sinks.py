@@ -1,0 +1,132 @@
+"""Where recorded statistics go: numbered NPZ chunks in the run directory, TensorBoard.
+
+A sink has ``write(records)`` (called by :meth:`selfnorm.recording.ActivationRecorder.flush`,
+out of the hot loop, with plain :class:`~selfnorm.records.Records`) and ``close()``. Sinks
+never touch a model or a tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, chunk_paths, write_chunk
+
+__all__ = ["NpzChunkSink", "TensorBoardSink"]
+
+
+class NpzChunkSink:
+    """Each ``write`` becomes the next numbered chunk ``directory/chunk-<k>.npz`` (atomic).
+
+    Numbering continues after the chunks already there (a resumed run first drops the records
+    it will take again: :func:`selfnorm.records.truncate_records`).
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        existing = chunk_paths(self.directory)
+        self._next = existing[-1][0] + 1 if existing else 0
+
+    def write(self, records: Records) -> None:
+        if len(records):
+            write_chunk(self.directory, self._next, records)
+            self._next += 1
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"NpzChunkSink({str(self.directory)!r})"
+
+
+class TensorBoardSink:
+    """TensorBoard event files with the recorder's own bins and statistics.
+
+    Per activation layer and record: histograms ``act/<layer>/post`` and ``act/<layer>/pre``
+    written with ``add_histogram_raw`` over the very same bins (bucket limits: the low edge for
+    the underflow bucket, then each bin's right edge, then the maximum for overflow), scalars
+    ``act/<layer>/<stat>`` for the output statistics (:data:`~selfnorm.records.STAT_KEYS`),
+    ``act/<layer>/pre_<stat>`` for the input's, ``act/<layer>/grad_std``; per Linear/Conv layer
+    ``weight/<layer>/<key>`` (:data:`~selfnorm.records.WEIGHT_KEYS`). NaN statistics (those that
+    do not apply to a layer) are left out.
+
+    Args:
+        log_dir: folder of the event files.
+        purge_step: a resumed run passes the step it resumes at; TensorBoard then hides the
+            events at or after it that an interrupted run had written.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, purge_step: int | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.purge_step = purge_step
+        self._writer = None
+
+    def _open(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # pragma: no cover - depends on the environment
+                raise RuntimeError(
+                    f"TensorBoard output needs the tensorboard package ({exc}); "
+                    f"{sys.executable} -m pip install tensorboard, or drop --tensorboard"
+                ) from None
+            self._writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
+        return self._writer
+
+    def write(self, records: Records) -> None:
+        if not len(records):
+            return
+        w = self._open()
+        edges = records.bin_edges
+        for s, step in enumerate(records.steps.tolist()):
+            for i, layer in enumerate(records.layers):
+                for kind, stats, hist in (
+                    ("post", records.post, records.hist_post),
+                    ("pre", records.pre, records.hist_pre),
+                ):
+                    _histogram(w, f"act/{layer}/{kind}", stats, hist[s, i], s, i, edges, step)
+                    prefix = "" if kind == "post" else "pre_"
+                    for key in STAT_KEYS:
+                        _scalar(w, f"act/{layer}/{prefix}{key}", stats[key][s, i], step)
+                _scalar(w, f"act/{layer}/grad_std", records.grad_std[s, i], step)
+            for j, layer in enumerate(records.weight_layers):
+                for key in WEIGHT_KEYS:
+                    _scalar(w, f"weight/{layer}/{key}", records.weights[key][s, j], step)
+        w.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __repr__(self) -> str:
+        return f"TensorBoardSink({str(self.log_dir)!r})"
+
+
+def _scalar(writer, tag: str, value: float, step: int) -> None:
+    if np.isfinite(value):
+        writer.add_scalar(tag, float(value), step, new_style=True)
+
+
+def _histogram(writer, tag, stats, counts, s, i, edges, step) -> None:
+    num = int(counts.sum())
+    mean, std = stats["mean"][s, i], stats["std"][s, i]
+    lo, hi = stats["min"][s, i], stats["max"][s, i]
+    if num == 0 or not np.isfinite([mean, std, lo, hi]).all():
+        return
+    top = max(hi, np.nextafter(edges[-1], np.inf))
+    limits = [float(edges[0]), *map(float, edges[1:]), float(top)]
+    writer.add_histogram_raw(
+        tag,
+        min=float(lo),
+        max=float(hi),
+        num=num,
+        sum=float(mean * num),
+        sum_squares=float((std * std + mean * mean) * num),
+        bucket_limits=limits,
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
