@@ -14,7 +14,7 @@ from selfnorm import _validate
 from selfnorm import functional as F
 from selfnorm.constants import ALPHA_01, LAMBDA_01
 from selfnorm.dropout import AlphaDropout, FeatureAlphaDropout
-from selfnorm.init import fan_in, variance_scaling_normal_
+from selfnorm.init import INIT_SCHEMES, glorot_normal_, variance_scaling_normal_
 
 __all__ = ["FAMILIES", "SELU", "ActivationFamily", "ActivationSpec", "get_spec", "spec_names"]
 
@@ -180,6 +180,8 @@ class ActivationSpec:
     family: ActivationFamily
     param: float | None = None
     norm: str | None = None
+    init: str | None = None
+    """A forced init scheme from :data:`selfnorm.init.INIT_SCHEMES`; None: the proper one."""
 
     def activation(self) -> nn.Module:
         return self.family.make(self.param)
@@ -195,17 +197,25 @@ class ActivationSpec:
     def init_weight_(
         self, weight: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Initialize one Linear/Conv weight in place with this activation's proper init."""
+        """Initialize one Linear/Conv weight in place with this activation's proper init (or the
+        forced ``init``)."""
+        if self.init is not None:
+            return INIT_SCHEMES[self.init].weight(weight, generator)
         if self.family.glorot:
-            fan_out = weight.shape[0] * math.prod(weight.shape[2:])
-            std = math.sqrt(2.0 / (fan_in(weight) + fan_out))
-            with torch.no_grad():
-                return weight.normal_(0.0, std, generator=generator)
+            return glorot_normal_(weight, generator)
         return variance_scaling_normal_(weight, self.family.gain(self.param), generator)
+
+    @torch.no_grad()
+    def init_bias_(
+        self, bias: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Zero, or N(0, std^2) for a forced init scheme with biases (``seed-tf``)."""
+        std = INIT_SCHEMES[self.init].bias_std if self.init is not None else 0.0
+        return bias.normal_(0.0, std, generator=generator) if std > 0 else bias.zero_()
 
     @property
     def init_name(self) -> str:
-        return self.family.init_name
+        return self.init if self.init is not None else self.family.init_name
 
     @property
     def dropout_name(self) -> str:
@@ -218,7 +228,8 @@ def spec_names() -> list[str]:
 
 
 def get_spec(name: str) -> ActivationSpec:
-    """Resolve ``<act>[:<param>][+bn|+ln]`` (e.g. ``selu``, ``lrelu:0.2``, ``relu+bn``).
+    """Resolve ``<act>[:<param>][@<init>][+bn|+ln]`` (e.g. ``selu``, ``lrelu:0.2``, ``relu+bn``,
+    ``selu@glorot``: SELU forced to Glorot init, to see what the wrong init does).
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or a bad parameter.
@@ -230,12 +241,19 @@ def get_spec(name: str) -> ActivationSpec:
             f"unknown normalization '+{norm}' in activation {name!r}; use '+bn' (BatchNorm) or "
             "'+ln' (LayerNorm), e.g. relu+bn"
         )
+    base, _, init = base.partition("@")
+    if init and init not in INIT_SCHEMES:
+        raise ValueError(
+            f"unknown init '@{init}' in activation {name!r}; valid: {', '.join(INIT_SCHEMES)} "
+            "(e.g. selu@glorot), or none for the activation's proper init"
+        )
     base, _, param_text = base.partition(":")
     family = FAMILIES.get(base)
     if family is None:
         raise ValueError(
             f"unknown activation {name!r}; valid: {', '.join(FAMILIES)} "
-            "(each optionally with +bn or +ln, e.g. relu+bn; lrelu:0.2 sets the slope)"
+            "(each optionally with +bn or +ln, e.g. relu+bn; lrelu:0.2 sets the slope; "
+            "@INIT forces an init, e.g. selu@glorot)"
         )
     param = family.default_param
     if param_text:
@@ -255,4 +273,6 @@ def get_spec(name: str) -> ActivationSpec:
         ):
             allowed = "[0, 1)" if base == "lrelu" else "> 0"
             raise ValueError(f"{family.param_name}={param_text} in {name!r} must be {allowed}")
-    return ActivationSpec(name=text, family=family, param=param, norm=norm or None)
+    return ActivationSpec(
+        name=text, family=family, param=param, norm=norm or None, init=init or None
+    )

@@ -14,6 +14,7 @@ curve stays at (0, 1). Variants with BatchNorm/LayerNorm have no such mapping (N
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -22,36 +23,11 @@ import torch
 
 from selfnorm import _validate
 from selfnorm.activations import get_spec
-from selfnorm.init import init_model_, lecun_normal_, variance_scaling_normal_
+from selfnorm.init import INIT_SCHEMES
 from selfnorm.models import build_mlp
 from selfnorm.theory import propagate_layer
 
-__all__ = ["INITS", "DepthConfig", "DepthCurves", "depth_propagation"]
-
-
-def _glorot(w: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    std = math.sqrt(2.0 / (w.shape[0] + w.shape[1]))
-    with torch.no_grad():
-        return w.normal_(0.0, std, generator=gen)
-
-
-def _torch_default(w: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-    # nn.Linear's own reset: kaiming_uniform_(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
-    bound = 1.0 / math.sqrt(w.shape[1])
-    with torch.no_grad():
-        return w.uniform_(-bound, bound, generator=gen)
-
-
-INITS = {
-    "proper": None,
-    "lecun": lecun_normal_,
-    "he": lambda w, gen: variance_scaling_normal_(w, math.sqrt(2.0), gen),
-    "glorot": _glorot,
-    "torch": _torch_default,
-    "selu-gain": lambda w, gen: variance_scaling_normal_(w, 0.75, gen),
-}
-"""Weight inits to compare: each spec's own (``proper``), or one for all. ``selu-gain`` is
-PyTorch's ``calculate_gain('selu')`` = 3/4, the trap."""
+__all__ = ["DepthConfig", "DepthCurves", "depth_propagation"]
 
 
 @dataclass(frozen=True)
@@ -71,8 +47,11 @@ class DepthConfig:
         _validate.positive_int("depth", self.depth)
         _validate.positive_int("width", self.width)
         _validate.positive_int("batch", self.batch)
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r}; choose one of {', '.join(INITS)}")
+        if self.init != "proper" and self.init not in INIT_SCHEMES:
+            raise ValueError(
+                f"init={self.init!r}; choose proper (each activation's own) or one of "
+                f"{', '.join(INIT_SCHEMES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,10 +102,10 @@ def depth_propagation(
     out: dict[str, DepthCurves] = {}
     for name in config.activations:
         spec = get_spec(name)
+        if config.init != "proper":
+            spec = dataclasses.replace(spec, init=config.init)
         gen = torch.Generator().manual_seed(config.seed + 1)
         model = build_mlp(x.shape[1], 10, config.depth, config.width, spec, generator=gen)
-        if INITS[config.init] is not None:
-            init_model_(model, INITS[config.init], torch.Generator().manual_seed(config.seed + 1))
         model.train()  # BatchNorm normalizes with batch statistics, as in training
         acts: list[torch.Tensor] = []
 

@@ -16,11 +16,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["fan_in", "init_model_", "init_snn_", "lecun_normal_", "variance_scaling_normal_"]
+__all__ = [
+    "INIT_SCHEMES",
+    "InitScheme",
+    "fan_in",
+    "glorot_normal_",
+    "init_model_",
+    "init_snn_",
+    "lecun_normal_",
+    "torch_default_",
+    "variance_scaling_normal_",
+]
 
 # Layers whose weight is (out, in / groups, *kernel): fan_in = weight[0].numel().
 _INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -104,3 +115,58 @@ def init_snn_(model: nn.Module, generator: torch.Generator | None = None) -> nn.
         0.0
     """
     return init_model_(model, lecun_normal_, generator)
+
+
+@torch.no_grad()
+def glorot_normal_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Glorot/Xavier normal: :math:`\mathcal N(0, 2 / (n_{in} + n_{out}))` (Keras' default for
+    Dense layers; tanh's customary init). For SELU it is *not* self-normalizing."""
+    fan_out = tensor.shape[0] * math.prod(tensor.shape[2:])
+    std = math.sqrt(2.0 / (fan_in(tensor) + fan_out))
+    return tensor.normal_(0.0, std, generator=generator)
+
+
+@torch.no_grad()
+def torch_default_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""What ``nn.Linear``/``nn.Conv*d`` do by default: :math:`U(-1/\sqrt{n_{in}},
+    1/\sqrt{n_{in}})`, i.e. :math:`\tau = 1/3` per unit."""
+    bound = 1.0 / math.sqrt(fan_in(tensor))
+    return tensor.uniform_(-bound, bound, generator=generator)
+
+
+@dataclass(frozen=True)
+class InitScheme:
+    """A named weight init plus the standard deviation of the biases (0: zero biases)."""
+
+    name: str
+    weight: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+    bias_std: float = 0.0
+    description: str = ""
+
+
+INIT_SCHEMES: dict[str, InitScheme] = {
+    s.name: s
+    for s in (
+        InitScheme("lecun", lecun_normal_, description="N(0, 1/fan_in): the SNN init"),
+        InitScheme(
+            "he",
+            lambda w, g: variance_scaling_normal_(w, math.sqrt(2.0), g),
+            description="N(0, 2/fan_in): ReLU's",
+        ),
+        InitScheme("glorot", glorot_normal_, description="N(0, 2/(fan_in+fan_out))"),
+        InitScheme("torch", torch_default_, description="nn.Linear's default, tau = 1/3"),
+        InitScheme(
+            "selu-gain",
+            lambda w, g: variance_scaling_normal_(w, 0.75, g),
+            description="kaiming_normal_(nonlinearity='selu'): gain 3/4, tau = 9/16",
+        ),
+        InitScheme(
+            "seed-tf",
+            glorot_normal_,
+            bias_std=1.0,
+            description="the seed TensorFlow example: Glorot weights, N(0, 1) biases",
+        ),
+    )
+}
+"""Inits a variant can be forced to with ``<act>@<init>`` (e.g. ``selu@glorot``), to show what
+the wrong init does."""

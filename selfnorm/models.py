@@ -60,8 +60,7 @@ def _init_(model: nn.Module, spec: ActivationSpec, generator: torch.Generator | 
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             spec.init_weight_(module.weight, generator)
-            with torch.no_grad():
-                module.bias.zero_()
+            spec.init_bias_(module.bias, generator)
 
 
 def build_mlp(

@@ -92,3 +92,18 @@ def test_bad_sizes(kw, match):
     args = {"in_features": 4, "out_features": 2, "depth": 2, "width": 8, "spec": "selu"} | kw
     with pytest.raises(ValueError, match=match):
         build_mlp(**args)
+
+
+def test_forced_init_schemes():
+    gen = torch.Generator().manual_seed(0)
+    net = build_mlp(300, 10, 2, 500, "selu@glorot", generator=gen)
+    w = net.fc2.weight.detach()
+    assert abs(float(w.var()) / (2 / 1000) - 1) < 5 * math.sqrt(2 / w.numel())
+    assert float(net.fc2.bias.detach().abs().max()) == 0.0
+    bugged = build_mlp(300, 10, 2, 500, "selu@seed-tf", dropout=0.7, generator=gen)
+    b = bugged.fc1.bias.detach()
+    assert abs(float(b.std()) - 1) < 0.15  # N(0, 1) biases, 500 of them
+    assert get_spec("relu@lecun+bn").init_name == "lecun"
+    assert get_spec("selu").init_name == "lecun_normal"
+    with pytest.raises(ValueError, match="unknown init '@xavier'"):
+        get_spec("selu@xavier")

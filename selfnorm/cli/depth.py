@@ -71,7 +71,7 @@ def register(sub) -> None:
         "--init",
         default="proper",
         help="proper (each spec's own), lecun, he, glorot, torch (nn.Linear's default), "
-        "selu-gain (calculate_gain('selu') = 3/4)",
+        "selu-gain (calculate_gain('selu') = 3/4), seed-tf (Glorot + N(0,1) biases)",
     )
     p.add_argument("--dataset", help="push a batch of this dataset instead of Gaussian inputs")
     p.add_argument("--data-dir", help="dataset folder or cache root")
