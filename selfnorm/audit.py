@@ -39,12 +39,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
 import torch
+from scipy.special import chdtri
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
@@ -272,6 +274,20 @@ def _registration_trace(model: nn.Module) -> _Trace:
     return _Trace([n for n, _ in leaves], [m for _, m in leaves], {}, executed=False)
 
 
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients inside; every module's own training flag restored after (a
+    model may mix modes, so ``model.train(flag)`` would not restore it)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def _run_trace(model: nn.Module, args: tuple) -> _Trace:
     """Run ``model(*args)`` once in eval mode without gradients, recording the order of leaf
     calls and the moments of each SELU output; every hook is removed and every module's
@@ -287,21 +303,17 @@ def _run_trace(model: nn.Module, args: tuple) -> _Trace:
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             trace.selu[index] = _Moments.of(output)
 
-    modes = {m: m.training for m in model.modules()}
     handles = []
     try:
         for name, m in _leaves(model):
             handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(n, mod, a)))
             if isinstance(m, _SELUS):
                 handles.append(m.register_forward_hook(post))
-        model.eval()
-        with torch.no_grad():
+        with _evaluating(model):
             model(*args)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return trace
 
 
@@ -310,20 +322,43 @@ def _run_trace(model: nn.Module, args: tuple) -> _Trace:
 # ---------------------------------------------------------------------------------------------
 
 
+_FORWARD_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+"""What a forward on a wrongly shaped input raises (shape mismatches are RuntimeErrors)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _infer(model: nn.Module, batch_size: int) -> tuple[tuple[int, ...] | None, str]:
+    tried = []
+    for m in model.modules():
+        if isinstance(m, _AFFINE) and not isinstance(m, nn.Linear) and not tried:
+            return None, "the first Linear/Conv is a Conv, whose spatial input size is unknown"
+        if isinstance(m, nn.Linear) and m.in_features not in (t for t, _ in tried):
+            try:
+                with _evaluating(model):
+                    model(_standard_gaussian(model, (2, m.in_features), None))
+            except _FORWARD_ERRORS as exc:
+                tried.append((m.in_features, _first_line(exc)))
+                continue
+            return (batch_size, m.in_features), ""
+    if not tried:
+        return None, "no Linear or Conv layer to take an input size from"
+    return None, "; ".join(f"(N, {n}) failed: {why}" for n, why in tried)
+
+
 def infer_input_shape(model: nn.Module, batch_size: int = DEFAULT_BATCH) -> tuple[int, ...] | None:
-    """``(batch_size, in_features)`` of the first Linear in registration order, or ``None``
-    when the first Linear/Conv is a Conv (its spatial size is unknown) or there is none.
+    """``(batch_size, in_features)`` of the first Linear, in registration order, whose
+    ``in_features`` the model accepts (tried on 2 rows, in eval mode, without gradients), or
+    ``None`` when there is none or the first Linear/Conv is a Conv (its spatial size is
+    unknown).
 
     Example:
         >>> infer_input_shape(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
         (256, 784)
     """
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            return (batch_size, m.in_features)
-        if isinstance(m, _AFFINE):
-            return None
-    return None
+    return _infer(model, batch_size)[0]
 
 
 def _standard_gaussian(
@@ -335,7 +370,15 @@ def _standard_gaussian(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     x = torch.randn(tuple(shape), generator=generator, dtype=torch.float64, device="cpu")
-    return x.to(device=device, dtype=dtype)
+    mean0, var0 = _input_fixed_point(model)
+    return (mean0 + math.sqrt(var0) * x).to(device=device, dtype=dtype)
+
+
+def _input_fixed_point(model: nn.Module) -> tuple[float, float]:
+    """(mean, var) the input should have: the fixed point of the first SELU in registration
+    order, (0, 1) for the standard SELU (and for a model without SELU)."""
+    first = next((m for m in model.modules() if isinstance(m, _SELUS)), None)
+    return (0.0, 1.0) if first is None else _selu_fixed_point(first)
 
 
 def _shape_of(args: tuple) -> str:
@@ -388,6 +431,17 @@ def _tau_candidates(fan_in: int, fan_out: int) -> dict[str, float]:
     return out
 
 
+def _tau_band(n_weights: int, band: tuple[float, float] = _TAU_BAND) -> tuple[float, float]:
+    r"""Where the mean :math:`\tau` of a layer of ``n_weights`` normal weights falls when its
+    true value lies in ``band`` (Theorem 1's [0.95, 1.1]): the measured mean is the true one times
+    :math:`\chi^2_N / N`, so the band is widened by that distribution's quantiles at the
+    probability of a 4-sigma Gaussian tail (exact also for small N, where it is skewed)."""
+    tail = 0.5 * math.erfc(_Z / math.sqrt(2.0))
+    lo = float(chdtri(n_weights, 1.0 - tail)) / n_weights
+    hi = float(chdtri(n_weights, tail)) / n_weights
+    return band[0] * lo, band[1] * hi
+
+
 def _check_weight(name: str, m: nn.Module) -> Finding | None:
     w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)
     units, n = w.shape
@@ -395,9 +449,9 @@ def _check_weight(name: str, m: nn.Module) -> Finding | None:
     tau = (w * w).sum(1)
     omega = w.sum(1)
     tau_mean, omega_mean = float(tau.mean()), float(omega.mean())
-    se_tau = math.sqrt(2.0 / w.numel())  # sd of mean tau = chi2_N / N under LeCun normal
-    tau_band = (_TAU_BAND[0] - _Z * se_tau, _TAU_BAND[1] + _Z * se_tau)
-    omega_half = _OMEGA_HALF_WIDTH + _Z / math.sqrt(units)  # omega_j ~ N(0, 1) under LeCun
+    tau_band = _tau_band(w.numel())
+    # omega_j ~ N(0, tau) under a zero-mean normal init, so mean omega ~ N(0, tau / units)
+    omega_half = _OMEGA_HALF_WIDTH + _Z * math.sqrt(_TAU_BAND[1] / units)
     if _inside(tau_mean, tau_band) and abs(omega_mean) <= omega_half:
         return None
     measured: dict[str, Value] = {
@@ -413,7 +467,7 @@ def _check_weight(name: str, m: nn.Module) -> Finding | None:
     guesses = {
         label: c
         for label, c in _tau_candidates(n, fan_out).items()
-        if abs(tau_mean - c) <= _Z * se_tau + 0.02 * c
+        if _tau_band(w.numel(), (c, c))[0] <= tau_mean <= _tau_band(w.numel(), (c, c))[1]
     }
     if guesses:
         measured["looks_like"] = min(guesses, key=lambda k: abs(tau_mean - guesses[k]))
@@ -624,12 +678,12 @@ def _static(trace: _Trace) -> list[Finding]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_inputs(args: tuple) -> list[Finding]:
+def _check_inputs(args: tuple, mean0: float, var0: float) -> list[Finding]:
     found = []
     tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
     for k, x in enumerate(tensors):
         mom = _Moments.of(x.reshape(-1))  # elements, not features: spread is the finding
-        mean_band, var_band = mom.band(0.0, 1.0)
+        mean_band, var_band = mom.band(mean0, var0)
         if _inside(mom.mean, mean_band) and _inside(mom.var, var_band):
             continue
         found.append(
@@ -787,14 +841,13 @@ def audit(
         )
     found: list[Finding] = []
     given = example_input is not None
-    inferred = False
+    why = ""
     if given:
         args = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
         args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
     else:
         if input_shape is None:
-            input_shape = infer_input_shape(model)
-            inferred = True
+            input_shape, why = _infer(model, DEFAULT_BATCH)
         else:
             input_shape = tuple(input_shape)
             if not input_shape or any(
@@ -813,8 +866,8 @@ def audit(
                 "info",
                 MODEL,
                 "dynamic_check_skipped",
-                {"input": "none: the first Linear/Conv is a Conv (or there is no Linear)"},
-                {"input": "a batch, e.g. shape (256, C, H, W)"},
+                {"input": f"none: {why}"},
+                {"input": "a batch the model accepts, e.g. shape (256, C, H, W)"},
                 "pass example_input= or input_shape= (CLI: --input-shape 256,C,H,W); "
                 "neighbours were taken in registration order",
             )
@@ -822,28 +875,15 @@ def audit(
     else:
         try:
             trace = _run_trace(model, args)
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            if not inferred:
-                raise ValueError(
-                    f"model(x) failed on the example input of shape {_shape_of(args)}: "
-                    f"{first_line}; pass an input the model accepts"
-                ) from exc
-            found.append(
-                Finding(
-                    "info",
-                    MODEL,
-                    "dynamic_check_skipped",
-                    {"input": f"inferred shape {_shape_of(args)} failed: {first_line}"},
-                    {"input": "an input the model accepts"},
-                    "pass example_input= or input_shape= (CLI: --input-shape); neighbours were "
-                    "taken in registration order",
-                )
-            )
+        except _FORWARD_ERRORS as exc:
+            raise ValueError(
+                f"model(x) failed on the example input of shape {_shape_of(args)}: "
+                f"{_first_line(exc)}; pass an input the model accepts"
+            ) from exc
     if trace is None:
         trace = _registration_trace(model)
     if given:
-        found += _check_inputs(args)
+        found += _check_inputs(args, *_input_fixed_point(model))
     found += _static(trace)
     if trace.executed:
         found += _check_drift(trace, found)

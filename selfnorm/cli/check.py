@@ -174,7 +174,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     source = "--input-shape"
     if shape is None:
         shape = infer_input_shape(model)
-        source = "inferred from the first Linear's in_features"
+        source = "inferred from a Linear's in_features"
     findings = audit(model, input_shape=shape, generator=torch.Generator().manual_seed(0))
     errors = sum(f.severity == "error" for f in findings)
     if args.json:
@@ -183,7 +183,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {args.target} -> {type(model).__name__}, {n_params:,} parameters")
     if shape is None:
-        print("input: none (the first layer is a Conv): static checks only, pass --input-shape")
+        print("input: none could be inferred: static checks only, pass --input-shape")
     else:
         print(
             f"input: standardized Gaussian of shape {shape} ({source}), seed 0; "
@@ -216,7 +216,7 @@ def register(sub) -> None:
         "--input-shape",
         metavar="N,D,...",
         help="shape of the made-up standardized Gaussian input, batch first (e.g. 256,784 or "
-        "64,3,32,32); default (256, in_features of the first Linear)",
+        "64,3,32,32); default (256, in_features of the first Linear the model accepts)",
     )
     p.add_argument("--json", action="store_true", help='print {"findings": [...]}')
     p.set_defaults(func=cmd_check)
