@@ -1,30 +1,72 @@
 r"""Audit a model for the mistakes that silently stop a SELU network from self-normalizing.
 
-:func:`audit` runs the model once on an example input (a standardized Gaussian batch when none
-is given) with hooks that record the execution order of the leaf modules and the mean and
-variance of every SELU output, removes the hooks, restores every module's train/eval flag, and
-returns a list of :class:`Finding`. "Next to" and "feeding" are decided in execution order;
-when no input can be made it falls back to registration order (``named_modules``) and says so.
+:func:`audit` runs the model once, in eval mode and without gradients, on an example input (a
+Gaussian batch at the first SELU's fixed point, (0, 1) for the standard SELU, when none is
+given), with hooks that record the execution order of the leaf modules and the mean and variance
+of every SELU output. It then removes every hook, restores every module's own training flag and
+returns a list of :class:`Finding`. "Next to" and "feeding" are decided in execution order
+(skipping Identity, Flatten, pooling, and dropout where it says so); when no input can be made it
+falls back to registration order (``named_modules``) and says so.
 
-Static findings (from the modules and weights):
+The bands come from the paper's Theorem 1 (Klambauer et al. 2017): on
+:math:`\mu, \omega \in [-0.1, 0.1]`, :math:`\nu \in [0.8, 1.5]`, :math:`\tau \in [0.95, 1.1]`
+the mean/variance map g is a contraction towards the fixed point (0, 1). Inside that domain the
+network is proved to self-normalize; outside it there is no guarantee. Each band is widened by
+the sampling error of the estimate (4 standard errors, or the matching chi-square quantiles),
+so a correct network is flagged with probability ~6e-5 per check.
 
-* ``weight_init``: a Linear/Conv feeding a SELU whose per-unit :math:`\tau = \sum_i w_i^2` has a
-  mean outside Theorem 1's :math:`\tau \in [0.95, 1.1]` (widened by 4 standard errors of the
-  mean of :math:`\tau` under LeCun init, :math:`\sqrt{2/N}` for N weights), or whose mean
-  :math:`\omega = \sum_i w_i` is off 0 by more than Theorem 1's 0.1 plus 4/sqrt(units).
-* ``bias_nonzero``: biases of a layer feeding a SELU (info if their rms is <= 0.1, warning up
-  to 0.5, error above).
-* ``dropout_with_selu``, ``alpha_dropout_without_selu``, ``alpha_dropout_mismatch``,
-  ``dropout_rate_looks_like_keep_prob``, ``norm_with_selu``, ``output_activation``,
-  ``inplace_op``, ``no_selu``.
+====================================  ==========  ===========================================
+kind                                  severity    when
+====================================  ==========  ===========================================
+``weight_init``                       error       Linear/Conv feeding a SELU: mean per-unit
+                                                  :math:`\tau = \sum_i w_i^2` outside [0.95,
+                                                  1.1] x chi2_N/N quantiles (N weights), or
+                                                  mean :math:`\omega = \sum_i w_i` beyond 0.1 +
+                                                  4 sqrt(1.1/units). ``looks_like`` names the
+                                                  likely culprit (``selu_gain_3/4`` 9/16,
+                                                  ``torch_default`` 1/3, ``xavier_glorot``
+                                                  2 n_in/(n_in+n_out), ``he_relu`` 2,
+                                                  ``unit_normal`` n_in)
+``bias_nonzero``                      info/warn/  bias rms of a layer feeding a SELU: > 0
+                                      error       info, > 0.1 warning, > 0.5 error
+``dropout_with_selu``                 error       plain (p > 0) Dropout next to a SELU
+``alpha_dropout_without_selu``        error       alpha dropout next to another activation
+``alpha_dropout_mismatch``            warning     alpha dropout whose (mean, var, saturation)
+                                                  are not the SELU's fixed point and -λα
+``dropout_rate_looks_like_keep_prob`` error/warn  p > 0.5 (error for alpha dropout)
+``norm_with_selu``                    warning     BatchNorm/LayerNorm/GroupNorm/... next to a
+                                                  SELU
+``output_activation``                 warning     an activation after the last Linear/Conv
+                                                  (info for LogSoftmax, fine with NLLLoss)
+``inplace_op``                        info        ``inplace=True`` (breaks activation hooks)
+``no_selu``                           info        no SELU module at all
+``activation_drift``                  error/warn/ the first SELU whose output mean/variance
+                                      info        leaves the band; error if the last SELU is
+                                                  out of band too, warning if the network
+                                                  recovers, info if a finding upstream explains
+                                                  it (its fix names that finding)
+``input_not_standardized``            warning     a given example input outside the band
+``dynamic_check_skipped``             info        no input could be made
+====================================  ==========  ===========================================
 
-Dynamic findings (from the forward pass, in eval mode):
+Why these numbers:
 
-* ``activation_drift``: the first SELU whose output mean/variance leaves Theorem 1's domain
-  :math:`\mu \in [-0.1, 0.1]`, :math:`\nu \in [0.8, 1.5]` around the fixed point (widened by 4
-  standard errors), where g is proved to be a contraction towards (0, 1).
-* ``input_not_standardized``: a given example input outside the same domain.
-* ``dynamic_check_skipped``: no input could be made or the inferred one did not fit.
+* Biases: at the fixed point a unit's pre-activation is :math:`\mathcal N(b_j, \approx 1)`, so
+  biases of rms r add :math:`r^2` to the layer's pre-activation variance and shift unit means
+  by :math:`b_j`. r <= 0.1 keeps the means inside Theorem 1's :math:`\mu` domain and adds <= 1%
+  (PyTorch's default bias, rms :math:`1/\sqrt{3 n_{in}}`, is there for :math:`n_{in} > 33`);
+  r > 0.5 adds > 25%; N(0, 1) biases (the seed example) double it.
+* Drop rate 0.5: keep probabilities are conventionally >= 0.5 (TensorFlow 1's ``keep_prob``),
+  drop rates <= 0.5 (the paper used 0.05 and 0.1).
+* The SELU output band is Theorem 1's :math:`(\mu, \nu)` domain around the SELU's fixed point,
+  widened by 4 standard errors taken over units (a layer's statistics are averages over its
+  units, so this covers the finite batch and the finite width) and by the variance's
+  finite-width random walk (each layer's mean :math:`\tau` is :math:`1 \pm \sqrt{2/N}`, damped
+  by :math:`\partial\tilde\nu/\partial\nu \approx 0.78` per layer). Networks 8 units wide wander
+  to variances of 0.3-3 with a correct init; these terms keep that from being called a bug.
+* The audit runs in eval mode: dropout is then the identity and a fresh BatchNorm (running
+  statistics (0, 1)) too, so the drift measured is the network's own; dropout and norms are
+  judged statically.
 
 Example:
     >>> import torch
@@ -39,7 +81,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -98,7 +140,7 @@ _VAR_BAND = _THEOREM1["nu"]  # (0.8, 1.5): variance band, relative to the fixed-
 _TAU_BAND = _THEOREM1["tau"]  # (0.95, 1.1)
 _OMEGA_HALF_WIDTH = _THEOREM1["omega"][1]  # 0.1
 _Z = 4.0
-"""Standard errors added to each band: a correct network is flagged with probability ~1e-4."""
+"""Standard errors added to each band (a 4-sigma tail has probability 3.2e-5 per side)."""
 _BIAS_WARNING_RMS = 0.1
 _BIAS_ERROR_RMS = 0.5
 _KEEP_PROB_RATE = 0.5
@@ -154,9 +196,9 @@ class Finding:
     """Module name as in ``named_modules()``, or ``<input>`` / ``<model>``."""
     kind: str
     """Short id, one of :data:`KINDS`."""
-    measured: dict[str, Value] = field(hash=False)
-    """What the audit measured."""
-    expected: dict[str, Value] = field(hash=False)
+    measured: Mapping[str, Value] = field(hash=False)
+    """What the audit measured (read-only)."""
+    expected: Mapping[str, Value] = field(hash=False)
     """What a self-normalizing network has."""
     fix: str
     """The fix, in one line."""
@@ -223,11 +265,11 @@ class _Moments:
         x = x.detach().to(torch.float64)
         mean = x.mean()
         sq = (x - mean) ** 2
-        if x.dim() >= 2:  # (N, units, *rest): unit j's values are x[:, j, ...]
+        if x.dim() >= 2 and x.shape[1] > 1:  # (N, units, *rest): unit j's are x[:, j, ...]
             dims = [d for d in range(x.dim()) if d != 1]
             m_j, q_j = x.mean(dims), sq.mean(dims)
-        else:
-            m_j, q_j = x, sq
+        else:  # one unit (or no batch dimension): the values themselves are the sample
+            m_j, q_j = x.reshape(-1), sq.reshape(-1)
         units = m_j.numel()
         se_mean = float(m_j.std(unbiased=False)) / math.sqrt(units)
         se_var = float(q_j.std(unbiased=False)) / math.sqrt(units)
@@ -416,18 +458,17 @@ def _selu_fixed_point(m: nn.Module) -> tuple[float, float]:
     return (fp.mean, fp.var) if fp.converged else (0.0, 1.0)
 
 
-def _tau_candidates(fan_in: int, fan_out: int) -> dict[str, float]:
-    """Mean tau of common wrong inits: what the measured tau most likely came from."""
+def _wrong_inits(fan_in: int, fan_out: int) -> dict[str, tuple[float, str]]:
+    """id -> (mean tau, description) of the common wrong inits, to name the likely culprit."""
     out = {
-        "calculate_gain('selu') = 3/4, e.g. kaiming_normal_(nonlinearity='selu')": 9 / 16,
-        "PyTorch's default init (kaiming_uniform_(a=sqrt(5)), tau = 1/3)": 1 / 3,
-        "Xavier/Glorot (Keras' default), tau = 2 fan_in/(fan_in + fan_out)": 2
-        * fan_in
-        / (fan_in + fan_out),
-        "He/Kaiming for ReLU (gain sqrt(2))": 2.0,
-    }
+        "selu_gain_3/4": (9 / 16, "calculate_gain('selu') = 3/4 (kaiming_normal_(nonlinearity="
+        "'selu')), which does not self-normalize"),
+        "torch_default": (1 / 3, "PyTorch's default init (uniform, kaiming_uniform_(a=sqrt(5)))"),
+        "xavier_glorot": (2 * fan_in / (fan_in + fan_out), "Xavier/Glorot (Keras' default)"),
+        "he_relu": (2.0, "He/Kaiming for ReLU (gain sqrt(2))"),
+    }  # fmt: skip
     if fan_in > 4:
-        out["N(0, 1) weights (no 1/sqrt(fan_in) scaling)"] = float(fan_in)
+        out["unit_normal"] = (float(fan_in), "N(0, 1) weights (no 1/sqrt(fan_in) scaling)")
     return out
 
 
@@ -464,16 +505,16 @@ def _check_weight(name: str, m: nn.Module) -> Finding | None:
         "fan_in": n,
         "weights": w.numel(),
     }
-    guesses = {
-        label: c
-        for label, c in _tau_candidates(n, fan_out).items()
-        if _tau_band(w.numel(), (c, c))[0] <= tau_mean <= _tau_band(w.numel(), (c, c))[1]
-    }
-    if guesses:
-        measured["looks_like"] = min(guesses, key=lambda k: abs(tau_mean - guesses[k]))
     fix = _INIT_FIX + " (LeCun normal)"
-    if "looks_like" in measured and "3/4" in str(measured["looks_like"]):
-        fix += "; calculate_gain('selu') = 3/4 does not self-normalize"
+    guesses = {}
+    for key, (c, text) in _wrong_inits(n, fan_out).items():
+        lo, hi = _tau_band(w.numel(), (c, c))
+        if lo <= tau_mean <= hi:
+            guesses[key] = (abs(tau_mean - c), text)
+    if guesses:
+        key = min(guesses, key=lambda k: guesses[k][0])
+        measured["looks_like"] = key
+        fix += f"; it looks like {guesses[key][1]}"
     return Finding(
         "error",
         name,
@@ -831,9 +872,15 @@ def audit(
         >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(100, 100), nn.SELU(), nn.Linear(100, 10))
-        >>> [(f.severity, f.layer, f.kind) for f in audit(net)]  # PyTorch's default init
-        [('error', '0', 'weight_init'), ('info', '0', 'bias_nonzero'), ('info', '1', 'activation_drift')]
-    """  # noqa: E501
+        >>> found = audit(net)  # PyTorch's default init
+        >>> for f in found:
+        ...     print(f.severity, f.layer, f.kind)
+        error 0 weight_init
+        info 0 bias_nonzero
+        info 1 activation_drift
+        >>> found[0].measured["looks_like"], round(found[0].measured["tau_mean"], 1)
+        ('torch_default', 0.3)
+    """
     if example_input is not None and input_shape is not None:
         raise ValueError(
             "pass example_input or input_shape, not both (input_shape only shapes a made-up "

@@ -143,7 +143,7 @@ def test_xavier_instead_of_lecun():
     f = found[0]
     assert f.measured["tau_mean"] == pytest.approx(2 * 64 / (64 + 256), abs=0.03)
     assert f.expected["weight_std"] == pytest.approx(1 / 8, abs=1e-6)
-    assert "Xavier" in f.measured["looks_like"]
+    assert f.measured["looks_like"] == "xavier_glorot" and "Xavier" in f.fix
 
 
 def test_seed_tf_network_as_written():
@@ -183,7 +183,7 @@ def test_kaiming_normal_with_selu_gain():
     for f in found:
         if f.kind == "weight_init":
             assert f.measured["tau_mean"] == pytest.approx(9 / 16, abs=0.03)
-            assert "3/4" in f.measured["looks_like"] and "3/4" in f.fix
+            assert f.measured["looks_like"] == "selu_gain_3/4" and "3/4" in f.fix
 
 
 def test_pytorch_default_linear_init():
@@ -192,7 +192,7 @@ def test_pytorch_default_linear_init():
     found = audit(net)
     assert problems(found) == [("error", "weight_init", "fc1")]
     assert found[0].measured["tau_mean"] == pytest.approx(1 / 3, abs=0.02)
-    assert "default" in found[0].measured["looks_like"]
+    assert found[0].measured["looks_like"] == "torch_default"
     # uniform(-1/sqrt(n), 1/sqrt(n)) biases: rms 1/sqrt(3n) = 0.036, harmless, reported as info
     assert ("bias_nonzero", "fc1") in infos(found)
 
@@ -203,13 +203,14 @@ def test_keras_style_glorot_uniform():
     found = audit(net)
     assert problems(found) == [("error", "weight_init", "fc1")]
     assert found[0].measured["tau_mean"] == pytest.approx(2 * 256 / 320, abs=0.05)
+    assert found[0].measured["looks_like"] == "xavier_glorot"
 
 
 def test_unit_normal_weights():
     net = snn(inp=64, width=128, depth=1)
     nn.init.normal_(net.fc1.weight, 0.0, 1.0, generator=gen(1))
     (f,) = [f for f in audit(net) if f.severity == "error"]
-    assert (f.kind, f.layer) == ("weight_init", "fc1") and "N(0, 1)" in f.measured["looks_like"]
+    assert (f.kind, f.layer, f.measured["looks_like"]) == ("weight_init", "fc1", "unit_normal")
 
 
 def test_weight_tolerance_follows_the_number_of_weights():
