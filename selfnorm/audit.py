@@ -741,25 +741,29 @@ def _check_inputs(args: tuple, mean0: float, var0: float) -> list[Finding]:
 
 
 def _variance_walk(trace: _Trace, order: list[int]) -> dict[int, float]:
-    r"""Relative sd of each SELU's output variance that finite width alone causes.
+    r"""Relative sd of each SELU's output variance that a correct but finite network wanders by.
 
-    A layer of N LeCun-normal weights multiplies the variance by its mean :math:`\tau`, which
-    is :math:`1 \pm \sqrt{2/N}`; g damps a deviation of the variance by
-    :math:`\rho = \partial\tilde\nu/\partial\nu \approx 0.78` per layer (its Jacobian at the
-    fixed point), so the squared deviations add up as :math:`a_l = \rho^2 a_{l-1} + 2/N_l`.
+    Two sources, both real inputs to the next layer rather than errors of the estimate: a layer
+    of N LeCun-normal weights multiplies the variance by its mean :math:`\tau`, which is
+    :math:`1 \pm \sqrt{2/N}`, and the previous SELU's output variance itself is off its
+    expectation by its (relative) standard error (a batch of one sample across 64 units is far
+    from its population). g damps a deviation of the variance by
+    :math:`\rho = \partial\tilde\nu/\partial\nu \approx 0.78` per layer (its Jacobian at
+    the fixed point), so :math:`a_l = \rho^2 (a_{l-1} + (se_{l-1}/\nu_0)^2) + 2/N_l`.
     """
-    walk, a = {}, 0.0
+    walk, a, prev_rel_se = {}, 0.0, 0.0
     skip = _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT
     for i in order:
         m = trace.modules[i]
         lam, alpha = _selu_params(m)
         mean0, var0 = _selu_fixed_point(m)
         rho = float(jacobian(mean0, 0.0, var0, 1.0, lam, alpha)[1][1])
-        a *= rho * rho
+        a = rho * rho * (a + prev_rel_se**2)
         j = _neighbour(trace, i, -1, skip)
         if j is not None and isinstance(trace.modules[j], _AFFINE):
             a += 2.0 / trace.modules[j].weight.numel()
         walk[i] = math.sqrt(a)
+        prev_rel_se = _finite(trace.selu[i].se_var) / var0
     return walk
 
 

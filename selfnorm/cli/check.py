@@ -55,7 +55,7 @@ def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and name.startswith(exc.name):
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
             raise CliError(
                 f"no module named {exc.name!r} (from {name!r}); pass an importable module "
                 "name or a path to a .py file, e.g. models.py:make_model"
