@@ -60,9 +60,10 @@ Why these numbers:
   drop rates <= 0.5 (the paper used 0.05 and 0.1).
 * The SELU output band is Theorem 1's :math:`(\mu, \nu)` domain around the SELU's fixed point,
   widened by 4 standard errors taken over units (a layer's statistics are averages over its
-  units, so this covers the finite batch and the finite width) and by the variance's
-  finite-width random walk (each layer's mean :math:`\tau` is :math:`1 \pm \sqrt{2/N}`, damped
-  by :math:`\partial\tilde\nu/\partial\nu \approx 0.78` per layer). Networks 8 units wide wander
+  units, so this covers the finite batch and the finite width) and by the variance's random
+  walk (each layer's mean :math:`\tau` is :math:`1 \pm \sqrt{2/N}` and each layer passes on its
+  own sampling error, damped by :math:`\partial\tilde\nu/\partial\nu \approx 0.78` per
+  layer). Networks 8 units wide wander
   to variances of 0.3-3 with a correct init; these terms keep that from being called a bug.
 * The audit runs in eval mode: dropout is then the identity and a fresh BatchNorm (running
   statistics (0, 1)) too, so the drift measured is the network's own; dropout and norms are
