@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from selfnorm._io import atomic_write_json
 from selfnorm.activations import get_spec
+from selfnorm.audit import audit
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig
 from selfnorm.data import Dataset, load_dataset
 from selfnorm.models import build_cnn, build_mlp
@@ -35,6 +36,7 @@ from selfnorm.summary import summarize
 __all__ = ["DeviceData", "compare", "make_optimizer", "resolve_device", "train_run"]
 
 EVAL_BATCH = 4096
+AUDIT_BATCH = 512
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,13 +139,15 @@ def train_epoch(
     perm: torch.Tensor,
     batch_size: int,
     recorder: ActivationRecorder | None = None,
+    step_losses: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One pass over ``x[perm]`` in mini-batches: the hot loop, shared by every variant.
 
     The data are gathered in epoch order once (one copy, then contiguous slices); loss and
     accuracy accumulate on the device and are read back once at the end. With a ``recorder``,
     ``recorder.step()`` starts every step (it arms hooks on recording steps only); flushing
-    its records is the caller's business, out of this loop.
+    its records is the caller's business, out of this loop. With ``step_losses`` (a tensor of
+    one entry per step, on the device) each step's loss is stored there, without a host sync.
 
     Returns:
         Mean training loss and training accuracy of the epoch (with dropout active).
@@ -164,6 +168,8 @@ def train_epoch(
         optimizer.step()
         loss_sum += loss.detach() * len(yb)
         correct += (out.detach().argmax(1) == yb).sum()
+        if step_losses is not None:
+            step_losses[i // batch_size] = loss.detach()
     return float(loss_sum) / n, int(correct) / n
 
 
@@ -326,12 +332,24 @@ def compare(
     run_dir = RunDir(out_dir)
     device = resolve_device(config.train.device)
     ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
-    for activation in config.activations:  # a model that cannot be built fails before any write
-        build_model(
-            config.model, activation, config.dropout_for(activation), ds.input_shape,
-            ds.num_classes, 0,
-        )  # fmt: skip
+    # Every variant's initial model (first seed) is built before anything is written, so a model
+    # that cannot be built fails cleanly; each is audited on a batch of the training data.
+    sample = torch.from_numpy(np.ascontiguousarray(ds.x_train[:AUDIT_BATCH]))
+    findings = {
+        activation: [
+            f.to_dict()
+            for f in audit(
+                build_model(
+                    config.model, activation, config.dropout_for(activation), ds.input_shape,
+                    ds.num_classes, config.seeds[0],
+                ),
+                sample,
+            )
+        ]
+        for activation in config.activations
+    }  # fmt: skip
     run_dir.prepare(config.to_dict(), resume=resume, overwrite=overwrite)
+    atomic_write_json(run_dir.root / "audit.json", findings)
     data = DeviceData.from_dataset(ds, device)
     results: dict[str, list[dict[str, Any]]] = {}
     histories: dict[str, list[list[dict[str, Any]]]] = {}

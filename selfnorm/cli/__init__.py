@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from selfnorm import __version__
-from selfnorm.cli import check, compare, depth, report, sweep, theory
+from selfnorm.cli import check, compare, depth, report, reproduce, sweep, theory
 from selfnorm.cli.common import CliError
 
-COMMAND_MODULES = (theory, compare, report, check, depth, sweep)
+COMMAND_MODULES = (theory, compare, report, check, depth, reproduce, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

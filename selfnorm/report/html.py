@@ -25,7 +25,15 @@ from selfnorm._io import atomic_write_text
 from selfnorm.report import plots
 from selfnorm.storage import RunDir, read_jsonl
 
-__all__ = ["DRIFT_THRESHOLD", "ReportFigure", "build_report", "verdict"]
+__all__ = [
+    "DRIFT_THRESHOLD",
+    "ReportFigure",
+    "build_report",
+    "figure",
+    "figures_html",
+    "render_page",
+    "verdict",
+]
 
 DRIFT_THRESHOLD = 0.5
 """A layer "drifted" when sqrt(mean^2 + (var - 1)^2) of its post-activations exceeds this at
@@ -220,6 +228,7 @@ h1{font-size:1.5rem;margin-bottom:.2rem}.sub{color:#666;margin-top:0}
 table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums}
 th,td{padding:.35rem .7rem;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
+table.findings td,table.findings th{text-align:left;font-size:.85rem}
 tr.best td{font-weight:600}.verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;
 padding:.7rem 1rem}figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem}pre{background:#f6f6f6;padding:1rem;overflow:auto;
@@ -279,6 +288,79 @@ def _md_table(summary: Mapping) -> str:
     return "\n".join(lines)
 
 
+def render_page(title: str, subtitle: str, body_html: str) -> str:
+    """A complete, self-contained HTML page with the report's style."""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class=sub>{html.escape(subtitle)}</p>"
+        f"{body_html}</body></html>\n"
+    )
+
+
+def figures_html(figures: list[ReportFigure]) -> str:
+    """Figures as ``<figure>`` elements with the PNG embedded as a data URI."""
+    return "".join(
+        f'<figure id="fig-{f.key}"><img alt="{html.escape(f.caption)}" '
+        f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}">'
+        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+        for f in figures
+    )
+
+
+def figure(key: str, caption: str, fig: Figure) -> ReportFigure:
+    """Render a matplotlib figure for a report."""
+    return ReportFigure(key, caption, _png(fig))
+
+
+def _optional_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _audit_html(findings: Mapping[str, list[Mapping]]) -> str:
+    rows = []
+    for variant, items in findings.items():
+        if not items:
+            rows.append(f"<tr><td>{html.escape(variant)}</td><td colspan=5>no findings</td></tr>")
+        for f in items:
+            rows.append(
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(v))}</td>"
+                    for v in (
+                        variant,
+                        f["severity"],
+                        f["layer"],
+                        f["kind"],
+                        json.dumps(f["measured"]),
+                        f["fix"],
+                    )
+                )
+                + "</tr>"
+            )
+    return (
+        "<h2>Audit at initialization</h2><p>What <code>selfnorm check</code> finds in each "
+        "variant's freshly initialized model (seed of the first run), on a batch of the "
+        "training data.</p><table id=audit class=findings><thead><tr><th>variant</th>"
+        "<th>severity</th><th>layer</th><th>kind</th><th>measured</th><th>fix</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _audit_md(findings: Mapping[str, list[Mapping]]) -> str:
+    lines = ["## Audit at initialization", "", "| variant | severity | layer | kind | fix |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for variant, items in findings.items():
+        if not items:
+            lines.append(f"| {variant} | — | — | no findings | — |")
+        for f in items:
+            lines.append(
+                f"| {variant} | {f['severity']} | {f['layer']} | {f['kind']} | {f['fix']} |"
+            )
+    return "\n".join(lines) + "\n\n"
+
+
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.html`` and ``summary.md`` into ``run_dir``; return their paths.
 
@@ -298,32 +380,31 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         f"{ds.get('test', '?')} test samples, {len(config['seeds'])} seed(s), device "
         f"{summary.get('device', '?')}"
     )
-    fig_html = "".join(
-        f'<figure id="fig-{f.key}"><img alt="{html.escape(f.caption)}" '
-        f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}">'
-        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
-        for f in figures
-    )
+    fig_html = figures_html(figures)
     if not records:
         fig_html += (
             "<p>No activation records were stored in this run (it ran with --no-record), so "
             "the per-layer figures are missing.</p>"
         )
-    page = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class=sub>{html.escape(sub)}</p>"
-        f"{_html_table(summary)}<p class=verdict id=verdict>{html.escape(text)}</p>"
-        f"<h2>Figures</h2>{fig_html}"
-        f"<h2>Configuration</h2><pre id=config>{html.escape(json.dumps(config, indent=2))}</pre>"
-        "</body></html>\n"
+    notes = _optional_json(rd.root / "notes.json") or {}
+    title = notes.get("title", title)
+    intro = notes.get("intro", "")
+    findings = _optional_json(rd.root / "audit.json")
+    body = (
+        (f"<p class=intro>{html.escape(intro)}</p>" if intro else "")
+        + f"{_html_table(summary)}<p class=verdict id=verdict>{html.escape(text)}</p>"
+        + f"<h2>Figures</h2>{fig_html}"
+        + (_audit_html(findings) if findings else "")
+        + "<h2>Configuration</h2>"
+        + f"<pre id=config>{html.escape(json.dumps(config, indent=2))}</pre>"
     )
-    html_path = atomic_write_text(rd.root / "report.html", page)
+    html_path = atomic_write_text(rd.root / "report.html", render_page(title, sub, body))
     md = (
-        f"# {title}\n\n{sub}\n\n{_md_table(summary)}\n\n{text}\n\n"
+        f"# {title}\n\n{sub}\n\n{intro + chr(10) + chr(10) if intro else ''}"
+        f"{_md_table(summary)}\n\n{text}\n\n"
         f"Figures: see report.html ({', '.join(f.key for f in figures)}).\n\n"
-        f"## Configuration\n\n```json\n{json.dumps(config, indent=2)}\n```\n"
+        + (_audit_md(findings) if findings else "")
+        + f"## Configuration\n\n```json\n{json.dumps(config, indent=2)}\n```\n"
     )
     md_path = atomic_write_text(rd.root / "summary.md", md)
     return html_path, md_path

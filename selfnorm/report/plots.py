@@ -285,3 +285,28 @@ def depth_figure(curves: Mapping[str, object]) -> Figure:
     ax_v.legend(fontsize=7)
     fig.suptitle("Signal propagation at initialization (solid: measured, dashed: theory)")
     return fig
+
+
+def figure1_figure(curves: Mapping[str, Mapping]) -> Figure:
+    """Training loss against update steps for every (variant, depth) curve (paper's Figure 1)."""
+    fig = Figure(figsize=(8.5, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    variants = list(dict.fromkeys(c["variant"] for c in curves.values()))
+    depths = sorted({c["depth"] for c in curves.values()})
+    cmaps = [matplotlib.colormaps[m] for m in ("Blues", "Reds", "Greens", "Purples")]
+    for key, c in curves.items():
+        vi = variants.index(c["variant"])
+        shade = 0.45 + 0.5 * depths.index(c["depth"]) / max(len(depths) - 1, 1)
+        loss = np.array([np.nan if v is None else v for v in c["loss"]], dtype=float)
+        ax.plot(
+            np.arange(1, len(loss) + 1),
+            loss,
+            color=cmaps[vi % len(cmaps)](shade),
+            ls="-" if vi == 0 else "--",
+            lw=1.0,
+            label=key,
+        )
+    ax.set(xlabel="update step", ylabel="training loss", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Training loss across update steps (Klambauer et al. 2017, Figure 1)")
+    return fig

@@ -1,0 +1,76 @@
+"""``selfnorm reproduce NAME``: the seed example's bugs, the paper's Figure 1."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from selfnorm.cli.common import CliError, csv_list
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from selfnorm import reproduce
+
+    out = Path(args.out or f"runs/reproduce-{args.name}")
+    if args.name == "seed-tf-bugs":
+        if args.paper:
+            raise CliError("--paper belongs to figure1; seed-tf-bugs takes --epochs 50")
+        summary = reproduce.run_seed_tf_bugs(
+            out,
+            epochs=args.epochs or 3,
+            seeds=tuple(int(s) for s in csv_list(args.seeds or "0")),
+            dataset=args.dataset or "mnist",
+            data_dir=args.data_dir,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        from selfnorm.summary import format_table
+
+        print(format_table(summary))
+    else:
+        over = {
+            k: v
+            for k, v in {
+                "dataset": args.dataset,
+                "data_dir": args.data_dir,
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "train_samples": args.train_samples,
+                "depths": tuple(int(d) for d in csv_list(args.depths)) if args.depths else None,
+            }.items()
+            if v is not None
+        }
+        config = (
+            reproduce.Figure1Config.paper(**over) if args.paper else reproduce.Figure1Config(**over)
+        )
+        if (out / "figure1.json").exists() and not args.overwrite:
+            raise CliError(f"{out} already holds a figure1 run; pass --overwrite or --out NEW_DIR")
+        result = reproduce.run_figure1(config, out, progress=not args.quiet)
+        for key, c in result["curves"].items():
+            r = "diverged" if c["roughness"] is None else f"roughness {c['roughness']:.4f}"
+            print(f"{key:>20}: {r}, final loss {c['final_loss']}")
+    print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``reproduce`` subcommand."""
+    p = sub.add_parser(
+        "reproduce",
+        help="seed-tf-bugs (the seed TF example as written vs fixed) or figure1 (the paper's)",
+    )
+    p.add_argument("name", choices=["seed-tf-bugs", "figure1"])
+    p.add_argument("--epochs", type=int, help="seed-tf-bugs: 3 (original 50); figure1: 2")
+    p.add_argument("--seeds", help="seed-tf-bugs: comma-separated seeds (default 0)")
+    p.add_argument("--dataset", help="mnist (default); figure1 also takes cifar10")
+    p.add_argument("--data-dir", help="dataset folder or cache root")
+    p.add_argument("--lr", type=float, help="figure1: SGD learning rate (default 0.01)")
+    p.add_argument("--depths", help="figure1: comma-separated depths (default 8,16,32)")
+    p.add_argument("--train-samples", type=int, help="figure1: first N images (default 10000)")
+    p.add_argument("--paper", action="store_true", help="figure1: the paper's exact settings")
+    p.add_argument("--out", help="output folder (default runs/reproduce-NAME)")
+    p.add_argument("--resume", action="store_true", help="seed-tf-bugs: continue a run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_reproduce)
