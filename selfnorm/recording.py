@@ -167,6 +167,7 @@ class _GroupPlan:
     units: int
     thresholds: torch.Tensor  # (n, 1) saturation thresholds, -inf where not applicable
     offsets: torch.Tensor  # (n, 1) row offsets into the joint histogram
+    shift: torch.Tensor  # 0-dim: 1 - low * bins / (high - low)
     width: int  # floats per row in the record
 
 
@@ -291,8 +292,9 @@ class ActivationRecorder:
         self._used: list[_Rows] = []
         self._grad_rows: dict[tuple, _Rows] = {}
         self._grad_used: list[_Rows] = []
+        self._grad_seen: set[int] = set()
         self._plans: dict[tuple, list[_GroupPlan]] = {}
-        self._forward: tuple[int, list[_GroupPlan], torch.Tensor] | None = None
+        self._forward: tuple[int, list[_GroupPlan], list[torch.Tensor]] | None = None
         self._pending: list[_Pending] = []
         self._seg: dict[torch.device, torch.Tensor] = {}
         self._closed = False
@@ -444,6 +446,9 @@ class ActivationRecorder:
             self._tensor_handles.append(out.register_hook(partial(self._on_grad, slot)))
 
     def _on_grad(self, slot: int, grad: torch.Tensor) -> None:
+        if slot in self._grad_seen:  # a second backward through the same graph
+            return
+        self._grad_seen.add(slot)
         self._put(self._grad_rows, self._grad_used, grad, slot)
 
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
@@ -456,13 +461,16 @@ class ActivationRecorder:
         self._frozen = True
         with torch.no_grad():
             plans = self._forward_plans()
-            parts = [self._reduce_rows(r, p) for r, p in zip(self._used, plans, strict=True)]
+            parts = [
+                t for r, p in zip(self._used, plans, strict=True) for t in self._reduce_rows(r, p)
+            ]
             parts.append(self._weight_sums())
-            self._forward = (step, plans, torch.cat(parts))
+            self._forward = (step, plans, parts)
         for r in self._grad_used:
             r.n = 0
             r.ids.clear()
         self._grad_used.clear()
+        self._grad_seen.clear()
 
     # -- reductions on the device ----------------------------------------------------------
 
@@ -492,12 +500,13 @@ class ActivationRecorder:
             units=units,
             thresholds=torch.tensor(thr, dtype=r.buf.dtype, device=dev).view(-1, 1),
             offsets=torch.arange(len(ids), dtype=r.itmp.dtype, device=dev).view(-1, 1) * nb,
+            shift=torch.tensor(self._shift, dtype=r.buf.dtype, device=dev),
             width=_N_STATS + nb,
         )
 
-    def _reduce_rows(self, r: _Rows, plan: _GroupPlan) -> torch.Tensor:
-        """Statistics of the ``n`` captured rows, as ``(n, 7 + bins + 2)`` float64 flattened:
-        mean, var, min, max, #zeros, #saturated, #dead units, then the histogram counts."""
+    def _reduce_rows(self, r: _Rows, plan: _GroupPlan) -> list[torch.Tensor]:
+        """Statistics of the ``n`` captured rows: mean, var, min, max, #zeros, #saturated,
+        #dead units (each ``(n,)``), then the histogram counts ``(n * (bins + 2),)``."""
         n, nb, numel = r.n, self.config.bins + 2, plan.numel
         x = r.buf[:n]
         x2 = x.view(n, numel)
@@ -518,8 +527,8 @@ class ActivationRecorder:
         sat = tmp.view(n, lead, -1).sum(1).sum(1, dtype=torch.float64)
         # histogram: value -> 1 + floor((x - low) * bins / (high - low)), clamped to
         # [0 (underflow), bins + 1 (overflow)]; NaN -> overflow; one joint count for all rows
-        torch.mul(x2, self._scale, out=tmp)
-        tmp.add_(self._shift).clamp_(0.0, nb - 1.0).nan_to_num_(nan=nb - 1.0)
+        torch.add(plan.shift, x2, alpha=self._scale, out=tmp)
+        tmp.clamp_(0.0, nb - 1.0).nan_to_num_(nan=nb - 1.0)
         itmp.copy_(tmp)
         itmp.add_(plan.offsets)
         flat_idx = itmp.view(-1)
@@ -528,10 +537,7 @@ class ActivationRecorder:
         else:  # CUDA's bincount reads the maximum back to the host: a sync per call
             hist = torch.zeros(n * nb, dtype=torch.int64, device=flat_idx.device)
             hist.scatter_add_(0, flat_idx, torch.ones_like(flat_idx))
-        stats = torch.stack([mean, var, mn, mx]).double()
-        counts = torch.stack([zeros, sat, dead.double()])
-        head = torch.cat([stats, counts], 0).t()
-        return torch.cat([head, hist.view(n, nb).double()], 1).reshape(-1)
+        return [mean, var, mn, mx, zeros, sat, dead, hist]
 
     def _weight_sums(self) -> torch.Tensor:
         """Per weight layer: Σω, Σω², Στ, Στ² over its units (float64, flattened (4, W))."""
@@ -565,11 +571,10 @@ class ActivationRecorder:
 
     def _finish(self) -> None:
         """Add the gradients to the pending forward record; queue it for :meth:`flush`."""
-        step, plans, fwd = self._forward
+        step, plans, parts = self._forward
         self._forward = None
         self._remove_tensor_hooks()
         grads: list[tuple[np.ndarray, int]] = []
-        parts = [fwd]
         with torch.no_grad():
             for r in self._grad_used:
                 n = r.n
@@ -578,12 +583,12 @@ class ActivationRecorder:
                 mean = x2.sum(1).div_(x2.shape[1])
                 torch.sub(x2, mean.unsqueeze(1), out=tmp)
                 var = torch.linalg.vector_norm(tmp, dim=1).square_().div_(x2.shape[1])
-                parts.append(var.double().to(fwd.device))
+                parts.append(var.to(parts[0].device))
                 grads.append((np.array(r.ids, dtype=np.int64), n))
                 r.n = 0
                 r.ids.clear()
             self._grad_used.clear()
-            flat = torch.cat(parts) if len(parts) > 1 else fwd
+            flat = torch.cat(parts).double()  # float32 stats, float64 sums, int64 counts
         self._pending.append(_Pending(step, plans, grads, flat))
 
     # -- out of the hot loop ---------------------------------------------------------------
@@ -630,11 +635,12 @@ class ActivationRecorder:
         for k, p in enumerate(pending):
             for plan in p.groups:
                 n = len(plan.ids)
-                block = host[off : off + n * plan.width].reshape(n, plan.width)
+                head = host[off : off + n * _N_STATS].reshape(_N_STATS, n).T
+                counts = host[off + n * _N_STATS : off + n * plan.width].reshape(n, -1)
                 off += n * plan.width
                 slot, kind = plan.ids // 2, plan.ids % 2
-                stats[kind, k, slot] = block[:, :_N_STATS]
-                hist[kind, k, slot] = np.rint(block[:, _N_STATS:]).astype(np.int64)
+                stats[kind, k, slot] = head
+                hist[kind, k, slot] = np.rint(counts).astype(np.int64)
                 numel[kind, k, slot] = plan.numel
                 units[kind, k, slot] = plan.units
             wsum[k] = host[off : off + 4 * nw].reshape(4, nw)

@@ -240,7 +240,7 @@ def write_chunk(directory: str | os.PathLike, index: int, records: Records) -> P
 
 
 def _read_chunk(path: Path) -> Records:
-    with np.load(path, allow_pickle=False) as z:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
         if int(z["format"]) != FORMAT:
             raise ValueError(f"{path}: record format {int(z['format'])}, this reader knows 1")
         post, pre, weights = z["post"], z["pre"], z["weights"]

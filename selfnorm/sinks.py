@@ -108,7 +108,7 @@ class TensorBoardSink:
 
 def _scalar(writer, tag: str, value: float, step: int) -> None:
     if np.isfinite(value):
-        writer.add_scalar(tag, float(value), step, new_style=True)
+        writer.add_scalar(tag, float(value), step)
 
 
 def _histogram(writer, tag, stats, counts, s, i, edges, step) -> None:

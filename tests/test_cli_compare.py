@@ -1,8 +1,11 @@
 import json
+import math
 
+import numpy as np
 import pytest
 
 from selfnorm.cli import main
+from selfnorm.records import read_records
 
 FAST = ["--depth", "2", "--width", "32", "--epochs", "2", "--seeds", "0", "--quiet"]
 
@@ -59,6 +62,8 @@ def test_per_variant_dropout(tmp_path):
         (["--preset", "nope"], "--preset 'nope' is unknown"),
         (["--seeds", "a,b"], "--seeds"),
         (["--dataset", "imagenet"], "imagenet"),
+        (["--record-every", "0"], "record.every=0 must be an integer >= 1"),
+        (["--no-record", "--tensorboard"], "drop --no-record or --tensorboard"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
@@ -111,3 +116,39 @@ def test_cnn_on_tabular_data_is_a_clean_error(tmp_path, capsys):
     assert main(args) == 2
     assert "needs input_shape (C, H, W)" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = ["compare", *FAST, "--activations", "selu,relu", "--record-every", "5"]
+    assert main([*args, "--tensorboard", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["record"] == {
+        "enabled": True,
+        "every": 5,
+        "bins": 64,
+        "range": [-4.0, 4.0],
+        "tensorboard": True,
+    }
+    spe = math.ceil(json.loads((out / "summary.json").read_text())["dataset"]["train"] / 128)
+    for name in ("selu", "relu"):
+        r = read_records(out / "runs" / name / "seed0")
+        assert r.steps.tolist() == list(range(0, 2 * spe, 5))
+        np.testing.assert_array_equal(r.bin_edges, np.linspace(-4, 4, 65))
+        tb = out / "tensorboard" / name / "seed0"
+        acc = EventAccumulator(str(tb), size_guidance={"histograms": 0, "scalars": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Histograms("act/act2/post")] == r.steps.tolist()
+        assert "act/act1/fp_distance" in acc.Tags()["scalars"]
+
+    plain = tmp_path / "plain"
+    assert main(["compare", *FAST, "--activations", "selu", "--out", str(plain)]) == 0
+    assert json.loads((plain / "config.json").read_text())["record"]["every"] == 50
+    assert read_records(plain / "runs" / "selu" / "seed0").steps.tolist() == [0]
+    assert not (plain / "tensorboard").exists()
+
+    off = tmp_path / "off"
+    assert main(["compare", *FAST, "--activations", "selu", "--no-record", "--out", str(off)]) == 0
+    assert not (off / "runs" / "selu" / "seed0" / "records").exists()

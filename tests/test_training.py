@@ -6,11 +6,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
+from selfnorm.records import read_records
 from selfnorm.storage import RunDir, read_jsonl
 from selfnorm.training import compare, epoch_permutation, make_optimizer
 
@@ -56,6 +58,25 @@ def test_compare_writes_summary_and_same_seed_gives_same_numbers(tmp_path, digit
     assert on_disk["variants"]["selu"]["test_accuracy"] == s1["variants"]["selu"]["test_accuracy"]
     stored_cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert experiment_from_dict(stored_cfg) == cfg
+
+
+def test_compare_records_every_n_steps_into_chunks_per_epoch(tmp_path, digits):
+    cfg = small_config(seeds=[0], record={"every": 4})
+    compare(cfg, str(tmp_path / "r"), progress=False, dataset=digits)
+    spe = math.ceil(len(digits.x_train) / 64)
+    for name in ("selu", "relu"):
+        paths = RunDir(tmp_path / "r").run(name, 0)
+        assert len(list(paths.records.glob("chunk-*.npz"))) == 3  # one per epoch
+        r = read_records(paths.root)
+        assert r.steps.tolist() == list(range(0, 3 * spe, 4))
+        np.testing.assert_allclose(r.epochs, r.steps / spe)
+        assert r.layers == ("act1", "act2") and r.family == (name, name)
+        assert r.weight_layers == ("fc1", "fc2", "out")
+        assert (r.hist_post.sum(-1) > 0).all() and np.isfinite(r.grad_std).all()
+    assert not (tmp_path / "r" / "tensorboard").exists()
+    off = small_config(seeds=[0], activations=["selu"], record={"enabled": False})
+    compare(off, str(tmp_path / "off"), progress=False, dataset=digits)
+    assert not RunDir(tmp_path / "off").run("selu", 0).records.exists()
 
 
 def test_summary_means_and_stds_are_over_seeds(tmp_path, digits):
@@ -140,8 +161,18 @@ def test_config_validation_names_the_value():
 
 RESUME_ARGS = [
     "compare", "--activations", "selu,relu", "--seeds", "0,1", "--epochs", "6",
-    "--depth", "2", "--width", "256", "--dropout", "0.1", "--quiet",
+    "--depth", "2", "--width", "256", "--dropout", "0.1", "--record-every", "3", "--quiet",
 ]  # fmt: skip
+
+
+def assert_same_records(a, b):
+    assert len(a.steps) > 0
+    assert (a.layers, a.family, a.weight_layers) == (b.layers, b.family, b.weight_layers)
+    for name in ("steps", "epochs", "depth", "bin_edges", "hist_post", "hist_pre", "grad_std"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for name in ("post", "pre", "weights"):
+        for key, value in getattr(a, name).items():
+            np.testing.assert_array_equal(value, getattr(b, name)[key], err_msg=f"{name}.{key}")
 
 
 def _cli(args, **kw):
@@ -177,6 +208,8 @@ def test_resume_after_kill_9_gives_exactly_the_uninterrupted_metrics(tmp_path):
             b = RunDir(cut).run(name, seed)
             assert _strip_times(read_jsonl(a.metrics)) == _strip_times(read_jsonl(b.metrics))
             assert json.loads(a.result.read_text()) == json.loads(b.result.read_text())
+            assert_same_records(read_records(a.root), read_records(b.root))
+            assert not list(b.records.glob(".*.tmp"))
     s_full = json.loads((full / "summary.json").read_text())
     s_cut = json.loads((cut / "summary.json").read_text())
     for name in ("selu", "relu"):
