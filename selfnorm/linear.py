@@ -68,6 +68,7 @@ def _fast_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         _ONEDNN
         and x.dim() == 2
+        and x.shape[1] == weight.shape[1]  # else F.linear raises PyTorch's own shape error
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
