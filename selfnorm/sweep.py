@@ -717,7 +717,13 @@ def _run_ray(
     ray = _ray(address)
     connected_here = False
     if not ray.is_initialized():
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:
+            raise ValueError(
+                f"cannot connect to Ray at address={address!r} ({exc}); start a cluster with "
+                "`ray start --head` (then --ray auto), or use --ray local for one on this machine"
+            ) from exc
         connected_here = True
     try:
         task = ray.remote(run_job).options(num_cpus=threads)
