@@ -75,6 +75,8 @@ class TrainConfig:
     """Momentum for sgd/rmsprop, in [0, 1)."""
     weight_decay: float = 0.0
     """L2 weight decay, >= 0."""
+    rmsprop_alpha: float = 0.99
+    """RMSprop's smoothing constant in [0, 1): PyTorch's default 0.99; Keras' ``rho`` is 0.9."""
     batch_size: int = 128
     """Mini-batch size, >= 1."""
     epochs: int = 30
@@ -91,6 +93,9 @@ class TrainConfig:
         m = _validate.finite("momentum", self.momentum)
         if not 0 <= m < 1:
             raise ValueError(f"momentum={self.momentum!r} must be in [0, 1), e.g. 0.9")
+        a = _validate.finite("rmsprop_alpha", self.rmsprop_alpha)
+        if not 0 <= a < 1:
+            raise ValueError(f"rmsprop_alpha={self.rmsprop_alpha!r} must be in [0, 1), e.g. 0.9")
         if _validate.finite("weight_decay", self.weight_decay) < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         _validate.positive_int("batch_size", self.batch_size)
@@ -287,15 +292,21 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # The Keras seed example: 784-512-512-10, SELU + alpha dropout 0.1 vs ReLU + dropout 0.2.
     "seed-keras": {
-        "data": {"dataset": "mnist"},
+        "data": {"dataset": "mnist", "standardize": "global", "val_fraction": 1 / 12},
         "model": {"kind": "mlp", "depth": 2, "width": 512},
-        "train": {"optimizer": "rmsprop", "lr": 1e-3, "batch_size": 128, "epochs": 20},
+        "train": {
+            "optimizer": "rmsprop",
+            "lr": 1e-3,
+            "rmsprop_alpha": 0.9,
+            "batch_size": 128,
+            "epochs": 20,
+        },
         "activations": ["selu", "relu"],
         "dropout_by_activation": {"selu": 0.1, "relu": 0.2},
     },
     # The TensorFlow seed example, with its bug fixed: keep probability 0.7 -> drop rate 0.3.
     "seed-tf": {
-        "data": {"dataset": "mnist"},
+        "data": {"dataset": "mnist", "standardize": "global", "val_fraction": 1 / 12},
         "model": {"kind": "mlp", "depth": 4, "width": 512},
         "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 100, "epochs": 50},
         "activations": ["selu", "relu", "lrelu"],

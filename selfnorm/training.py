@@ -89,7 +89,11 @@ def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.opti
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     return torch.optim.RMSprop(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        alpha=cfg.rmsprop_alpha,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
     )
 
 

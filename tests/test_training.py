@@ -175,33 +175,38 @@ def assert_same_records(a, b):
             np.testing.assert_array_equal(value, getattr(b, name)[key], err_msg=f"{name}.{key}")
 
 
-def _cli(args, **kw):
-    return subprocess.Popen(
+def _run_cli(args):
+    """Run the CLI to the end in a subprocess; return (exit code, stderr)."""
+    done = subprocess.run(
         [sys.executable, "-m", "selfnorm", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        **kw,
+        text=True,
+        timeout=1200,
+        check=False,
     )
+    return done.returncode, done.stderr
 
 
 def test_resume_after_kill_9_gives_exactly_the_uninterrupted_metrics(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
-    p = _cli([*RESUME_ARGS, "--out", str(full)])
-    assert p.wait(timeout=300) == 0, p.communicate()[1]
-    p.communicate()
+    code, err = _run_cli([*RESUME_ARGS, "--out", str(full)])
+    assert code == 0, err
     # Start again and kill -9 once the second variant's first run is mid-way.
-    p = _cli([*RESUME_ARGS, "--out", str(cut)])
     target = cut / "runs" / "relu" / "seed0" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(read_jsonl(target)) < 2 and p.poll() is None:
-        time.sleep(0.005)
-    os.kill(p.pid, signal.SIGKILL)
-    p.communicate()
+    with subprocess.Popen(
+        [sys.executable, "-m", "selfnorm", *RESUME_ARGS, "--out", str(cut)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as p:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and len(read_jsonl(target)) < 2 and p.poll() is None:
+            time.sleep(0.005)
+        os.kill(p.pid, signal.SIGKILL)
     assert not (cut / "summary.json").exists(), "the run finished before it could be killed"
     assert (cut / "runs/selu/seed1/result.json").exists()
-    p = _cli(["compare", "--resume", str(cut), "--quiet"])
-    err = p.communicate(timeout=300)[1]
-    assert p.returncode == 0, err
+    code, err = _run_cli(["compare", "--resume", str(cut), "--quiet"])
+    assert code == 0, err
     for name in ("selu", "relu"):
         for seed in (0, 1):
             a = RunDir(full).run(name, seed)

@@ -61,6 +61,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "optimizer": args.optimizer,
             "lr": args.lr,
             "momentum": args.momentum,
+            "rmsprop_alpha": args.rmsprop_alpha,
             "weight_decay": args.weight_decay,
             "batch_size": args.batch_size,
             "epochs": args.epochs,
@@ -171,6 +172,9 @@ def register(sub) -> None:
     g.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"], default=None)
     g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     g.add_argument("--momentum", type=float, help="sgd/rmsprop momentum (default 0)")
+    g.add_argument(
+        "--rmsprop-alpha", type=float, help="RMSprop smoothing (default 0.99; Keras' rho 0.9)"
+    )
     g.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
     g.add_argument("--batch-size", type=int, help="mini-batch size (default 128)")
     g.add_argument("--epochs", type=int, help="epochs (default 30)")
