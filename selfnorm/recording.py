@@ -100,8 +100,7 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(t for _, ts in _FAMILY_TYP
 
 _DEAD_FAMILIES = ("relu", "lrelu")
 _WEIGHT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
-# Device-side statistics per row, before the histogram: see _reduce_rows.
-_N_STATS = 7
+_N_STATS = 7  # mean, var, min, max, #zeros, #saturated, #dead units
 
 
 def activation_family(module: nn.Module) -> str:
@@ -136,24 +135,26 @@ class _Rows:
     """Tensors of one shape (and device, dtype) captured in one pass, copied into a reused
     buffer ``(capacity, *shape)`` row by row; ``ids`` says which (layer, pre/post) each row is."""
 
-    __slots__ = ("buf", "ids", "itmp", "n", "tmp")
+    __slots__ = ("buf", "ids", "itmp", "n", "rows", "tmp")
 
     def __init__(self, like: torch.Tensor, dtype: torch.dtype, int_dtype: torch.dtype) -> None:
         self.buf = torch.empty((2, *like.shape), dtype=dtype, device=like.device)
         self.tmp = torch.empty((2, like.numel()), dtype=dtype, device=like.device)
         self.itmp = torch.empty((2, like.numel()), dtype=int_dtype, device=like.device)
+        self.rows = list(self.buf.unbind(0))
         self.ids: list[int] = []
         self.n = 0
 
     def add(self, t: torch.Tensor, row_id: int) -> None:
-        if self.n == len(self.buf):
-            cap = 2 * len(self.buf)
+        if self.n == len(self.rows):
+            cap = 2 * len(self.rows)
             buf = self.buf.new_empty((cap, *self.buf.shape[1:]))
             buf[: self.n].copy_(self.buf[: self.n])
             self.buf = buf
+            self.rows = list(buf.unbind(0))
             self.tmp = self.tmp.new_empty((cap, self.tmp.shape[1]))
             self.itmp = self.itmp.new_empty((cap, self.itmp.shape[1]))
-        self.buf[self.n].copy_(t)
+        self.rows[self.n].copy_(t)  # t is detached: no autograd graph
         self.ids.append(row_id)
         self.n += 1
 
@@ -165,18 +166,22 @@ class _GroupPlan:
     ids: np.ndarray  # row ids: 2 * slot + (0 pre | 1 post)
     numel: int
     units: int
-    thresholds: torch.Tensor  # (n, 1) saturation thresholds, -inf where not applicable
+    sat_rows: slice | None  # rows with a saturation threshold (a slice over every such row)
+    thresholds: torch.Tensor  # (len(sat_rows), 1) thresholds, -inf where not applicable
     offsets: torch.Tensor  # (n, 1) row offsets into the joint histogram
     shift: torch.Tensor  # 0-dim: 1 - low * bins / (high - low)
-    width: int  # floats per row in the record
 
 
 @dataclass
 class _Pending:
+    """One record on the device: float32, float64 and int64 values, each concatenated."""
+
     step: int
     groups: list[_GroupPlan]
-    grads: list[tuple[np.ndarray, int]]  # (slots, floats)
-    flat: torch.Tensor
+    grads: list[tuple[np.ndarray, int, int]]  # (slots, rows, values per row)
+    f32: torch.Tensor  # per group sum, spread, min, max; then per grad group the spread
+    f64: torch.Tensor  # per group #zeros, #saturated; then the weight sums
+    i64: torch.Tensor  # per group #dead units, histogram counts
 
 
 class ActivationRecorder:
@@ -264,6 +269,10 @@ class ActivationRecorder:
                 f"{', '.join(t.__name__ for t in types[:8])}, ...); activations called as "
                 "functions (F.relu) cannot be hooked: use modules, or pass activation_types="
             )
+        self._hooks = [
+            (m, partial(self._on_pre, i), partial(self._on_post, i))
+            for i, (_, m) in enumerate(self._acts)
+        ]
         self._weights = [
             (n, m)
             for n, m in model.named_modules()
@@ -294,7 +303,7 @@ class ActivationRecorder:
         self._grad_used: list[_Rows] = []
         self._grad_seen: set[int] = set()
         self._plans: dict[tuple, list[_GroupPlan]] = {}
-        self._forward: tuple[int, list[_GroupPlan], list[torch.Tensor]] | None = None
+        self._forward: tuple[int, list[_GroupPlan], tuple[list, list, list]] | None = None
         self._pending: list[_Pending] = []
         self._seg: dict[torch.device, torch.Tensor] = {}
         self._closed = False
@@ -366,9 +375,9 @@ class ActivationRecorder:
             return
         hs = self._module_handles
         hs.append(self.model.register_forward_pre_hook(self._on_root_pre))
-        for i, (_, m) in enumerate(self._acts):
-            hs.append(m.register_forward_pre_hook(partial(self._on_pre, i)))
-            hs.append(m.register_forward_hook(partial(self._on_post, i)))
+        for m, pre, post in self._hooks:
+            hs.append(m.register_forward_pre_hook(pre))
+            hs.append(m.register_forward_hook(post))
         hs.append(self.model.register_forward_hook(self._on_root_post))
 
     def _remove_module_hooks(self) -> None:
@@ -423,8 +432,7 @@ class ActivationRecorder:
             rows = table[key] = _Rows(t, dtype, int_dtype)
         if rows.n == 0:
             used.append(rows)
-        with torch.no_grad():
-            rows.add(t.detach(), row_id)
+        rows.add(t.detach(), row_id)
 
     def _on_pre(self, i: int, module: nn.Module, args: tuple) -> None:
         if not self._capturing:
@@ -457,15 +465,19 @@ class ActivationRecorder:
         self._capturing = False
         step = self._armed_step
         self._armed_step = None
-        self._remove_module_hooks()
+        if self._next_step % self.config.every:  # else the next step records too: keep them
+            self._remove_module_hooks()
         self._frozen = True
         with torch.no_grad():
             plans = self._forward_plans()
-            parts = [
-                t for r, p in zip(self._used, plans, strict=True) for t in self._reduce_rows(r, p)
-            ]
-            parts.append(self._weight_sums())
-            self._forward = (step, plans, parts)
+            f32, f64, i64 = [], [], []
+            for r, p in zip(self._used, plans, strict=True):
+                a, b, c = self._reduce_rows(r, p)
+                f32 += a
+                f64 += b
+                i64 += c
+            f64.append(self._weight_sums())
+            self._forward = (step, plans, (f32, f64, i64))
         for r in self._grad_used:
             r.n = 0
             r.ids.clear()
@@ -492,29 +504,41 @@ class ActivationRecorder:
             sat = self._slot_saturation[row // 2]
             post = row % 2 == 1
             thr.append(sat + SATURATION_RTOL * abs(sat) if post and sat is not None else -math.inf)
+        # the rows that need a saturation count, as a slice (in the usual pre, post, pre, post
+        # order the post rows are every second one), else all rows
+        need = [i for i, t in enumerate(thr) if t > -math.inf]
+        sat_rows = None
+        if need:
+            step = need[1] - need[0] if len(need) > 1 else 1
+            if need == list(range(need[0], need[-1] + 1, step)):
+                sat_rows = slice(need[0], need[-1] + 1, step)
+            else:
+                sat_rows = slice(0, len(thr))
+            thr = thr[sat_rows]
         nb = self.config.bins + 2
         dev = r.buf.device
         return _GroupPlan(
             ids=ids,
             numel=numel,
             units=units,
+            sat_rows=sat_rows,
             thresholds=torch.tensor(thr, dtype=r.buf.dtype, device=dev).view(-1, 1),
             offsets=torch.arange(len(ids), dtype=r.itmp.dtype, device=dev).view(-1, 1) * nb,
             shift=torch.tensor(self._shift, dtype=r.buf.dtype, device=dev),
-            width=_N_STATS + nb,
         )
 
-    def _reduce_rows(self, r: _Rows, plan: _GroupPlan) -> list[torch.Tensor]:
-        """Statistics of the ``n`` captured rows: mean, var, min, max, #zeros, #saturated,
-        #dead units (each ``(n,)``), then the histogram counts ``(n * (bins + 2),)``."""
+    def _reduce_rows(self, r: _Rows, plan: _GroupPlan) -> tuple[list, list, list]:
+        """Statistics of the ``n`` captured rows, each ``(n,)``: float32 sum, sqrt(Σ(x -
+        mean)²), min, max; float64 #zeros, #saturated; int64 #dead units and the histogram
+        counts ``(n * (bins + 2),)``."""
         n, nb, numel = r.n, self.config.bins + 2, plan.numel
         x = r.buf[:n]
         x2 = x.view(n, numel)
         lead = x.shape[1] if x.dim() >= 3 else 1  # batch
         tmp, itmp = r.tmp[:n], r.itmp[:n]
-        mean = x2.sum(1).div_(numel)
-        torch.sub(x2, mean.unsqueeze(1), out=tmp)  # two passes: exact for any mean
-        var = torch.linalg.vector_norm(tmp, dim=1).square_().div_(numel)
+        total = x2.sum(1)
+        torch.add(x2, total.unsqueeze(1), alpha=-1.0 / numel, out=tmp)  # x - mean
+        spread = torch.linalg.vector_norm(tmp, dim=1)  # two passes: accurate for any mean
         unit_max = x.view(n, lead, plan.units, -1).amax(dim=(1, 3))
         dead = (unit_max <= 0).sum(1)
         mx = unit_max.amax(1)
@@ -523,12 +547,19 @@ class ActivationRecorder:
         # the batch-wise partial sums stay exact integers, the last sum is float64
         torch.eq(x2, 0, out=tmp)
         zeros = tmp.view(n, lead, -1).sum(1).sum(1, dtype=torch.float64)
-        torch.le(x2, plan.thresholds, out=tmp)
-        sat = tmp.view(n, lead, -1).sum(1).sum(1, dtype=torch.float64)
+        sat = torch.zeros(n, dtype=torch.float64, device=x2.device)
+        if plan.sat_rows is not None:
+            k = len(plan.thresholds)
+            torch.le(x2[plan.sat_rows], plan.thresholds, out=tmp[:k])
+            sat[plan.sat_rows] = tmp[:k].view(k, lead, -1).sum(1).sum(1, dtype=torch.float64)
         # histogram: value -> 1 + floor((x - low) * bins / (high - low)), clamped to
         # [0 (underflow), bins + 1 (overflow)]; NaN -> overflow; one joint count for all rows
         torch.add(plan.shift, x2, alpha=self._scale, out=tmp)
-        tmp.clamp_(0.0, nb - 1.0).nan_to_num_(nan=nb - 1.0)
+        tmp.clamp_(0.0, nb - 1.0)
+        # NaN would survive the clamp and break the integer index; on the CPU a look at the row
+        # sums (NaN or inf there if anywhere) is cheaper than the pass that replaces it
+        if x2.device.type != "cpu" or not bool(torch.isfinite(total).all()):
+            tmp.nan_to_num_(nan=nb - 1.0)
         itmp.copy_(tmp)
         itmp.add_(plan.offsets)
         flat_idx = itmp.view(-1)
@@ -537,30 +568,37 @@ class ActivationRecorder:
         else:  # CUDA's bincount reads the maximum back to the host: a sync per call
             hist = torch.zeros(n * nb, dtype=torch.int64, device=flat_idx.device)
             hist.scatter_add_(0, flat_idx, torch.ones_like(flat_idx))
-        return [mean, var, mn, mx, zeros, sat, dead, hist]
+        return [total, spread, mn, mx], [zeros, sat], [dead, hist]
 
     def _weight_sums(self) -> torch.Tensor:
-        """Per weight layer: Σω, Σω², Στ, Στ² over its units (float64, flattened (4, W))."""
+        """Per weight layer, sums over its units: Σω of every layer, Στ of every layer, then
+        Σω², Στ² (float64, ``(2, 2W)`` flattened)."""
         if not self._weights:
             return torch.zeros(0, dtype=torch.float64, device=self._device())
-        omegas, norms = [], []
         dev = self._weights[0][1].weight.device
+        parts = []
         for _, m in self._weights:
             w = m.weight.detach()
             if getattr(m, "transposed", False):  # ConvTranspose: (in, out/groups, *kernel)
                 w = w.transpose(0, 1)
             w2 = w.reshape(w.shape[0], -1)
-            omegas.append(w2.sum(1, dtype=torch.float32).to(dev))
-            norms.append(torch.linalg.vector_norm(w2, dim=1, dtype=torch.float32).to(dev))
-        om = torch.cat(omegas).double()
-        tau = torch.cat(norms).double().square_()
+            parts.append(w2.sum(1, dtype=torch.float32).to(dev))
+        for _, m in self._weights:
+            w = m.weight.detach()
+            if getattr(m, "transposed", False):
+                w = w.transpose(0, 1)
+            w2 = w.reshape(w.shape[0], -1)
+            parts.append(torch.linalg.vector_norm(w2, dim=1, dtype=torch.float32).to(dev))
         seg = self._seg.get(dev)
-        if seg is None:
-            sizes = [len(o) for o in omegas]
-            seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(dev)
+        if seg is None:  # segment of every unit: ω of layer j -> j, τ of layer j -> W + j
+            sizes = torch.tensor([len(p) for p in parts])
+            seg = torch.repeat_interleave(torch.arange(len(parts)), sizes).to(dev)
             self._seg[dev] = seg
-        moments = torch.stack([om, om * om, tau, tau * tau])
-        sums = moments.new_zeros(4, len(omegas)).index_add_(1, seg, moments)
+        v = torch.cat(parts).double()  # ω of every unit, then sqrt(τ) of every unit
+        half = len(v) // 2
+        v[half:].square_()
+        moments = torch.stack([v, v * v])
+        sums = moments.new_zeros(2, 2 * len(self._weights)).index_add_(1, seg, moments)
         return sums.reshape(-1).to(self._device())
 
     def _device(self) -> torch.device:
@@ -571,25 +609,24 @@ class ActivationRecorder:
 
     def _finish(self) -> None:
         """Add the gradients to the pending forward record; queue it for :meth:`flush`."""
-        step, plans, parts = self._forward
+        step, plans, (f32, f64, i64) = self._forward
         self._forward = None
         self._remove_tensor_hooks()
-        grads: list[tuple[np.ndarray, int]] = []
+        grads: list[tuple[np.ndarray, int, int]] = []
         with torch.no_grad():
             for r in self._grad_used:
                 n = r.n
                 x2 = r.buf[:n].view(n, -1)
+                numel = x2.shape[1]
                 tmp = r.tmp[:n]
-                mean = x2.sum(1).div_(x2.shape[1])
-                torch.sub(x2, mean.unsqueeze(1), out=tmp)
-                var = torch.linalg.vector_norm(tmp, dim=1).square_().div_(x2.shape[1])
-                parts.append(var.to(parts[0].device))
-                grads.append((np.array(r.ids, dtype=np.int64), n))
+                torch.add(x2, x2.sum(1, keepdim=True), alpha=-1.0 / numel, out=tmp)
+                f32.append(torch.linalg.vector_norm(tmp, dim=1).to(f32[0].device))
+                grads.append((np.array(r.ids, dtype=np.int64), n, numel))
                 r.n = 0
                 r.ids.clear()
             self._grad_used.clear()
-            flat = torch.cat(parts).double()  # float32 stats, float64 sums, int64 counts
-        self._pending.append(_Pending(step, plans, grads, flat))
+            rec = _Pending(step, plans, grads, torch.cat(f32), torch.cat(f64), torch.cat(i64))
+        self._pending.append(rec)
 
     # -- out of the hot loop ---------------------------------------------------------------
 
@@ -604,8 +641,11 @@ class ActivationRecorder:
         pending, self._pending = self._pending, []
         if not pending:
             return Records.empty()
-        host = torch.cat([p.flat for p in pending]).cpu().numpy()
-        records = self._decode(pending, host)
+        sections = [torch.cat([getattr(p, k) for p in pending]) for k in ("f32", "f64", "i64")]
+        sizes = [len(t) for t in sections]
+        host = torch.cat([t.double() for t in sections]).cpu().numpy()  # the one transfer
+        f32, f64, i64 = np.split(host, np.cumsum(sizes)[:2])
+        records = self._decode(pending, f32, f64, i64)
         for sink in self.sinks:
             sink.write(records)
         if self._memory is not None:
@@ -622,7 +662,9 @@ class ActivationRecorder:
         self.flush()
         return concat_records(self._memory)
 
-    def _decode(self, pending: list[_Pending], host: np.ndarray) -> Records:
+    def _decode(
+        self, pending: list[_Pending], f32: np.ndarray, f64: np.ndarray, i64: np.ndarray
+    ) -> Records:
         s, nl, nb = len(pending), len(self._slot_names), self.config.bins + 2
         nw = len(self._weights)
         stats = np.full((2, s, nl, _N_STATS), np.nan)
@@ -631,24 +673,30 @@ class ActivationRecorder:
         hist = np.zeros((2, s, nl, nb), dtype=np.int64)
         grad_var = np.full((s, nl), np.nan)
         wsum = np.zeros((s, 4, nw))
-        off = 0
+        a = b = c = 0  # read positions in f32, f64, i64
         for k, p in enumerate(pending):
             for plan in p.groups:
                 n = len(plan.ids)
-                head = host[off : off + n * _N_STATS].reshape(_N_STATS, n).T
-                counts = host[off + n * _N_STATS : off + n * plan.width].reshape(n, -1)
-                off += n * plan.width
+                head = np.empty((n, _N_STATS))
+                head[:, :4] = f32[a : a + 4 * n].reshape(4, n).T
+                head[:, 4:6] = f64[b : b + 2 * n].reshape(2, n).T
+                head[:, 6] = i64[c : c + n]
+                head[:, 0] /= plan.numel  # sum -> mean
+                head[:, 1] = head[:, 1] ** 2 / plan.numel  # sqrt(Σ(x - mean)²) -> var
+                counts = i64[c + n : c + n + n * nb].reshape(n, nb)
+                a, b, c = a + 4 * n, b + 2 * n, c + n + n * nb
                 slot, kind = plan.ids // 2, plan.ids % 2
                 stats[kind, k, slot] = head
                 hist[kind, k, slot] = np.rint(counts).astype(np.int64)
                 numel[kind, k, slot] = plan.numel
                 units[kind, k, slot] = plan.units
-            wsum[k] = host[off : off + 4 * nw].reshape(4, nw)
-            off += 4 * nw
-            for slots, n in p.grads:
-                grad_var[k, slots] = host[off : off + n]
-                off += n
-        assert off == len(host)
+            for slots, n, size in p.grads:
+                grad_var[k, slots] = f32[a : a + n] ** 2 / size
+                a += n
+            ws = f64[b : b + 4 * nw].reshape(2, 2, nw)  # (power, ω|τ, layer)
+            wsum[k] = [ws[0, 0], ws[1, 0], ws[0, 1], ws[1, 1]]
+            b += 4 * nw
+        assert (a, b, c) == (len(f32), len(f64), len(i64))
 
         family = tuple(self._slot_family)
         dead_ok = np.array([f in _DEAD_FAMILIES for f in family], dtype=bool)
