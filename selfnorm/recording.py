@@ -31,6 +31,7 @@ flush and hands plain arrays (:class:`~selfnorm.records.Records`) to the sinks
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -259,6 +260,9 @@ class ActivationRecorder:
             raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be None or an int >= 1")
         self.record_eval = bool(record_eval)
         self.steps_per_epoch = steps_per_epoch
+        if self.config.every is None:  # auto: a quarter epoch, at most 50 steps; 50 if unknown
+            every = self.config.resolve_every(steps_per_epoch) if steps_per_epoch else 50
+            self.config = dataclasses.replace(self.config, every=every)
         self._memory: list[Records] | None = [] if sinks is None else None
         self.sinks = [] if sinks is None else list(sinks)
         types = tuple(activation_types)
@@ -336,6 +340,8 @@ class ActivationRecorder:
     def step(self) -> bool:
         """Start an optimizer step: finish the previous record, arm if this step records.
 
+        An arming that no forward pass used (e.g. only eval passes followed) lapses here.
+
         Returns:
             Whether this step's forward pass will be recorded.
         """
@@ -343,14 +349,18 @@ class ActivationRecorder:
             self._finish()
         s = self._next_step
         self._next_step = s + 1
-        if s % self.config.every or not self.config.enabled:
-            return False
-        self._arm(s)
-        return True
+        if self.config.enabled and s % self.config.every == 0:
+            self._arm(s)
+            return True
+        if self._armed_step is not None:
+            self._armed_step = None
+            self._remove_module_hooks()
+        return False
 
     def arm(self) -> None:
         """Record the next forward pass (in training mode, or any mode with ``record_eval``)
-        whatever the schedule, under the step number of the last :meth:`step`."""
+        whatever the schedule, under the step number of the last :meth:`step`; the next
+        :meth:`step` cancels it if no forward pass came."""
         if self._forward is not None:
             self._finish()
         self._arm(max(self._next_step - 1, 0))

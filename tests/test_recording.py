@@ -441,6 +441,17 @@ def test_eval_and_unarmed_forwards_record_nothing_unless_asked():
         net(x)
         assert not rec.armed
         assert len(rec.records()) == 1
+        assert rec.step()  # armed again; an eval pass leaves it unused until the block ends
+        net.eval()
+        net(x)
+
+    with ActivationRecorder(net, RecordConfig(every=2)) as rec:
+        assert rec.step()
+        net(x)  # eval mode still: step 0 never recorded
+        assert not rec.step() and not rec.armed and no_module_hooks(net)
+        net.train()
+        net(x)
+        assert len(rec.records()) == 0
 
     with ActivationRecorder(net, RecordConfig(every=1), record_eval=True) as rec:
         rec.arm()
@@ -515,6 +526,39 @@ def test_smaller_last_batch_and_layout_errors():
         rec.step()
         with pytest.raises(RuntimeError, match="'b' was called in this recorded forward pass"):
             net(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize(
+    ("module", "family"),
+    [
+        (selfnorm.SELU(), "selu"),
+        (nn.SELU(), "selu"),
+        (nn.ReLU(inplace=True), "relu"),
+        (nn.ReLU6(), "relu"),
+        (nn.LeakyReLU(), "lrelu"),
+        (nn.PReLU(), "lrelu"),
+        (nn.RReLU(), "lrelu"),
+        (nn.ELU(), "elu"),
+        (nn.CELU(), "elu"),
+        (nn.GELU(), "gelu"),
+        (nn.SiLU(), "silu"),
+        (nn.Tanh(), "tanh"),
+        (nn.Sigmoid(), "other"),
+        (nn.Softplus(), "other"),
+        (nn.Mish(), "other"),
+        (nn.Hardtanh(), "other"),
+    ],
+)
+def test_every_activation_module_is_recorded_with_its_family(module, family):
+    assert activation_family(module) == family
+    net = nn.Sequential(nn.Linear(4, 8), module, nn.Linear(8, 2))
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        rec.step()
+        net(torch.randn(16, 4)).sum().backward()
+        r = rec.records()
+    assert r.layers == ("1",) and r.family == (family,)
+    assert r.hist_post[0, 0].sum() == r.hist_pre[0, 0].sum() == 16 * 8
+    assert np.isfinite(r.grad_std).all()
 
 
 def test_bad_arguments_name_the_fix():
