@@ -9,6 +9,7 @@ resumed run continues exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -305,6 +306,7 @@ def _recorder(
     rc = config.record
     if not rc.enabled:
         return None
+    rc = dataclasses.replace(rc, every=rc.resolve_every(steps_per_epoch))
     sinks: list[Any] = [NpzChunkSink(paths.records)]
     if rc.tensorboard:
         if paths.tensorboard is None:
