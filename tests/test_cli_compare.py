@@ -145,8 +145,11 @@ def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
 
     plain = tmp_path / "plain"
     assert main(["compare", *FAST, "--activations", "selu", "--out", str(plain)]) == 0
-    assert json.loads((plain / "config.json").read_text())["record"]["every"] == 50
-    assert read_records(plain / "runs" / "selu" / "seed0").steps.tolist() == [0]
+    assert json.loads((plain / "config.json").read_text())["record"]["every"] is None  # auto
+    auto = min(50, spe // 4)  # a quarter epoch, at most 50 steps
+    assert read_records(plain / "runs" / "selu" / "seed0").steps.tolist() == list(
+        range(0, 2 * spe, auto)
+    )
     assert not (plain / "tensorboard").exists()
 
     off = tmp_path / "off"

@@ -184,7 +184,8 @@ def register(sub) -> None:
         "--record-every",
         type=int,
         metavar="N",
-        help="record activation statistics every N optimizer steps (default 50)",
+        help="record activation statistics every N optimizer steps (default: a quarter epoch, "
+        "at most 50)",
     )
     g.add_argument("--no-record", action="store_true", help="do not record activation statistics")
     g.add_argument(
