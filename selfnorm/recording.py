@@ -438,7 +438,9 @@ class ActivationRecorder:
         key = (t.shape, t.device, dtype)
         rows = table.get(key)
         if rows is None:
-            int_dtype = torch.int32 if t.device.type == "cpu" else torch.int64
+            # bin indices: int16 is the cheapest for the CPU's bincount (widened to int32 by
+            # _plan if rows * (bins + 2) reaches 2**15); CUDA's scatter_add_ takes int64
+            int_dtype = torch.int16 if t.device.type == "cpu" else torch.int64
             rows = table[key] = _Rows(t, dtype, int_dtype)
         if rows.n == 0:
             used.append(rows)
@@ -527,6 +529,8 @@ class ActivationRecorder:
             thr = thr[sat_rows]
         nb = self.config.bins + 2
         dev = r.buf.device
+        if r.itmp.dtype == torch.int16 and len(ids) * nb >= 2**15:
+            r.itmp = r.itmp.to(torch.int32)  # indices beyond int16: widen (for good)
         return _GroupPlan(
             ids=ids,
             numel=numel,

@@ -256,6 +256,17 @@ def test_histogram_range_and_bins_come_from_the_config():
     assert r.hist_pre[0, 0].tolist() == hand_hist(x, r.bin_edges).tolist() == [10, 5, 5, 5, 5]
 
 
+def test_many_bins_widen_the_bin_index():
+    x = (torch.arange(3000, dtype=torch.float32) / 3000 * 10 - 5 + 1e-4).view(3, 1000)
+    cfg = RecordConfig(every=1, bins=20000, range=(-4.0, 4.0))  # 2 rows x 20002 > 2**15
+    with ActivationRecorder(nn.Sequential(nn.Tanh()), cfg) as rec:
+        rec.step()
+        rec.model(x)
+        r = rec.records()
+    np.testing.assert_array_equal(r.hist_pre[0, 0], hand_hist(x, r.bin_edges))
+    assert r.hist_post[0, 0].sum() == x.numel()
+
+
 def test_grad_std_equals_autograd_by_hand():
     net = mixed_net(3)
     twin = copy.deepcopy(net)
