@@ -352,8 +352,9 @@ class ActivationRecorder:
         if self.config.enabled and s % self.config.every == 0:
             self._arm(s)
             return True
-        if self._armed_step is not None:
+        if self._armed_step is not None or self._capturing:
             self._armed_step = None
+            self._capturing = False
             self._remove_module_hooks()
         return False
 
@@ -380,6 +381,7 @@ class ActivationRecorder:
     def _arm(self, step: int) -> None:
         if self._closed:
             raise RuntimeError("this ActivationRecorder is closed; create a new one")
+        self._capturing = False  # a pass that raised half-way never finished its capture
         self._armed_step = step
         if self._module_handles:
             return

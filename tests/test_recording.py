@@ -405,6 +405,33 @@ def test_hooks_are_removed_when_the_block_raises():
     assert no_module_hooks(net)
 
 
+def test_a_forward_pass_that_raised_does_not_leak_into_the_next_record():
+    net = mixed_net()
+    x, y = batch()
+    calls = []
+
+    def fails_once(m, a, o):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("bad batch")
+
+    h = net[5].register_forward_hook(fails_once)
+    spy = Spy(net)
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        rec.step()
+        with pytest.raises(ValueError, match="bad batch"):
+            net(x)  # dies after two of six layers were captured
+        rec.step()
+        F.cross_entropy(net(x[:50]), y[:50]).backward()
+        r = rec.records()
+    h.remove()
+    spy.remove()
+    assert r.steps.tolist() == [1]
+    for i, name in enumerate(r.layers):
+        assert r.hist_post[0, i].sum() == spy.post[name].numel() == 50 * 32
+        np.testing.assert_allclose(r.post["mean"][0, i], spy.post[name].double().mean(), atol=1e-6)
+
+
 def test_inplace_activation_is_measured_before_and_after():
     g = torch.Generator().manual_seed(0)
     lin = nn.Linear(10, 20)
