@@ -94,7 +94,7 @@ def main() -> None:
     for way in WAYS:
         torch.manual_seed(0)
         model = build_mlp(784, 10, 4, 512, "selu", 0.3, generator=torch.Generator().manual_seed(0))
-        opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-3), torch.device("cpu"))
+        opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-3))
         rec = tb = None
         if way in ("every_step", "every_50"):
             every = 1 if way == "every_step" else 50

@@ -115,7 +115,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     ours = build_mlp(784, 10, 4, 512, "selu", 0.3, generator=torch.Generator().manual_seed(0))
-    ours_opt = make_optimizer(ours.parameters(), TrainConfig(lr=1e-3), torch.device("cpu"))
+    ours_opt = make_optimizer(ours.parameters(), TrainConfig(lr=1e-3))
     plain = plain_model()
     plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(

@@ -96,6 +96,16 @@ class TrainConfig:
         a = _validate.finite("rmsprop_alpha", self.rmsprop_alpha)
         if not 0 <= a < 1:
             raise ValueError(f"rmsprop_alpha={self.rmsprop_alpha!r} must be in [0, 1), e.g. 0.9")
+        if self.optimizer == "adam" and m != 0:
+            raise ValueError(
+                f"momentum={self.momentum!r} does nothing with adam (it has its own betas); "
+                "use --optimizer sgd or rmsprop, or drop --momentum"
+            )
+        if self.optimizer != "rmsprop" and a != 0.99:
+            raise ValueError(
+                f"rmsprop_alpha={self.rmsprop_alpha!r} only applies to --optimizer rmsprop, "
+                f"not {self.optimizer}; drop --rmsprop-alpha"
+            )
         if _validate.finite("weight_decay", self.weight_decay) < 0:
             raise ValueError(f"weight_decay={self.weight_decay!r} must be >= 0")
         _validate.positive_int("batch_size", self.batch_size)

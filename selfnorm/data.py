@@ -94,10 +94,14 @@ class DataConfig:
             get_spec(self.dataset)  # raises with the valid names
         elif not self.dataset[len(CSV_PREFIX) :].strip():
             raise ValueError("dataset='csv:' names no file; pass csv:PATH, e.g. csv:data/train.csv")
+        else:  # stored absolute, so --resume from another folder reads the same file
+            csv = Path(self.dataset[len(CSV_PREFIX) :].strip()).expanduser().resolve()
+            object.__setattr__(self, "dataset", f"{CSV_PREFIX}{csv}")
         if self.data_dir is not None:
             if not isinstance(self.data_dir, (str, os.PathLike)) or not os.fspath(self.data_dir):
                 raise ValueError(f"data_dir={self.data_dir!r}; pass a folder path or None")
-            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+            data_dir = Path(os.fspath(self.data_dir)).expanduser().resolve()
+            object.__setattr__(self, "data_dir", str(data_dir))
         for name in ("val_fraction", "test_fraction"):
             object.__setattr__(self, name, _fraction(name, getattr(self, name)))
         if self.standardize not in STANDARDIZE_MODES:
@@ -393,7 +397,9 @@ def _read_registered(
 def _read_csv_dataset(config: DataConfig) -> RawData:
     path = Path(config.dataset[len(CSV_PREFIX) :]).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"dataset {config.dataset!r}: there is no file {path.resolve()}")
+        raise DataFileError(
+            f"dataset {config.dataset!r}: there is no file {path}; check the path after csv:"
+        )
     table = read_csv(path, config.target)
     return RawData(table.x, table.y, None, None, table.class_names)
 

@@ -9,7 +9,8 @@ output goes backward and the gradient's RMS norm per sample is measured at every
 The prediction iterates :func:`selfnorm.theory.propagate_layer` through the layers, with each
 layer's measured per-unit :math:`\omega_j = \sum_i w_{ji}` and :math:`\tau_j = \sum_i w_{ji}^2`,
 from the measured input moments. For SELU with LeCun init this is the paper's mapping g: the
-curve stays at (0, 1). Variants with BatchNorm/LayerNorm have no such mapping (NaN).
+curve stays at (0, 1). Variants with BatchNorm/LayerNorm, and inits that draw biases
+(``seed-tf``), have no such mapping here (NaN).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def depth_propagation(
         omegas = [fc.weight.detach().double().sum(1).numpy() for fc in fcs]
         taus = [(fc.weight.detach().double() ** 2).sum(1).numpy() for fc in fcs]
         t_mean, t_var = [mean[0]], [var[0]]
-        if spec.norm is None:
+        if spec.norm is None and (spec.init is None or INIT_SCHEMES[spec.init].bias_std == 0):
             mu, nu = mean[0], var[0]
             for om, ta in zip(omegas, taus, strict=True):
                 mu, nu = propagate_layer(spec.family.name, mu, nu, om, ta, spec.param)

@@ -40,7 +40,13 @@ from selfnorm.data import DataConfig, load_dataset
 from selfnorm.models import build_mlp
 from selfnorm.report.html import figure, figures_html, render_page
 from selfnorm.report.plots import figure1_figure
-from selfnorm.training import compare, epoch_permutation, resolve_device, train_epoch
+from selfnorm.training import (
+    batch_bounds,
+    compare,
+    epoch_permutation,
+    resolve_device,
+    train_epoch,
+)
 
 __all__ = ["REPRODUCTIONS", "Figure1Config", "run_figure1", "run_seed_tf_bugs", "roughness"]
 
@@ -158,7 +164,7 @@ def run_figure1(config: Figure1Config, out: str | Path, progress: bool = True) -
     x = torch.from_numpy(ds.x_train[:n]).flatten(1).to(device)
     y = torch.from_numpy(ds.y_train[:n]).to(device)
     width = x.shape[1]
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    steps_per_epoch = len(batch_bounds(len(x), config.batch_size))
     curves: dict[str, dict[str, Any]] = {}
     for variant in config.variants:
         for depth in config.depths:

@@ -77,7 +77,7 @@ class DeviceData:
         )
 
 
-def make_optimizer(params, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam (fused kernel where this torch build has one), SGD or RMSprop."""
     params = list(params)
     if cfg.optimizer == "adam":
@@ -136,6 +136,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return float(loss) / n, int(correct) / n
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each mini-batch; a last batch of a single sample joins the one before
+    (BatchNorm cannot normalize one sample), the same for every variant.
+
+    Example:
+        >>> batch_bounds(9, 4)
+        [(0, 4), (4, 9)]
+        >>> batch_bounds(10, 4)
+        [(0, 4), (4, 8), (8, 10)]
+    """
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -162,10 +178,10 @@ def train_epoch(
     xs, ys = x[perm], y[perm]
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for i in range(0, n, batch_size):
+    for k, (i, j) in enumerate(batch_bounds(n, batch_size)):
         if recorder is not None:
             recorder.step()
-        xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
+        xb, yb = xs[i:j], ys[i:j]
         out = model(xb)
         loss = F.cross_entropy(out, yb)
         optimizer.zero_grad(set_to_none=True)
@@ -174,7 +190,7 @@ def train_epoch(
         loss_sum += loss.detach() * len(yb)
         correct += (out.detach().argmax(1) == yb).sum()
         if step_losses is not None:
-            step_losses[i // batch_size] = loss.detach()
+            step_losses[k] = loss.detach()
     return float(loss_sum) / n, int(correct) / n
 
 
@@ -221,13 +237,13 @@ def train_run(
         data.num_classes,
         seed,
     ).to(device)
-    optimizer = make_optimizer(model.parameters(), cfg, device)
+    optimizer = make_optimizer(model.parameters(), cfg)
     torch.manual_seed(seed)  # dropout masks
     history: list[dict[str, Any]] = []
     start_epoch = 1
     n = len(data.x_train)
     bs = cfg.batch_size
-    steps_per_epoch = -(-n // bs)
+    steps_per_epoch = len(batch_bounds(n, bs))
     ckpt = paths.load_checkpoint(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

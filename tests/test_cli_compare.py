@@ -155,3 +155,42 @@ def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
     off = tmp_path / "off"
     assert main(["compare", *FAST, "--activations", "selu", "--no-record", "--out", str(off)]) == 0
     assert not (off / "runs" / "selu" / "seed0" / "records").exists()
+
+
+def test_preset_rates_yield_to_a_single_dropout_flag(tmp_path):
+    from selfnorm.cli import build_parser
+    from selfnorm.cli.compare import resolve_compare_config
+
+    parse = build_parser().parse_args
+    cfg = resolve_compare_config(parse(["compare", "--preset", "seed-keras", "--dropout", "0.3"]))
+    assert cfg.dropout_for("selu") == 0.3 and cfg.dropout_for("relu") == 0.3
+    cfg = resolve_compare_config(
+        parse(["compare", "--preset", "seed-keras", "--activations", "selu,lrelu"])
+    )
+    assert cfg.dropout_for("selu") == 0.1 and cfg.dropout_for("lrelu") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--channels", "32,x"], "--channels '32,x'"),
+        (["--momentum", "0.9"], "does nothing with adam"),
+        (["--optimizer", "sgd", "--rmsprop-alpha", "0.9"], "only applies to --optimizer rmsprop"),
+        (["--dataset", "csv:/nonexistent/file.csv"], "there is no file"),
+    ],
+)
+def test_more_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert main(["compare", *FAST, *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()
+
+
+def test_batchnorm_with_a_last_batch_of_one(tmp_path):
+    # digits has 1293 training samples: batch 4 leaves one sample, which BatchNorm cannot take
+    out = tmp_path / "bn"
+    args = ["compare", "--activations", "relu+bn", "--batch-size", "4", "--depth", "1",
+            "--width", "8", "--epochs", "1", "--seeds", "0", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0

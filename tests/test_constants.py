@@ -18,6 +18,29 @@ def test_saturation_is_minus_lambda_alpha():
     assert abs(Decimal(SATURATION_01) + PUBLISHED_LAMBDA * PUBLISHED_ALPHA) < Decimal("1e-12")
 
 
-def test_constants_are_derived_not_typed():
-    # The module computes them from erfc at import time; recomputing gives the same floats.
+def test_float_constants_are_eq14_to_the_last_bits():
+    # Eq. 14 evaluated independently in 50-digit arithmetic; the float64 values from the closed
+    # form must sit within a few ulps of it.
+    import math
+
+    import mpmath
+
+    with mpmath.workdps(50):
+        e1, e2, e = mpmath.erfc(1 / mpmath.sqrt(2)), mpmath.erfc(mpmath.sqrt(2)), mpmath.e
+        alpha = -mpmath.sqrt(2 / mpmath.pi) / (e1 * mpmath.sqrt(e) - 1)
+        lam = (
+            (1 - e1 * mpmath.sqrt(e))
+            * mpmath.sqrt(2 * mpmath.pi)
+            / mpmath.sqrt(
+                2 * e2 * e**2
+                + mpmath.pi * e1**2 * e
+                - 2 * (2 + mpmath.pi) * e1 * mpmath.sqrt(e)
+                + mpmath.pi
+                + 2
+            )
+        )
+        assert abs(Decimal(str(lam)) - PUBLISHED_LAMBDA) < Decimal("1e-30")
+        assert abs(Decimal(str(alpha)) - PUBLISHED_ALPHA) < Decimal("1e-30")
+    assert abs(LAMBDA_01 - float(lam)) <= 4 * math.ulp(LAMBDA_01)
+    assert abs(ALPHA_01 - float(alpha)) <= 4 * math.ulp(ALPHA_01)
     assert constants.selu_01_constants() == (LAMBDA_01, ALPHA_01)

@@ -366,7 +366,7 @@ def test_csv_dataset_splits_partition_the_rows(tmp_path):
     assert ds.class_names == ("k0", "k1", "k2", "k3") and ds.input_shape == (2,)
     for x, y in ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val), (ds.x_test, ds.y_test)):
         assert np.array_equal(x[:, 0].astype(int) % 4, y)  # labels stay with their rows
-    with pytest.raises(FileNotFoundError, match="no file"):
+    with pytest.raises(DataFileError, match="no file"):
         load_dataset(DataConfig(f"csv:{tmp_path / 'absent.csv'}"))
 
 

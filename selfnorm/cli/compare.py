@@ -38,6 +38,13 @@ def _parse_dropout(text: str) -> dict:
     return out
 
 
+def _parse_ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(t) for t in csv_list(text)]
+    except ValueError:
+        raise CliError(f"{flag} {text!r}: pass comma-separated integers, e.g. 32,64") from None
+
+
 def _compare_overrides(args: argparse.Namespace) -> dict:
     """The experiment settings given explicitly on the command line, as a nested dict."""
     flags = {
@@ -55,7 +62,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "depth": args.depth,
             "width": args.width,
             "shape": args.shape,
-            "channels": [int(c) for c in csv_list(args.channels)] if args.channels else None,
+            "channels": _parse_ints("--channels", args.channels) if args.channels else None,
         },
         "train": {
             "optimizer": args.optimizer,
@@ -103,10 +110,19 @@ def resolve_compare_config(args: argparse.Namespace):
                 f"--resume {args.resume}: no config.json there; pass the folder of an earlier run"
             )
         layers.append(json.loads(stored.read_text(encoding="utf-8")))
-    layers.append(_compare_overrides(args))
+    flags = _compare_overrides(args)
     merged: dict = {}
     for layer in layers:
         merged = merge(merged, layer)
+    if "dropout" in flags and "dropout_by_activation" not in flags:
+        merged.pop("dropout_by_activation", None)  # one rate on the command line means one rate
+    merged = merge(merged, flags)
+    # per-variant rates a preset or file set for variants that are not compared now
+    if "dropout_by_activation" in merged and "activations" in flags:
+        chosen = {a.strip().lower() for a in merged["activations"]}
+        merged["dropout_by_activation"] = {
+            k: v for k, v in merged["dropout_by_activation"].items() if k in chosen
+        }
     return experiment_from_dict(merged)
 
 
@@ -115,6 +131,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from selfnorm.training import compare
 
     config = resolve_compare_config(args)
+    if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise CliError(f"--out {args.out} and --resume {args.resume} differ; --resume continues "
+                       "the run in its own folder, so drop --out")  # fmt: skip
     out = args.resume or args.out
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")

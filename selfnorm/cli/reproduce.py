@@ -8,17 +8,31 @@ from pathlib import Path
 from selfnorm.cli.common import CliError, csv_list
 
 
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        return [int(t) for t in csv_list(text)]
+    except ValueError:
+        raise CliError(f"{flag} {text!r}: pass comma-separated integers, e.g. 0,1") from None
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from selfnorm import reproduce
 
     out = Path(args.out or f"runs/reproduce-{args.name}")
+    only = {
+        "seed-tf-bugs": {"paper": "--paper", "lr": "--lr", "depths": "--depths",
+                         "train_samples": "--train-samples"},
+        "figure1": {"seeds": "--seeds", "resume": "--resume"},
+    }[args.name]  # fmt: skip
+    for attr, flag in only.items():
+        if getattr(args, attr):
+            other = "figure1" if args.name == "seed-tf-bugs" else "seed-tf-bugs"
+            raise CliError(f"{flag} belongs to `reproduce {other}`, not {args.name}; drop it")
     if args.name == "seed-tf-bugs":
-        if args.paper:
-            raise CliError("--paper belongs to figure1; seed-tf-bugs takes --epochs 50")
         summary = reproduce.run_seed_tf_bugs(
             out,
             epochs=args.epochs or 3,
-            seeds=tuple(int(s) for s in csv_list(args.seeds or "0")),
+            seeds=tuple(_ints("--seeds", args.seeds or "0")),
             dataset=args.dataset or "mnist",
             data_dir=args.data_dir,
             resume=args.resume,
@@ -37,7 +51,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 "epochs": args.epochs,
                 "lr": args.lr,
                 "train_samples": args.train_samples,
-                "depths": tuple(int(d) for d in csv_list(args.depths)) if args.depths else None,
+                "depths": tuple(_ints("--depths", args.depths)) if args.depths else None,
             }.items()
             if v is not None
         }

@@ -150,6 +150,9 @@ def _download_once(
 ) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # a shared cache: readable like any downloaded file
         with os.fdopen(fd, "wb") as out:
             digest, got, announced = _stream(url, out, size, progress, timeout, dest.name)
             out.flush()
