@@ -60,20 +60,21 @@ class TensorBoardSink:
     """
 
     def __init__(self, log_dir: str | os.PathLike, purge_step: int | None = None) -> None:
+        try:  # fail before training, not at the first flush
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                f"TensorBoard output needs the tensorboard package ({exc}); "
+                f"{sys.executable} -m pip install tensorboard, or drop --tensorboard"
+            ) from None
+        self._writer_class = SummaryWriter
         self.log_dir = Path(log_dir)
         self.purge_step = purge_step
         self._writer = None
 
     def _open(self):
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as exc:  # pragma: no cover - depends on the environment
-                raise RuntimeError(
-                    f"TensorBoard output needs the tensorboard package ({exc}); "
-                    f"{sys.executable} -m pip install tensorboard, or drop --tensorboard"
-                ) from None
-            self._writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
+        if self._writer is None:  # created at the first write: no writer thread before that
+            self._writer = self._writer_class(str(self.log_dir), purge_step=self.purge_step)
         return self._writer
 
     def write(self, records: Records) -> None:
