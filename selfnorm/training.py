@@ -353,6 +353,14 @@ def compare(
 
     run_dir = RunDir(out_dir)
     device = resolve_device(config.train.device)
+    if config.record.enabled and config.record.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "--tensorboard needs the tensorboard package: pip install 'selfnorm[tensorboard]' "
+                "(or drop --tensorboard; the records are stored in the run directory anyway)"
+            )
     ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
     # Every variant's initial model (first seed) is built before anything is written, so a model
     # that cannot be built fails cleanly; each is audited on a batch of the training data.

@@ -245,7 +245,7 @@ def test_failing_job_is_recorded_and_others_finish(tmp_path, capsys):
     for rec in summary["jobs"]:
         d = out / "jobs" / rec["name"]
         if rec["dataset"].startswith("csv:"):
-            assert rec["status"] == "failed" and "FileNotFoundError" in rec["error"]
+            assert rec["status"] == "failed" and "there is no file" in rec["error"]
             assert str(missing) in rec["error"]
             assert "Traceback" in (d / "error.txt").read_text()
             assert json.loads((d / "job.json").read_text())["status"] == "failed"
