@@ -202,7 +202,7 @@ def make_figures(run_dir: str | Path) -> list[ReportFigure]:
             ReportFigure(
                 "heatmaps",
                 "The same histograms as heatmaps: value (y, signed) against training time (x), "
-                "colour log10(1 + count).",
+                "colour log10 of the fraction of the values in each bin.",
                 _png(plots.histogram_heatmap_figure(records)),
             ),
             ReportFigure(

@@ -140,7 +140,8 @@ def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4
 
 
 def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
-    """(b) Signed heatmaps: value bin (y) x training step (x), colour = log10(1 + count)."""
+    """(b) Signed heatmaps: value bin (y) x training step (x), colour = log10 of the fraction of
+    the record's values in the bin (+1e-4)."""
     names = list(records)
     n_layers = max(len(r.layers) for r in records.values())
     fig, axes = _grid(n_layers, len(names), cell=(3.2, 1.8))
@@ -151,7 +152,10 @@ def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
             if i >= len(rec.layers):
                 ax.set_axis_off()
                 continue
-            counts = np.log10(1.0 + rec.hist_post[:, i, 1:-1].T.astype(float))
+            # fractions per record (records of a short last batch hold fewer values), log scale
+            hist = rec.hist_post[:, i, :].astype(float)
+            frac = hist[:, 1:-1] / np.maximum(hist.sum(1, keepdims=True), 1.0)
+            counts = np.log10(1e-4 + frac.T)
             x0, x1 = float(rec.epochs[0]), float(rec.epochs[-1])
             if x1 <= x0:
                 x1 = x0 + 1.0
@@ -169,7 +173,7 @@ def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
                 ax.set_ylabel(f"{rec.layers[i]}\nvalue")
             if i == n_layers - 1:
                 ax.set_xlabel("epoch")
-    fig.suptitle("Post-activation histograms over training, log10(1 + count)")
+    fig.suptitle("Post-activation histograms over training, log10(fraction of values per bin)")
     return fig
 
 
