@@ -2,7 +2,8 @@
 
 The seed-tf network (784-512x4-10, SELU + alpha dropout 0.3, Adam lr 1e-3, batch 100) on
 MNIST-shaped Gaussian data, trained with ``selfnorm.training.train_epoch`` (the real hot loop)
-in blocks of ``--block`` steps, four ways, each with its own copy of the model:
+in blocks of steps, four ways, all on the same model and optimizer (so memory layout and
+numerics are identical and only the recording differs):
 
   none            no recording;
   every_step      ``ActivationRecorder`` every step: all 4 layers, pre and post, 64 bins, all
@@ -11,14 +12,17 @@ in blocks of ``--block`` steps, four ways, each with its own copy of the model:
   tensorboard     the reference: ``SummaryWriter.add_histogram`` of every activation output
                   every step (forward hooks), as monitors built on TensorBoard do.
 
-The recorders flush at the end of every block (what ``selfnorm compare`` does once per epoch,
-so this is the heavier case) into NPZ chunks in a temporary folder; the flush is timed with the
-block. Blocks go round-robin, the order rotating every round, after one untimed warm-up round.
-Reported per way: the median over rounds of its block time divided by the ``none`` block time
-of the same round (paired, so drift of the machine cancels), and the median seconds per step.
-With ``--json`` the last line is ``{"every_step": r, "every_50": r, "tensorboard_every_step": r}``.
+A recorder flushes at the end of each of its blocks (``--block`` steps; ``selfnorm compare``
+flushes once per epoch, 600 steps on MNIST, so this is the heavier case) into NPZ chunks in a
+temporary folder, timed with the block; the TensorBoard way runs ``--tb-block`` steps (it is
+~15x slower) and flushes its writer. Blocks go round-robin, the order rotating every round,
+after one untimed warm-up round. Reported per way: the median over rounds of its time per step
+divided by the ``none`` time per step of the same round (paired, so drift of the machine
+cancels), and the median ms per step. With ``--json`` the last line is
+``{"every_step": r, "every_50": r, "tensorboard_every_step": r}``.
 
-    python bench/record_overhead.py [--rounds 12] [--block 100] [--threads 2] [--json]
+    python bench/record_overhead.py [--rounds 10] [--block 300] [--tb-block 50] [--threads 2]
+                                    [--json]
 """
 
 from __future__ import annotations
@@ -47,15 +51,22 @@ class _TensorBoardHooks:
     def __init__(self, model: torch.nn.Module, log_dir: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self.model = model
         self.writer = SummaryWriter(log_dir)
         self.step = 0
-        self.handles = [
-            m.register_forward_hook(self._hook(name))
-            for name, m in model.named_modules()
-            if isinstance(m, ACTIVATION_TYPES)
-        ]
-        # the step counter advances once per forward pass of the whole model
-        self.handles.append(model.register_forward_hook(self._advance))
+        self.handles: list = []
+
+    def attach(self) -> None:
+        for name, m in self.model.named_modules():
+            if isinstance(m, ACTIVATION_TYPES):
+                self.handles.append(m.register_forward_hook(self._hook(name)))
+        self.handles.append(self.model.register_forward_hook(self._advance))
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.writer.flush()
 
     def _hook(self, name: str):
         def hook(module, args, out):
@@ -68,14 +79,12 @@ class _TensorBoardHooks:
         if module.training:
             self.step += 1
 
-    def flush(self) -> None:
-        self.writer.flush()
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=12, help="timed rounds (default 12)")
-    ap.add_argument("--block", type=int, default=100, help="steps per block (default 100)")
+    ap.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
+    ap.add_argument("--block", type=int, default=300, help="steps per block (default 300)")
+    ap.add_argument("--tb-block", type=int, default=50, help="TensorBoard steps per block")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
@@ -83,62 +92,65 @@ def main() -> None:
     if args.block % 50:
         ap.error("--block must be a multiple of 50 (every_50 then records a fixed count)")
     torch.set_num_threads(args.threads)
-    bs, k = args.batch_size, args.block
+    bs = args.batch_size
+    steps = {w: args.tb_block if w == "tensorboard" else args.block for w in WAYS}
     g = torch.Generator().manual_seed(0)
     n = 60000
     x = torch.randn(n, 784, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     tmp = tempfile.TemporaryDirectory(prefix="record-overhead-")
 
-    state = {}
-    for way in WAYS:
-        torch.manual_seed(0)
-        model = build_mlp(784, 10, 4, 512, "selu", 0.3, generator=torch.Generator().manual_seed(0))
-        opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-3))
-        rec = tb = None
-        if way in ("every_step", "every_50"):
-            every = 1 if way == "every_step" else 50
-            sink = NpzChunkSink(Path(tmp.name) / way)
-            rec = ActivationRecorder(model, RecordConfig(every=every), sinks=[sink])
-        elif way == "tensorboard":
-            tb = _TensorBoardHooks(model, str(Path(tmp.name) / "tb"))
-        state[way] = {"model": model, "opt": opt, "rec": rec, "tb": tb, "offset": 0}
+    torch.manual_seed(0)
+    model = build_mlp(784, 10, 4, 512, "selu", 0.3, generator=torch.Generator().manual_seed(0))
+    opt = make_optimizer(model.parameters(), TrainConfig(lr=1e-3))
+    recorders = {
+        "every_step": ActivationRecorder(
+            model, RecordConfig(every=1), sinks=[NpzChunkSink(Path(tmp.name) / "every_step")]
+        ),
+        "every_50": ActivationRecorder(
+            model, RecordConfig(every=50), sinks=[NpzChunkSink(Path(tmp.name) / "every_50")]
+        ),
+    }
+    tb = _TensorBoardHooks(model, str(Path(tmp.name) / "tb"))
+    offset = 0
 
     def block(way: str) -> float:
-        st = state[way]
-        start = st["offset"] % (n - k * bs + 1)
+        nonlocal offset
+        k = steps[way]
+        start = offset % (n - k * bs + 1)
         perm = torch.arange(start, start + k * bs)
-        st["offset"] += k * bs
+        offset += k * bs
+        rec = recorders.get(way)
         t = time.perf_counter()
-        train_epoch(st["model"], st["opt"], x, y, perm, bs, st["rec"])
-        if st["rec"] is not None:
-            st["rec"].flush()
-        if st["tb"] is not None:
-            st["tb"].flush()
-        return time.perf_counter() - t
+        if way == "tensorboard":
+            tb.attach()
+        train_epoch(model, opt, x, y, perm, bs, rec)
+        if rec is not None:
+            rec.flush()
+        if way == "tensorboard":
+            tb.detach()
+        return (time.perf_counter() - t) / k
 
     for way in WAYS:  # warm-up: allocations, first-record plans, TensorBoard writer
         block(way)
-    times: dict[str, list[float]] = {w: [] for w in WAYS}
+    per_step: dict[str, list[float]] = {w: [] for w in WAYS}
     for r in range(args.rounds):
         order = WAYS[r % len(WAYS) :] + WAYS[: r % len(WAYS)]
         for way in order:
-            times[way].append(block(way))
-        line = "  ".join(f"{w} {times[w][-1] / k * 1e3:7.2f}" for w in WAYS)
+            per_step[way].append(block(way))
+        line = "  ".join(f"{w} {per_step[w][-1] * 1e3:7.2f}" for w in WAYS)
         print(f"round {r + 1:2d} ms/step: {line}", flush=True)
 
     ratio = {
-        w: statistics.median(a / b for a, b in zip(times[w], times["none"], strict=True))
+        w: statistics.median(a / b for a, b in zip(per_step[w], per_step["none"], strict=True))
         for w in WAYS
     }
-    per_step = {w: statistics.median(times[w]) / k for w in WAYS}
     for w in WAYS:
-        print(f"{w:>12}: {per_step[w] * 1e3:8.3f} ms/step  {ratio[w]:6.3f}x")
-    for way in WAYS:
-        if state[way]["rec"] is not None:
-            state[way]["rec"].close()
-        if state[way]["tb"] is not None:
-            state[way]["tb"].writer.close()
+        ms = statistics.median(per_step[w]) * 1e3
+        print(f"{w:>12}: {ms:8.3f} ms/step  {ratio[w]:6.3f}x")
+    for rec in recorders.values():
+        rec.close()
+    tb.writer.close()
     tmp.cleanup()
     if args.json:
         print(

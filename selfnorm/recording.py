@@ -654,6 +654,8 @@ class ActivationRecorder:
         """
         if self._forward is not None:
             self._finish()
+        if self._armed_step is None and not self._capturing:
+            self._remove_module_hooks()  # kept for a next recording step: re-added by step()
         pending, self._pending = self._pending, []
         if not pending:
             return Records.empty()
