@@ -12,8 +12,8 @@ numerics are identical and only the recording differs):
   tensorboard     the reference: ``SummaryWriter.add_histogram`` of every activation output
                   every step (forward hooks), as monitors built on TensorBoard do.
 
-A recorder flushes at the end of each of its blocks (``--block`` steps; ``selfnorm compare``
-flushes once per epoch, 600 steps on MNIST, so this is the heavier case) into NPZ chunks in a
+A recorder flushes at the end of each of its blocks (``--block`` steps, default 600: one MNIST
+epoch, after which ``selfnorm compare`` flushes too) into NPZ chunks in a
 temporary folder, timed with the block; the TensorBoard way runs ``--tb-block`` steps (it is
 ~15x slower) and flushes its writer. Blocks go round-robin, the order rotating every round,
 after one untimed warm-up round. Reported per way: the median over rounds of its time per step
@@ -21,7 +21,7 @@ divided by the ``none`` time per step of the same round (paired, so drift of the
 cancels), and the median ms per step. With ``--json`` the last line is
 ``{"every_step": r, "every_50": r, "tensorboard_every_step": r}``.
 
-    python bench/record_overhead.py [--rounds 10] [--block 300] [--tb-block 50] [--threads 2]
+    python bench/record_overhead.py [--rounds 20] [--block 600] [--tb-block 50] [--threads 2]
                                     [--json]
 """
 
@@ -82,8 +82,8 @@ class _TensorBoardHooks:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=10, help="timed rounds (default 10)")
-    ap.add_argument("--block", type=int, default=300, help="steps per block (default 300)")
+    ap.add_argument("--rounds", type=int, default=20, help="timed rounds (default 20)")
+    ap.add_argument("--block", type=int, default=600, help="steps per block (default 600)")
     ap.add_argument("--tb-block", type=int, default=50, help="TensorBoard steps per block")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
