@@ -85,17 +85,22 @@ def init_model_(
     model: nn.Module,
     weight_init: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
     generator: torch.Generator | None = None,
+    bias_init: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Apply ``weight_init`` to every Linear/Conv weight of ``model`` and zero every bias.
+    """Apply ``weight_init`` to every Linear/Conv weight of ``model``, then ``bias_init`` (default:
+    zeros) to its bias.
 
-    Modules are visited in ``named_modules()`` order, so one seeded generator gives the same
-    weights every time.
+    Modules are visited in ``named_modules()`` order, weight before bias, so one seeded generator
+    gives the same weights every time.
     """
     for module in model.modules():
         if isinstance(module, _INIT_LAYERS):
             weight_init(module.weight, generator)
             if module.bias is not None:
-                module.bias.zero_()
+                if bias_init is None:
+                    module.bias.zero_()
+                else:
+                    bias_init(module.bias, generator)
     return model
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from selfnorm import _validate
 from selfnorm.activations import FAMILIES, ActivationSpec, get_spec, spec_names
+from selfnorm.init import init_model_
 from selfnorm.linear import Linear
 
 __all__ = [
@@ -57,10 +58,7 @@ def _resolve(spec: ActivationSpec | str) -> ActivationSpec:
 
 
 def _init_(model: nn.Module, spec: ActivationSpec, generator: torch.Generator | None) -> None:
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            spec.init_weight_(module.weight, generator)
-            spec.init_bias_(module.bias, generator)
+    init_model_(model, spec.init_weight_, generator, spec.init_bias_)
 
 
 def build_mlp(

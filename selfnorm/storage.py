@@ -36,7 +36,7 @@ from selfnorm.records import truncate_records
 __all__ = ["RunDir", "RunPaths", "read_jsonl"]
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A variant name as a folder name (``lrelu:0.2+bn`` -> ``lrelu_0.2+bn``)."""
     return re.sub(r"[^A-Za-z0-9.+_-]", "_", name)
 
@@ -137,8 +137,8 @@ class RunDir:
 
     def run(self, variant: str, seed: int) -> RunPaths:
         return RunPaths(
-            self.root / "runs" / _slug(variant) / f"seed{seed}",
-            self.root / "tensorboard" / _slug(variant) / f"seed{seed}",
+            self.root / "runs" / slug(variant) / f"seed{seed}",
+            self.root / "tensorboard" / slug(variant) / f"seed{seed}",
         )
 
     def exists(self) -> bool:

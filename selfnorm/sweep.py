@@ -38,7 +38,6 @@ import itertools
 import json
 import math
 import os
-import re
 import socket
 import statistics
 import time
@@ -52,6 +51,7 @@ from typing import Any, Protocol
 from selfnorm._io import atomic_write_json, atomic_write_text
 from selfnorm.config import ExperimentConfig, experiment_from_dict, load_toml, merge
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
+from selfnorm.storage import slug
 
 __all__ = [
     "GRID_KEYS",
@@ -385,7 +385,7 @@ class Job:
         parts = [task.label()] if task else []
         parts += [_dataset_label(config.data.dataset), act]
         parts += [f"{_SHORT.get(k, k)}{params[k]}" for k in varied if k in point]
-        prefix = _slug("-".join([*parts, f"s{seed}"]))[:96]
+        prefix = slug("-".join([*parts, f"s{seed}"]))[:96]
         return cls(f"{prefix}-{digest}", act, seed, params, config, task)
 
     @property
@@ -406,10 +406,6 @@ class Job:
 
 def _dataset_label(name: str) -> str:
     return Path(name[len(CSV_PREFIX) :]).stem if name.startswith(CSV_PREFIX) else name
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+_-]", "_", text)
 
 
 @lru_cache(maxsize=8)
