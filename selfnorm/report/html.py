@@ -175,47 +175,51 @@ def verdict(summary: Mapping, drift: Mapping[str, list[tuple[str, float]]] | Non
     return " ".join(parts)
 
 
-def make_figures(run_dir: str | Path) -> list[ReportFigure]:
-    """Every figure of the report, from the run directory alone."""
+def make_figures(
+    run_dir: str | Path, records: Mapping[str, Any] | None = None
+) -> list[ReportFigure]:
+    """Every figure of the report, from the run directory alone (``records``: the variants'
+    records when the caller has read them already)."""
     rd = RunDir(run_dir)
     config, summary = _load(rd)
     names = list(summary["variants"])
     histories = {n: [read_jsonl(rd.run(n, s).metrics) for s in config["seeds"]] for n in names}
     figs = [
-        ReportFigure(
+        figure(
             "curves",
             "Training loss, validation loss and validation accuracy per epoch, mean ± std over "
             "seeds.",
-            _png(plots.training_curves_figure(histories)),
+            plots.training_curves_figure(histories),
         )
     ]
-    records = _records(rd, config, names)
+    if records is None:
+        records = _records(rd, config, names)
     if records:
         seed = config["seeds"][0]
         figs += [
-            ReportFigure(
+            figure(
                 "histograms",
                 f"Post-activation densities of every layer at four moments of training (seed "
                 f"{seed}); dashed: N(0, 1), the distribution at the fixed point.",
-                _png(plots.histogram_evolution_figure(records)),
+                plots.histogram_evolution_figure(records),
             ),
-            ReportFigure(
+            figure(
                 "heatmaps",
                 "The same histograms as heatmaps: value (y, signed) against training time (x), "
                 "colour log10 of the fraction of the values in each bin.",
-                _png(plots.histogram_heatmap_figure(records)),
+                plots.histogram_heatmap_figure(records),
             ),
-            ReportFigure(
+            figure(
                 "moments",
                 "Mean and variance of each layer's activations over training; the fixed point "
                 "is (0, 1).",
-                _png(plots.moments_figure(records)),
+                plots.moments_figure(records),
             ),
-            ReportFigure(
+            figure(
                 "fixed_point_distance",
                 "Distance of each layer's (mean, variance) from (0, 1) against depth, at the "
                 "start, middle and end of training.",
-                _png(plots.fixed_point_distance_figure(records)),
+                plots.fixed_point_distance_figure(records),
             ),
         ]
     return figs
@@ -372,7 +376,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     names = list(summary["variants"])
     records = _records(rd, config, names)
     text = verdict(summary, _drift(records) if records else None)
-    figures = make_figures(run_dir)
+    figures = make_figures(run_dir, records)
     ds = summary.get("dataset", {})
     title = f"selfnorm comparison: {', '.join(names)} on {ds.get('name', '?')}"
     sub = (

@@ -81,6 +81,16 @@ def _normal_pdf(x: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
 
 
+def _label_cell(ax, i: int, j: int, n_rows: int, title: str, ylabel: str, xlabel: str) -> None:
+    """Label a layer x variant grid: variant titles on top, layer names left, x label below."""
+    if i == 0:
+        ax.set_title(title)
+    if j == 0:
+        ax.set_ylabel(ylabel)
+    if i == n_rows - 1:
+        ax.set_xlabel(xlabel)
+
+
 def _grid(n_rows: int, n_cols: int, cell: tuple[float, float] = (3.2, 2.0)):
     fig = Figure(figsize=(cell[0] * n_cols + 0.8, cell[1] * n_rows + 0.9), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True)
@@ -128,12 +138,7 @@ def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4
                     va="top",
                     fontsize=7,
                 )
-            if i == 0:
-                ax.set_title(name)
-            if j == 0:
-                ax.set_ylabel(f"{rec.layers[i]}\ndensity")
-            if i == n_layers - 1:
-                ax.set_xlabel("activation value")
+            _label_cell(ax, i, j, n_layers, name, f"{rec.layers[i]}\ndensity", "activation value")
         axes[0, 0].legend(fontsize=6, loc="upper left")
     fig.suptitle("Post-activation distributions over training (one seed per variant)")
     return fig
@@ -167,12 +172,7 @@ def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
                 extent=(x0, x1, float(rec.bin_edges[0]), float(rec.bin_edges[-1])),
             )
             ax.axhline(0, color="w", lw=0.5, alpha=0.6)
-            if i == 0:
-                ax.set_title(name)
-            if j == 0:
-                ax.set_ylabel(f"{rec.layers[i]}\nvalue")
-            if i == n_layers - 1:
-                ax.set_xlabel("epoch")
+            _label_cell(ax, i, j, n_layers, name, f"{rec.layers[i]}\nvalue", "epoch")
     fig.suptitle("Post-activation histograms over training, log10(fraction of values per bin)")
     return fig
 
