@@ -114,6 +114,9 @@ class TrainConfig:
             raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")
 
 
+RECORD_BACKENDS = ("auto", "kernel", "torch")
+
+
 @dataclass(frozen=True)
 class RecordConfig:
     """What :class:`selfnorm.recording.ActivationRecorder` measures during training, and where
@@ -135,6 +138,11 @@ class RecordConfig:
     """Signed histogram range ``(low, high)``; the default suits SELU's fixed point (0, 1)."""
     tensorboard: bool = False
     """Also write TensorBoard event files to ``RUN_DIR/tensorboard/`` (``--tensorboard``)."""
+    backend: str = "auto"
+    """How a record is reduced: ``auto`` (the fused CPU kernel of
+    :mod:`selfnorm.record_kernel` for float32 CPU tensors where it builds, torch ops
+    otherwise), ``kernel`` (the kernel; an error where it cannot be built) or ``torch`` (torch
+    ops only). All three compute the same statistics; only the speed differs."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -145,6 +153,10 @@ class RecordConfig:
             raise ValueError(
                 "record.tensorboard=true writes the recorded statistics, but record.enabled="
                 "false records none; drop --no-record or --tensorboard"
+            )
+        if self.backend not in RECORD_BACKENDS:
+            raise ValueError(
+                f"record.backend={self.backend!r} must be one of {', '.join(RECORD_BACKENDS)}"
             )
         if self.every is not None:
             _validate.positive_int("record.every", self.every)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from selfnorm import record_kernel
 from selfnorm.activations import SELU
 from selfnorm.config import RecordConfig
 from selfnorm.constants import SATURATION_01
@@ -174,15 +175,30 @@ class _GroupPlan:
 
 
 @dataclass
+class _Kernel:
+    """The part of one record the fused kernel computed (CPU tensors, final form)."""
+
+    ids: np.ndarray  # row ids: 2 * slot + (0 pre | 1 post)
+    shapes: list[torch.Size]
+    stats: torch.Tensor  # (rows, 7) mean, var, min, max, #zeros, #saturated, #dead units
+    hist: torch.Tensor  # (rows, bins + 2)
+    weights: torch.Tensor  # (W, 4) sums over units of omega, omega^2, tau, tau^2
+    grad_slots: np.ndarray | None = None
+    grad: torch.Tensor | None = None  # (G, 2) mean, var
+
+
+@dataclass
 class _Pending:
-    """One record on the device: float32, float64 and int64 values, each concatenated."""
+    """One record: the torch-ops part on the device (float32, float64 and int64 values, each
+    concatenated; empty where the kernel did the work) and the kernel's part."""
 
     step: int
     groups: list[_GroupPlan]
     grads: list[tuple[np.ndarray, int, int]]  # (slots, rows, values per row)
     f32: torch.Tensor  # per group sum, spread, min, max; then per grad group the spread
-    f64: torch.Tensor  # per group #zeros, #saturated; then the weight sums
+    f64: torch.Tensor  # per group #zeros, #saturated; then the weight sums (torch path)
     i64: torch.Tensor  # per group #dead units, histogram counts
+    kernel: _Kernel | None = None
 
 
 class ActivationRecorder:
@@ -277,6 +293,8 @@ class ActivationRecorder:
             (m, partial(self._on_pre, i), partial(self._on_post, i))
             for i, (_, m) in enumerate(self._acts)
         ]
+        # an in-place activation overwrites its input: that input is copied when captured
+        self._inplace = [bool(getattr(m, "inplace", False)) for _, m in self._acts]
         self._weights = [
             (n, m)
             for n, m in model.named_modules()
@@ -286,6 +304,15 @@ class ActivationRecorder:
         self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
         self._scale = self.config.bins / (hi - lo)
         self._shift = 1.0 - lo * self._scale  # value -> 1 + bin index
+        self._kernel = None  # the fused CPU kernel (selfnorm.record_kernel), where it applies
+        if self.config.backend != "torch" and _on_cpu(model):
+            self._kernel = record_kernel.load()
+        if self.config.backend == "kernel" and self._kernel is None:
+            reason = record_kernel.unavailable_reason() if _on_cpu(model) else "model not on CPU"
+            raise RuntimeError(
+                f"RecordConfig(backend='kernel') but the fused CPU kernel is unavailable "
+                f"({reason}); use backend='auto' (falls back to torch ops) or 'torch'"
+            )
 
         # layout: slots in call order, fixed by the first captured pass
         self._slot_of: dict[tuple[int, int], int] = {}
@@ -301,13 +328,23 @@ class ActivationRecorder:
         self._current: dict[int, int] = {}
         self._module_handles: list[Any] = []
         self._tensor_handles: list[Any] = []
+        # captured this pass: (row id, tensor to reduce, tensor to watch, its version); a tensor
+        # changed in place after its capture (version moved) is copied from the next pass on
+        self._cap: list[tuple[int, torch.Tensor, torch.Tensor | None, int]] = []
+        self._grad_cap: list[tuple[int, torch.Tensor, torch.Tensor | None, int]] = []
+        self._copy_rows: set[int] = set()
+        self._copy_grads: set[int] = set()
+        self._first_grads = True
+        self._thr_of_row: dict[int, float] = {}
+        self._weight_views: list[tuple[torch.Tensor, int, torch.Tensor]] = []
         self._rows: dict[tuple, _Rows] = {}
         self._used: list[_Rows] = []
         self._grad_rows: dict[tuple, _Rows] = {}
         self._grad_used: list[_Rows] = []
         self._grad_seen: set[int] = set()
         self._plans: dict[tuple, list[_GroupPlan]] = {}
-        self._forward: tuple[int, list[_GroupPlan], tuple[list, list, list]] | None = None
+        self._forward: tuple[int, list[_GroupPlan], tuple[list, list, list], _Kernel | None]
+        self._forward = None
         self._pending: list[_Pending] = []
         self._seg: dict[torch.device, torch.Tensor] = {}
         self._closed = False
@@ -410,10 +447,7 @@ class ActivationRecorder:
         self._capturing = True
         self._calls.clear()
         self._current.clear()
-        for r in self._used:
-            r.n = 0
-            r.ids.clear()
-        self._used.clear()
+        self._cap.clear()
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -432,21 +466,40 @@ class ActivationRecorder:
             self._slot_of[(i, call)] = slot
             self._slot_names.append(label)
             self._slot_family.append(activation_family(module))
-            self._slot_saturation.append(saturation_value(module))
+            sat = saturation_value(module)
+            self._slot_saturation.append(sat)
+            self._thr_of_row[2 * slot] = -math.inf
+            self._thr_of_row[2 * slot + 1] = (
+                -math.inf if sat is None else sat + SATURATION_RTOL * abs(sat)
+            )
         return slot
 
-    def _put(self, table: dict, used: list, t: torch.Tensor, row_id: int) -> None:
-        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
-        key = (t.shape, t.device, dtype)
-        rows = table.get(key)
-        if rows is None:
-            # bin indices: int16 is the cheapest for the CPU's bincount (widened to int32 by
-            # _plan if rows * (bins + 2) reaches 2**15); CUDA's scatter_add_ takes int64
-            int_dtype = torch.int16 if t.device.type == "cpu" else torch.int64
-            rows = table[key] = _Rows(t, dtype, int_dtype)
-        if rows.n == 0:
-            used.append(rows)
-        rows.add(t.detach(), row_id)
+    @staticmethod
+    def _capture(into: list, t: torch.Tensor, key: int, copy: bool) -> None:
+        """Keep ``t`` (a reference, or a copy where ``copy``) with its version, to be checked
+        when it is reduced: nothing is copied unless the model edits the tensor in place."""
+        d = t.detach()
+        try:
+            version = d._version
+        except RuntimeError:  # an inference-mode tensor has no version counter: copy it
+            into.append((key, d.clone(), None, 0))
+            return
+        into.append((key, d.clone() if copy else d, d, version))
+
+    @staticmethod
+    def _checked(captured: list, copy_next: set[int]) -> list[tuple[int, torch.Tensor]]:
+        """The captured tensors still holding the values seen at capture. One changed in place
+        since (a later in-place op of the model) is copied at capture from now on; a reference
+        that changed is dropped (its statistics stay NaN in this one record)."""
+        kept = []
+        for key, data, watched, version in captured:
+            if watched is not None and watched._version != version:
+                copy_next.add(key)
+                if data is watched:
+                    continue
+            kept.append((key, data))
+        captured.clear()
+        return kept
 
     def _on_pre(self, i: int, module: nn.Module, args: tuple) -> None:
         if not self._capturing:
@@ -454,8 +507,10 @@ class ActivationRecorder:
         slot = self._slot(i)
         self._current[i] = slot
         if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-            # copied now: an in-place activation overwrites its input
-            self._put(self._rows, self._used, args[0], 2 * slot)
+            row = 2 * slot
+            # the first pass copies everything (and learns what the model edits in place)
+            copy = self._inplace[i] or not self._frozen or row in self._copy_rows
+            self._capture(self._cap, args[0], row, copy)
 
     def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
         if not self._capturing:
@@ -463,7 +518,8 @@ class ActivationRecorder:
         slot = self._current.pop(i, None)
         if slot is None or not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return
-        self._put(self._rows, self._used, out, 2 * slot + 1)
+        row = 2 * slot + 1
+        self._capture(self._cap, out, row, not self._frozen or row in self._copy_rows)
         if out.requires_grad:
             self._tensor_handles.append(out.register_hook(partial(self._on_grad, slot)))
 
@@ -471,7 +527,7 @@ class ActivationRecorder:
         if slot in self._grad_seen:  # a second backward through the same graph
             return
         self._grad_seen.add(slot)
-        self._put(self._grad_rows, self._grad_used, grad, slot)
+        self._capture(self._grad_cap, grad, slot, self._first_grads or slot in self._copy_grads)
 
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._capturing:
@@ -482,7 +538,17 @@ class ActivationRecorder:
         if self._next_step % self.config.every:  # else the next step records too: keep them
             self._remove_module_hooks()
         self._frozen = True
+        rows = self._checked(self._cap, self._copy_rows)
+        self._grad_cap.clear()
+        self._grad_seen.clear()
         with torch.no_grad():
+            if self._kernel_applies(t for _, t in rows):
+                weights = self._kernel_weights()
+                if weights is not None:
+                    self._forward = (step, [], ([], [], []), self._kernel_forward(rows, weights))
+                    return
+            for row, t in rows:
+                self._put(self._rows, self._used, t, row)
             plans = self._forward_plans()
             f32, f64, i64 = [], [], []
             for r, p in zip(self._used, plans, strict=True):
@@ -491,12 +557,59 @@ class ActivationRecorder:
                 f64 += b
                 i64 += c
             f64.append(self._weight_sums())
-            self._forward = (step, plans, (f32, f64, i64))
-        for r in self._grad_used:
-            r.n = 0
-            r.ids.clear()
-        self._grad_used.clear()
-        self._grad_seen.clear()
+            for r in self._used:
+                r.n = 0
+                r.ids.clear()
+            self._used.clear()
+            self._forward = (step, plans, (f32, f64, i64), None)
+
+    # -- the fused kernel (CPU, float32) ---------------------------------------------------
+
+    def _kernel_applies(self, tensors: Iterable[torch.Tensor]) -> bool:
+        if self._kernel is None:
+            return False
+        for t in tensors:
+            if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() == 0:
+                return False
+        return True
+
+    def _kernel_weights(self) -> list[torch.Tensor] | None:
+        """Every weight as a contiguous float32 CPU ``(units, fan)`` matrix; ``None`` where one
+        is not float32 on the CPU. Views are cached while each parameter keeps its storage."""
+        cache = self._weight_views
+        if len(cache) == len(self._weights) and all(
+            w is m.weight and ptr == m.weight.data_ptr()
+            for (w, ptr, _), (_, m) in zip(cache, self._weights, strict=True)
+        ):
+            return [v for _, _, v in cache]
+        fresh, views = [], True
+        for _, m in self._weights:
+            w = m.weight
+            if w.device.type != "cpu" or w.dtype != torch.float32:
+                return None
+            d = w.detach()
+            if getattr(m, "transposed", False):  # ConvTranspose: (in, out/groups, *kernel)
+                d = d.transpose(0, 1)
+            views = views and d.is_contiguous()  # else reshape copies: measure, do not cache
+            fresh.append((w, w.data_ptr(), d.reshape(d.shape[0], -1).contiguous()))
+        self._weight_views = fresh if views else []
+        return [v for _, _, v in fresh]
+
+    def _kernel_forward(
+        self, rows: list[tuple[int, torch.Tensor]], weights: list[torch.Tensor]
+    ) -> _Kernel:
+        tensors = [t if t.is_contiguous() else t.contiguous() for _, t in rows]
+        thresholds = [self._thr_of_row[row] for row, _ in rows]
+        stats, hist, _, wsum = self._kernel.record_stats(
+            tensors, thresholds, [], weights, self._scale, self._shift, self.config.bins + 2
+        )
+        return _Kernel(
+            ids=np.array([row for row, _ in rows], dtype=np.int64),
+            shapes=[t.shape for t in tensors],
+            stats=stats,
+            hist=hist,
+            weights=wsum,
+        )
 
     # -- reductions on the device ----------------------------------------------------------
 
@@ -625,24 +738,37 @@ class ActivationRecorder:
 
     def _finish(self) -> None:
         """Add the gradients to the pending forward record; queue it for :meth:`flush`."""
-        step, plans, (f32, f64, i64) = self._forward
+        step, plans, (f32, f64, i64), kern = self._forward
         self._forward = None
         self._remove_tensor_hooks()
+        if self._grad_cap:
+            self._first_grads = False
+        captured = self._checked(self._grad_cap, self._copy_grads)
         grads: list[tuple[np.ndarray, int, int]] = []
         with torch.no_grad():
+            if captured and kern is not None and self._kernel_applies(t for _, t in captured):
+                tensors = [t if t.is_contiguous() else t.contiguous() for _, t in captured]
+                kern.grad = self._kernel.record_stats(
+                    [], [], tensors, [], self._scale, self._shift, self.config.bins + 2
+                )[2]
+                kern.grad_slots = np.array([slot for slot, _ in captured], dtype=np.int64)
+                captured = []
+            for slot, t in captured:
+                self._put(self._grad_rows, self._grad_used, t, slot)
             for r in self._grad_used:
                 n = r.n
                 x2 = r.buf[:n].view(n, -1)
                 numel = x2.shape[1]
                 tmp = r.tmp[:n]
                 torch.add(x2, x2.sum(1, keepdim=True), alpha=-1.0 / numel, out=tmp)
-                f32.append(torch.linalg.vector_norm(tmp, dim=1).to(f32[0].device))
+                spread = torch.linalg.vector_norm(tmp, dim=1)
+                f32.append(spread.to(f32[0].device) if f32 else spread)
                 grads.append((np.array(r.ids, dtype=np.int64), n, numel))
                 r.n = 0
                 r.ids.clear()
             self._grad_used.clear()
-            rec = _Pending(step, plans, grads, torch.cat(f32), torch.cat(f64), torch.cat(i64))
-        self._pending.append(rec)
+            parts = [_cat(f32, torch.float32), _cat(f64, torch.float64), _cat(i64, torch.int64)]
+        self._pending.append(_Pending(step, plans, grads, *parts, kernel=kern))
 
     # -- out of the hot loop ---------------------------------------------------------------
 
@@ -659,9 +785,9 @@ class ActivationRecorder:
         pending, self._pending = self._pending, []
         if not pending:
             return Records.empty()
-        sections = [torch.cat([getattr(p, k) for p in pending]) for k in ("f32", "f64", "i64")]
+        sections = [_cat([getattr(p, k) for p in pending], None) for k in ("f32", "f64", "i64")]
         sizes = [len(t) for t in sections]
-        host = torch.cat([t.double() for t in sections]).cpu().numpy()  # the one transfer
+        host = _cat([t.double() for t in sections], None).cpu().numpy()  # the one transfer
         f32, f64, i64 = np.split(host, np.cumsum(sizes)[:2])
         records = self._decode(pending, f32, f64, i64)
         for sink in self.sinks:
@@ -711,9 +837,20 @@ class ActivationRecorder:
             for slots, n, size in p.grads:
                 grad_var[k, slots] = f32[a : a + n] ** 2 / size
                 a += n
-            ws = f64[b : b + 4 * nw].reshape(2, 2, nw)  # (power, ω|τ, layer)
-            wsum[k] = [ws[0, 0], ws[1, 0], ws[0, 1], ws[1, 1]]
-            b += 4 * nw
+            kern = p.kernel
+            if kern is None:
+                ws = f64[b : b + 4 * nw].reshape(2, 2, nw)  # (power, ω|τ, layer)
+                wsum[k] = [ws[0, 0], ws[1, 0], ws[0, 1], ws[1, 1]]
+                b += 4 * nw
+                continue
+            slot, kind = kern.ids // 2, kern.ids % 2
+            stats[kind, k, slot] = kern.stats.numpy()
+            hist[kind, k, slot] = kern.hist.numpy()
+            numel[kind, k, slot] = [math.prod(sh) for sh in kern.shapes]
+            units[kind, k, slot] = [sh[1] if len(sh) >= 2 else math.prod(sh) for sh in kern.shapes]
+            wsum[k] = kern.weights.numpy().T  # Σω, Σω², Στ, Στ² of every layer
+            if kern.grad is not None:
+                grad_var[k, kern.grad_slots] = kern.grad[:, 1].numpy()
         assert (a, b, c) == (len(f32), len(f64), len(i64))
 
         family = tuple(self._slot_family)
@@ -761,6 +898,22 @@ class ActivationRecorder:
             weight_layers=tuple(n for n, _ in self._weights),
             weights=weights,
         )
+
+
+def _cat(parts: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
+    """``torch.cat`` of the non-empty ``parts`` on the first one's device; an empty CPU
+    tensor (of ``dtype``, default float64) where there is none."""
+    parts = [t for t in parts if t.numel()]
+    if not parts:
+        return torch.zeros(0, dtype=dtype or torch.float64)
+    return torch.cat([t.to(parts[0].device) for t in parts])
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    """Whether the model's first parameter (or buffer) is on the CPU (True for neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device.type == "cpu"
+    return True
 
 
 def _units(m: nn.Module) -> int:
