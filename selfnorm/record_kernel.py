@@ -88,8 +88,8 @@ def _build() -> tuple[ModuleType | None, str | None]:
 
         name = f"selfnorm_record_stats_{_machine_tag()}"
         root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
-        root = Path(root)
-        if not any((root / name).glob(f"{name}*.so")):
+        # torch builds in ROOT/NAME or (newer versions) ROOT/pyXY_cpu/NAME
+        if not any(Path(root).glob(f"{name}/*.so")) and not any(Path(root).glob(f"*/{name}/*.so")):
             print(
                 "selfnorm: compiling the fused record-statistics kernel for this machine "
                 "(once, ~20 s; cached under torch's extension directory)",

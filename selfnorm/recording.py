@@ -176,15 +176,15 @@ class _GroupPlan:
 
 @dataclass
 class _Kernel:
-    """The part of one record the fused kernel computed (CPU tensors, final form)."""
+    """What the fused kernel computed for one record, as the tensors came (CPU, final form)."""
 
-    ids: np.ndarray  # row ids: 2 * slot + (0 pre | 1 post)
-    shapes: list[torch.Size]
-    stats: torch.Tensor  # (rows, 7) mean, var, min, max, #zeros, #saturated, #dead units
-    hist: torch.Tensor  # (rows, bins + 2)
-    weights: torch.Tensor  # (W, 4) sums over units of omega, omega^2, tau, tau^2
-    grad_slots: np.ndarray | None = None
-    grad: torch.Tensor | None = None  # (G, 2) mean, var
+    ids: list[int] = dataclasses.field(default_factory=list)  # row id of every stats row
+    shapes: list[torch.Size] = dataclasses.field(default_factory=list)
+    stats: list[torch.Tensor] = dataclasses.field(default_factory=list)  # chunks (rows, 7)
+    hist: list[torch.Tensor] = dataclasses.field(default_factory=list)  # chunks (rows, bins+2)
+    grad_slots: list[int] = dataclasses.field(default_factory=list)
+    grad: list[torch.Tensor] = dataclasses.field(default_factory=list)  # chunks (k, 2): mean, var
+    weights: torch.Tensor | None = None  # (W, 4) sums over units of ω, ω², τ, τ²
 
 
 @dataclass
@@ -335,6 +335,9 @@ class ActivationRecorder:
         self._copy_rows: set[int] = set()
         self._copy_grads: set[int] = set()
         self._first_grads = True
+        # kernel path: a pre-activation waiting for its post-activation (reduced together)
+        self._held: dict[int, tuple[torch.Tensor, int]] = {}
+        self._kpart: _Kernel | None = None
         self._thr_of_row: dict[int, float] = {}
         self._weight_views: list[tuple[torch.Tensor, int, torch.Tensor]] = []
         self._rows: dict[tuple, _Rows] = {}
@@ -448,6 +451,8 @@ class ActivationRecorder:
         self._calls.clear()
         self._current.clear()
         self._cap.clear()
+        self._held.clear()
+        self._kpart = _Kernel() if self._kernel is not None else None
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -506,20 +511,44 @@ class ActivationRecorder:
             return
         slot = self._slot(i)
         self._current[i] = slot
-        if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-            row = 2 * slot
-            # the first pass copies everything (and learns what the model edits in place)
-            copy = self._inplace[i] or not self._frozen or row in self._copy_rows
-            self._capture(self._cap, args[0], row, copy)
+        if not (args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()):
+            return
+        x, row = args[0].detach(), 2 * slot
+        if self._kpart is not None and _kernel_fits(x):
+            # an in-place activation overwrites its input; inference tensors have no version
+            if self._inplace[i] or row in self._copy_rows or x.is_inference():
+                self._reduce_now([row], [x])
+            else:  # reduced with the output, if the activation leaves it alone
+                self._held[i] = (x, x._version)
+            return
+        # torch ops: reduced at the end of the pass (the first pass copies everything, and
+        # learns what the model edits in place)
+        copy = self._inplace[i] or not self._frozen or row in self._copy_rows
+        self._capture(self._cap, x, row, copy)
 
     def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
         if not self._capturing:
             return
         slot = self._current.pop(i, None)
+        held = self._held.pop(i, None)
         if slot is None or not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            if held is not None and slot is not None:
+                self._capture(self._cap, held[0], 2 * slot, True)
             return
-        row = 2 * slot + 1
-        self._capture(self._cap, out, row, not self._frozen or row in self._copy_rows)
+        y, row = out.detach(), 2 * slot + 1
+        rows, tensors = [], []
+        if held is not None:
+            if held[0]._version == held[1]:
+                rows.append(row - 1)
+                tensors.append(held[0])
+            else:  # the activation changed its input after all: copied from now on
+                self._copy_rows.add(row - 1)
+        if self._kpart is not None and _kernel_fits(y):
+            self._reduce_now([*rows, row], [*tensors, y])
+        else:
+            for r, t in zip(rows, tensors, strict=True):
+                self._capture(self._cap, t, r, True)
+            self._capture(self._cap, y, row, not self._frozen or row in self._copy_rows)
         if out.requires_grad:
             self._tensor_handles.append(out.register_hook(partial(self._on_grad, slot)))
 
@@ -527,7 +556,32 @@ class ActivationRecorder:
         if slot in self._grad_seen:  # a second backward through the same graph
             return
         self._grad_seen.add(slot)
-        self._capture(self._grad_cap, grad, slot, self._first_grads or slot in self._copy_grads)
+        g = grad.detach()
+        part = self._kpart
+        if part is not None and _kernel_fits(g):
+            stats = self._kernel.record_stats([], [], [_dense(g)], [], 1.0, 0.0, 3)[2]
+            part.grad_slots.append(slot)
+            part.grad.append(stats)
+            return
+        self._capture(self._grad_cap, g, slot, self._first_grads or slot in self._copy_grads)
+
+    def _reduce_now(self, rows: list[int], tensors: list[torch.Tensor]) -> None:
+        """Reduce with the kernel while the values are fresh in the cache (no copy)."""
+        dense = [_dense(t) for t in tensors]
+        stats, hist, _, _ = self._kernel.record_stats(
+            dense,
+            [self._thr_of_row[r] for r in rows],
+            [],
+            [],
+            self._scale,
+            self._shift,
+            self.config.bins + 2,
+        )
+        part = self._kpart
+        part.ids += rows
+        part.shapes += [t.shape for t in dense]
+        part.stats.append(stats)
+        part.hist.append(hist)
 
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._capturing:
@@ -538,15 +592,17 @@ class ActivationRecorder:
         if self._next_step % self.config.every:  # else the next step records too: keep them
             self._remove_module_hooks()
         self._frozen = True
+        for i, (t, _) in self._held.items():  # an activation that never returned
+            self._capture(self._cap, t, 2 * self._slot_of[(i, self._calls[i])], True)
+        self._held.clear()
         rows = self._checked(self._cap, self._copy_rows)
         self._grad_cap.clear()
         self._grad_seen.clear()
+        part = self._kpart
         with torch.no_grad():
-            if self._kernel_applies(t for _, t in rows):
-                weights = self._kernel_weights()
-                if weights is not None:
-                    self._forward = (step, [], ([], [], []), self._kernel_forward(rows, weights))
-                    return
+            weights = self._kernel_weights() if part is not None else None
+            if weights is not None:
+                part.weights = self._kernel.record_stats([], [], [], weights, 1.0, 0.0, 3)[3]
             for row, t in rows:
                 self._put(self._rows, self._used, t, row)
             plans = self._forward_plans()
@@ -556,22 +612,15 @@ class ActivationRecorder:
                 f32 += a
                 f64 += b
                 i64 += c
-            f64.append(self._weight_sums())
+            if weights is None:
+                f64.append(self._weight_sums())
             for r in self._used:
                 r.n = 0
                 r.ids.clear()
             self._used.clear()
-            self._forward = (step, plans, (f32, f64, i64), None)
+            self._forward = (step, plans, (f32, f64, i64), part)
 
     # -- the fused kernel (CPU, float32) ---------------------------------------------------
-
-    def _kernel_applies(self, tensors: Iterable[torch.Tensor]) -> bool:
-        if self._kernel is None:
-            return False
-        for t in tensors:
-            if t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() == 0:
-                return False
-        return True
 
     def _kernel_weights(self) -> list[torch.Tensor] | None:
         """Every weight as a contiguous float32 CPU ``(units, fan)`` matrix; ``None`` where one
@@ -595,21 +644,19 @@ class ActivationRecorder:
         self._weight_views = fresh if views else []
         return [v for _, _, v in fresh]
 
-    def _kernel_forward(
-        self, rows: list[tuple[int, torch.Tensor]], weights: list[torch.Tensor]
-    ) -> _Kernel:
-        tensors = [t if t.is_contiguous() else t.contiguous() for _, t in rows]
-        thresholds = [self._thr_of_row[row] for row, _ in rows]
-        stats, hist, _, wsum = self._kernel.record_stats(
-            tensors, thresholds, [], weights, self._scale, self._shift, self.config.bins + 2
-        )
-        return _Kernel(
-            ids=np.array([row for row, _ in rows], dtype=np.int64),
-            shapes=[t.shape for t in tensors],
-            stats=stats,
-            hist=hist,
-            weights=wsum,
-        )
+    def _put(self, table: dict, used: list, t: torch.Tensor, row_id: int) -> None:
+        """Copy ``t`` into the row buffer of its shape (torch-ops path)."""
+        dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+        key = (t.shape, t.device, dtype)
+        rows = table.get(key)
+        if rows is None:
+            # bin indices: int16 is the cheapest for the CPU's bincount (widened to int32 by
+            # _plan if rows * (bins + 2) reaches 2**15); CUDA's scatter_add_ takes int64
+            int_dtype = torch.int16 if t.device.type == "cpu" else torch.int64
+            rows = table[key] = _Rows(t, dtype, int_dtype)
+        if rows.n == 0:
+            used.append(rows)
+        rows.add(t, row_id)
 
     # -- reductions on the device ----------------------------------------------------------
 
@@ -741,18 +788,11 @@ class ActivationRecorder:
         step, plans, (f32, f64, i64), kern = self._forward
         self._forward = None
         self._remove_tensor_hooks()
-        if self._grad_cap:
+        if self._grad_cap or (kern is not None and kern.grad):
             self._first_grads = False
         captured = self._checked(self._grad_cap, self._copy_grads)
         grads: list[tuple[np.ndarray, int, int]] = []
         with torch.no_grad():
-            if captured and kern is not None and self._kernel_applies(t for _, t in captured):
-                tensors = [t if t.is_contiguous() else t.contiguous() for _, t in captured]
-                kern.grad = self._kernel.record_stats(
-                    [], [], tensors, [], self._scale, self._shift, self.config.bins + 2
-                )[2]
-                kern.grad_slots = np.array([slot for slot, _ in captured], dtype=np.int64)
-                captured = []
             for slot, t in captured:
                 self._put(self._grad_rows, self._grad_used, t, slot)
             for r in self._grad_used:
@@ -838,19 +878,25 @@ class ActivationRecorder:
                 grad_var[k, slots] = f32[a : a + n] ** 2 / size
                 a += n
             kern = p.kernel
-            if kern is None:
+            if kern is None or kern.weights is None:
                 ws = f64[b : b + 4 * nw].reshape(2, 2, nw)  # (power, ω|τ, layer)
                 wsum[k] = [ws[0, 0], ws[1, 0], ws[0, 1], ws[1, 1]]
                 b += 4 * nw
+            else:
+                wsum[k] = kern.weights.numpy().T  # Σω, Σω², Στ, Στ² of every layer
+            if kern is None:
                 continue
-            slot, kind = kern.ids // 2, kern.ids % 2
-            stats[kind, k, slot] = kern.stats.numpy()
-            hist[kind, k, slot] = kern.hist.numpy()
-            numel[kind, k, slot] = [math.prod(sh) for sh in kern.shapes]
-            units[kind, k, slot] = [sh[1] if len(sh) >= 2 else math.prod(sh) for sh in kern.shapes]
-            wsum[k] = kern.weights.numpy().T  # Σω, Σω², Στ, Στ² of every layer
-            if kern.grad is not None:
-                grad_var[k, kern.grad_slots] = kern.grad[:, 1].numpy()
+            if kern.ids:
+                ids = np.array(kern.ids, dtype=np.int64)
+                slot, kind = ids // 2, ids % 2
+                stats[kind, k, slot] = torch.cat(kern.stats).numpy()
+                hist[kind, k, slot] = torch.cat(kern.hist).numpy()
+                numel[kind, k, slot] = [math.prod(sh) for sh in kern.shapes]
+                units[kind, k, slot] = [
+                    sh[1] if len(sh) >= 2 else math.prod(sh) for sh in kern.shapes
+                ]
+            if kern.grad:
+                grad_var[k, kern.grad_slots] = torch.cat(kern.grad)[:, 1].numpy()
         assert (a, b, c) == (len(f32), len(f64), len(i64))
 
         family = tuple(self._slot_family)
@@ -907,6 +953,15 @@ def _cat(parts: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
     if not parts:
         return torch.zeros(0, dtype=dtype or torch.float64)
     return torch.cat([t.to(parts[0].device) for t in parts])
+
+
+def _kernel_fits(t: torch.Tensor) -> bool:
+    """Whether the fused kernel takes ``t``: float32 on the CPU, not empty."""
+    return t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() > 0
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
 
 
 def _on_cpu(model: nn.Module) -> bool:
