@@ -176,15 +176,15 @@ class _GroupPlan:
 
 @dataclass
 class _Kernel:
-    """What the fused kernel computed for one record, as the tensors came (CPU, final form)."""
+    """One record's statistics from the fused kernel: CPU buffers the hooks fill (row
+    ``2 * slot + (0 pre | 1 post)`` of ``stats``/``hist``, row ``slot`` of ``grad``)."""
 
-    ids: list[int] = dataclasses.field(default_factory=list)  # row id of every stats row
-    shapes: list[torch.Size] = dataclasses.field(default_factory=list)
-    stats: list[torch.Tensor] = dataclasses.field(default_factory=list)  # chunks (rows, 7)
-    hist: list[torch.Tensor] = dataclasses.field(default_factory=list)  # chunks (rows, bins+2)
-    grad_slots: list[int] = dataclasses.field(default_factory=list)
-    grad: list[torch.Tensor] = dataclasses.field(default_factory=list)  # chunks (k, 2): mean, var
+    stats: torch.Tensor  # (R, 7) mean, var, min, max, #zeros, #saturated, #dead units
+    hist: torch.Tensor  # (R, bins + 2)
+    grad: torch.Tensor | None = None  # (S, 2) mean, var
     weights: torch.Tensor | None = None  # (W, 4) sums over units of ω, ω², τ, τ²
+    rows: dict[int, torch.Size] = dataclasses.field(default_factory=dict)  # row -> shape
+    grad_slots: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -335,10 +335,13 @@ class ActivationRecorder:
         self._copy_rows: set[int] = set()
         self._copy_grads: set[int] = set()
         self._first_grads = True
-        # kernel path: a pre-activation waiting for its post-activation (reduced together)
-        self._held: dict[int, tuple[torch.Tensor, int]] = {}
+        # activation -> (its input, version before the call): did the call change it?
+        self._held: dict[int, tuple[torch.Tensor, int | None]] = {}
         self._kpart: _Kernel | None = None
         self._thr_of_row: dict[int, float] = {}
+        self._dead_of_row: dict[int, bool] = {}
+        self._grad_hooks: list[Any] = []
+        self._pre_hooked = [True] * len(self._acts)
         self._weight_views: list[tuple[torch.Tensor, int, torch.Tensor]] = []
         self._rows: dict[tuple, _Rows] = {}
         self._used: list[_Rows] = []
@@ -427,8 +430,12 @@ class ActivationRecorder:
             return
         hs = self._module_handles
         hs.append(self.model.register_forward_pre_hook(self._on_root_pre))
-        for m, pre, post in self._hooks:
-            hs.append(m.register_forward_pre_hook(pre))
+        # the first pass hooks every activation before and after, and learns which change
+        # their input in place; later passes read the input of the others after the call
+        self._pre_hooked = [not self._frozen or inplace for inplace in self._inplace]
+        for (m, pre, post), hooked in zip(self._hooks, self._pre_hooked, strict=True):
+            if hooked:
+                hs.append(m.register_forward_pre_hook(pre))
             hs.append(m.register_forward_hook(post))
         hs.append(self.model.register_forward_hook(self._on_root_post))
 
@@ -439,7 +446,10 @@ class ActivationRecorder:
 
     def _remove_tensor_hooks(self) -> None:
         for h in self._tensor_handles:
-            h.remove()
+            if isinstance(h, tuple):  # (tensor, handle) of a C++ hook
+                self._kernel.remove_gradient_hook(*h)
+            else:
+                h.remove()
         self._tensor_handles.clear()
 
     def _on_root_pre(self, module: nn.Module, args: Any) -> None:
@@ -452,7 +462,7 @@ class ActivationRecorder:
         self._current.clear()
         self._cap.clear()
         self._held.clear()
-        self._kpart = _Kernel() if self._kernel is not None else None
+        self._kpart = self._new_part() if self._kernel is not None else None
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -473,6 +483,9 @@ class ActivationRecorder:
             self._slot_family.append(activation_family(module))
             sat = saturation_value(module)
             self._slot_saturation.append(sat)
+            self._grad_hooks.append(partial(self._on_grad, slot))
+            dead = self._slot_family[-1] in _DEAD_FAMILIES
+            self._dead_of_row[2 * slot] = self._dead_of_row[2 * slot + 1] = dead
             self._thr_of_row[2 * slot] = -math.inf
             self._thr_of_row[2 * slot + 1] = (
                 -math.inf if sat is None else sat + SATURATION_RTOL * abs(sat)
@@ -507,81 +520,101 @@ class ActivationRecorder:
         return kept
 
     def _on_pre(self, i: int, module: nn.Module, args: tuple) -> None:
+        """Only on the first pass and for in-place activations: the input is read before the
+        call (by the kernel now, or as a copy for torch ops)."""
         if not self._capturing:
             return
         slot = self._slot(i)
         self._current[i] = slot
-        if not (args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()):
+        x = _float_tensor(args)
+        if x is None:
             return
-        x, row = args[0].detach(), 2 * slot
+        row = 2 * slot
         if self._kpart is not None and _kernel_fits(x):
-            # an in-place activation overwrites its input; inference tensors have no version
-            if self._inplace[i] or row in self._copy_rows or x.is_inference():
-                self._reduce_now([row], [x])
-            else:  # reduced with the output, if the activation leaves it alone
-                self._held[i] = (x, x._version)
-            return
-        # torch ops: reduced at the end of the pass (the first pass copies everything, and
-        # learns what the model edits in place)
-        copy = self._inplace[i] or not self._frozen or row in self._copy_rows
-        self._capture(self._cap, x, row, copy)
+            self._reduce_now([row], [x])
+        else:
+            self._capture(self._cap, x, row, True)
+        self._held[i] = (x, None if x.is_inference() else x._version)
 
     def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
         if not self._capturing:
             return
-        slot = self._current.pop(i, None)
-        held = self._held.pop(i, None)
-        if slot is None or not isinstance(out, torch.Tensor) or not out.is_floating_point():
-            if held is not None and slot is not None:
-                self._capture(self._cap, held[0], 2 * slot, True)
-            return
-        y, row = out.detach(), 2 * slot + 1
-        rows, tensors = [], []
-        if held is not None:
-            if held[0]._version == held[1]:
-                rows.append(row - 1)
-                tensors.append(held[0])
-            else:  # the activation changed its input after all: copied from now on
-                self._copy_rows.add(row - 1)
-        if self._kpart is not None and _kernel_fits(y):
-            self._reduce_now([*rows, row], [*tensors, y])
+        x = None  # the input, still to be read
+        if self._pre_hooked[i]:
+            slot = self._current.pop(i, None)
+            held = self._held.pop(i, None)
+            if slot is None:
+                return
+            if held is not None and held[1] is not None and held[0]._version != held[1]:
+                self._inplace[i] = True  # it changed its input: read before the call from now on
         else:
-            for r, t in zip(rows, tensors, strict=True):
-                self._capture(self._cap, t, r, True)
-            self._capture(self._cap, y, row, not self._frozen or row in self._copy_rows)
-        if out.requires_grad:
-            self._tensor_handles.append(out.register_hook(partial(self._on_grad, slot)))
+            slot = self._slot(i)
+            x = _float_tensor(args)
+        y = out.detach() if isinstance(out, torch.Tensor) and out.is_floating_point() else None
+        row = 2 * slot + 1
+        if self._kpart is not None and _kernel_fits(y) and (x is None or _kernel_fits(x)):
+            if x is None:
+                self._reduce_now([row], [y])
+            else:
+                self._reduce_now([row - 1, row], [x, y])
+        else:
+            if x is not None:
+                self._capture(self._cap, x, row - 1, row - 1 in self._copy_rows)
+            if y is not None:
+                self._capture(self._cap, y, row, not self._frozen or row in self._copy_rows)
+        if y is None or not out.requires_grad:
+            return
+        part = self._kpart
+        if part is not None and _kernel_fits(y) and slot < len(part.grad):
+            # a C++ hook: no Python (and no GIL) in the backward pass
+            self._tensor_handles.append((out, self._kernel.hook_gradient(out, part.grad, slot)))
+            part.grad_slots.append(slot)
+        else:
+            self._tensor_handles.append(out.register_hook(self._grad_hooks[slot]))
 
     def _on_grad(self, slot: int, grad: torch.Tensor) -> None:
         if slot in self._grad_seen:  # a second backward through the same graph
             return
         self._grad_seen.add(slot)
         g = grad.detach()
-        part = self._kpart
-        if part is not None and _kernel_fits(g):
-            stats = self._kernel.record_stats([], [], [_dense(g)], [], 1.0, 0.0, 3)[2]
-            part.grad_slots.append(slot)
-            part.grad.append(stats)
-            return
         self._capture(self._grad_cap, g, slot, self._first_grads or slot in self._copy_grads)
 
+    def _new_part(self) -> _Kernel:
+        """A record's buffers for the kernel, and its weight statistics (the weights do not
+        change until the optimizer step, after the backward pass)."""
+        rows = 2 * max(len(self._slot_names), len(self._acts))
+        part = _Kernel(
+            stats=torch.full((rows, _N_STATS), math.nan, dtype=torch.float64),
+            hist=torch.zeros((rows, self.config.bins + 2), dtype=torch.int64),
+            grad=torch.full((rows // 2, 2), math.nan, dtype=torch.float64),
+        )
+        weights = self._kernel_weights()
+        if weights is not None:
+            part.weights = torch.empty((len(weights), 4), dtype=torch.float64)
+            self._kernel.weights_into(weights, part.weights)
+        return part
+
     def _reduce_now(self, rows: list[int], tensors: list[torch.Tensor]) -> None:
-        """Reduce with the kernel while the values are fresh in the cache (no copy)."""
+        """Statistics of ``tensors`` into rows ``rows`` of the record's buffers, now: no copy,
+        the values are read before the model goes on (and while they are in the cache)."""
+        part = self._kpart
+        if max(rows) >= len(part.stats):  # more calls than activation modules: grow
+            more = max(max(rows) + 1, 2 * len(part.stats)) - len(part.stats)
+            part.stats = torch.cat([part.stats, part.stats.new_full((more, _N_STATS), math.nan)])
+            part.hist = torch.cat([part.hist, part.hist.new_zeros((more, part.hist.shape[1]))])
         dense = [_dense(t) for t in tensors]
-        stats, hist, _, _ = self._kernel.record_stats(
+        self._kernel.activations_into(
             dense,
             [self._thr_of_row[r] for r in rows],
-            [],
-            [],
+            [self._dead_of_row[r] for r in rows],
+            rows,
+            part.stats,
+            part.hist,
             self._scale,
             self._shift,
-            self.config.bins + 2,
         )
-        part = self._kpart
-        part.ids += rows
-        part.shapes += [t.shape for t in dense]
-        part.stats.append(stats)
-        part.hist.append(hist)
+        for r, t in zip(rows, dense, strict=True):
+            part.rows[r] = t.shape
 
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._capturing:
@@ -589,20 +622,18 @@ class ActivationRecorder:
         self._capturing = False
         step = self._armed_step
         self._armed_step = None
-        if self._next_step % self.config.every:  # else the next step records too: keep them
+        # hooks stay if the next step records too, unless this pass was the first one (the
+        # next passes hook fewer inputs)
+        if self._next_step % self.config.every or not self._frozen:
             self._remove_module_hooks()
         self._frozen = True
-        for i, (t, _) in self._held.items():  # an activation that never returned
-            self._capture(self._cap, t, 2 * self._slot_of[(i, self._calls[i])], True)
         self._held.clear()
         rows = self._checked(self._cap, self._copy_rows)
         self._grad_cap.clear()
         self._grad_seen.clear()
         part = self._kpart
+        weights = None if part is None else part.weights
         with torch.no_grad():
-            weights = self._kernel_weights() if part is not None else None
-            if weights is not None:
-                part.weights = self._kernel.record_stats([], [], [], weights, 1.0, 0.0, 3)[3]
             for row, t in rows:
                 self._put(self._rows, self._used, t, row)
             plans = self._forward_plans()
@@ -788,7 +819,7 @@ class ActivationRecorder:
         step, plans, (f32, f64, i64), kern = self._forward
         self._forward = None
         self._remove_tensor_hooks()
-        if self._grad_cap or (kern is not None and kern.grad):
+        if self._grad_cap or (kern is not None and kern.grad_slots):
             self._first_grads = False
         captured = self._checked(self._grad_cap, self._copy_grads)
         grads: list[tuple[np.ndarray, int, int]] = []
@@ -886,17 +917,16 @@ class ActivationRecorder:
                 wsum[k] = kern.weights.numpy().T  # Σω, Σω², Στ, Στ² of every layer
             if kern is None:
                 continue
-            if kern.ids:
-                ids = np.array(kern.ids, dtype=np.int64)
+            if kern.rows:
+                ids = np.fromiter(kern.rows, dtype=np.int64, count=len(kern.rows))
                 slot, kind = ids // 2, ids % 2
-                stats[kind, k, slot] = torch.cat(kern.stats).numpy()
-                hist[kind, k, slot] = torch.cat(kern.hist).numpy()
-                numel[kind, k, slot] = [math.prod(sh) for sh in kern.shapes]
-                units[kind, k, slot] = [
-                    sh[1] if len(sh) >= 2 else math.prod(sh) for sh in kern.shapes
-                ]
-            if kern.grad:
-                grad_var[k, kern.grad_slots] = torch.cat(kern.grad)[:, 1].numpy()
+                stats[kind, k, slot] = kern.stats.numpy()[ids]
+                hist[kind, k, slot] = kern.hist.numpy()[ids]
+                shapes = list(kern.rows.values())
+                numel[kind, k, slot] = [math.prod(sh) for sh in shapes]
+                units[kind, k, slot] = [sh[1] if len(sh) >= 2 else math.prod(sh) for sh in shapes]
+            if kern.grad_slots:
+                grad_var[k, kern.grad_slots] = kern.grad.numpy()[kern.grad_slots, 1]
         assert (a, b, c) == (len(f32), len(f64), len(i64))
 
         family = tuple(self._slot_family)
@@ -955,9 +985,16 @@ def _cat(parts: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
     return torch.cat([t.to(parts[0].device) for t in parts])
 
 
-def _kernel_fits(t: torch.Tensor) -> bool:
+def _kernel_fits(t: torch.Tensor | None) -> bool:
     """Whether the fused kernel takes ``t``: float32 on the CPU, not empty."""
-    return t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() > 0
+    return t is not None and t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() > 0
+
+
+def _float_tensor(args: tuple) -> torch.Tensor | None:
+    """The first argument, detached, if it is a floating-point tensor."""
+    if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+        return args[0].detach()
+    return None
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:

@@ -34,62 +34,125 @@ struct Scratch {
   std::vector<int64_t> counts;  // four interleaved sub-histograms
 };
 
-// sum, #zeros, #(x <= thr), #NaN, min, max; bin index of every value.
-// The index: 1 + floor((x - low) * scale) clamped to [0, bins + 1]; NaN -> bins + 1
+constexpr int kLanes = 32;  // independent accumulators: the adds do not wait on each other
+
+// Bin index of a value: 1 + floor((x - low) * scale) clamped to [0, bins + 1]; NaN -> bins + 1
 // (the first comparison is false for NaN, the second keeps it).
-void first_pass(const float* x, int64_t n, float thr, const Binning& bn, int32_t* index,
-                double* sum, int64_t* zeros, int64_t* sat, int64_t* nans, float* mn, float* mx) {
-  const float top = static_cast<float>(bn.bins - 1);
-  double s = 0.0;
-  int64_t z = 0, t = 0, q = 0;
-  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = std::min(n, b + kBlock);
-    float a = 0.f, blo = lo, bhi = hi;
-    int32_t bz = 0, bt = 0, bq = 0;
-#pragma omp simd reduction(+ : a, bz, bt, bq) reduction(min : blo) reduction(max : bhi)
-    for (int64_t i = b; i < e; ++i) {
-      const float v = x[i];
-      a += v;
-      bz += v == 0.f;
-      bt += v <= thr;
-      bq += v != v;
-      blo = std::min(blo, v);
-      bhi = std::max(bhi, v);
-      float k = std::fma(v, bn.scale, bn.shift);
-      k = k <= top ? k : top;
-      k = k >= 0.f ? k : 0.f;
-      index[i] = static_cast<int32_t>(k);
-    }
-    s += a;
-    z += bz;
-    t += bt;
-    q += bq;
-    lo = blo;
-    hi = bhi;
-  }
-  *sum = s;
-  *zeros = z;
-  *sat = t;
-  *nans = q;
-  *mn = lo;
-  *mx = hi;
+inline int32_t bin_index(float v, const Binning& bn, float top) {
+  float k = std::fma(v, bn.scale, bn.shift);
+  k = k <= top ? k : top;
+  k = k >= 0.f ? k : 0.f;
+  return static_cast<int32_t>(k);
 }
 
-// sum of (x - mean)^2: the second of two passes, accurate whatever the mean.
+struct FirstPass {
+  double sum = 0.0;
+  int64_t zeros = 0, sat = 0;
+  float mn = std::numeric_limits<float>::infinity(), mx = -mn;
+};
+
+// Sum, #zeros, #(x <= thr) (kSat), min, max and the bin index of every value, in one pass.
+// Float partial sums per lane over at most kBlock values, then double.
+template <bool kSat>
+FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, int32_t* index) {
+  const float top = static_cast<float>(bn.bins - 1);
+  alignas(64) float sum[kLanes], lo[kLanes], hi[kLanes];
+  alignas(64) int32_t zeros[kLanes], sat[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    sum[j] = 0.f;
+    lo[j] = std::numeric_limits<float>::infinity();
+    hi[j] = -lo[j];
+    zeros[j] = sat[j] = 0;
+  }
+  FirstPass r;
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full;) {
+    const int64_t end = std::min(full, i + kBlock);
+    for (; i < end; i += kLanes) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const float v = x[i + j];
+        sum[j] += v;
+        zeros[j] += v == 0.f;
+        if (kSat) sat[j] += v <= thr;
+        lo[j] = std::min(lo[j], v);
+        hi[j] = std::max(hi[j], v);
+        index[i + j] = bin_index(v, bn, top);
+      }
+    }
+    float part = 0.f;
+    for (int j = 0; j < kLanes; ++j) {
+      part += sum[j];
+      sum[j] = 0.f;
+    }
+    r.sum += part;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    r.zeros += zeros[j];
+    r.sat += sat[j];
+    r.mn = std::min(r.mn, lo[j]);
+    r.mx = std::max(r.mx, hi[j]);
+  }
+  for (int64_t i = full; i < n; ++i) {
+    const float v = x[i];
+    r.sum += v;
+    r.zeros += v == 0.f;
+    if (kSat) r.sat += v <= thr;
+    r.mn = std::min(r.mn, v);
+    r.mx = std::max(r.mx, v);
+    index[i] = bin_index(v, bn, top);
+  }
+  return r;
+}
+
+// Sum of (x - mean)^2: the second of two passes, accurate whatever the mean.
 double squared_deviations(const float* x, int64_t n, double mean) {
   const float m = static_cast<float>(mean);
+  alignas(64) float acc[kLanes] = {};
   double s = 0.0;
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = std::min(n, b + kBlock);
-    float a = 0.f;
-#pragma omp simd reduction(+ : a)
-    for (int64_t i = b; i < e; ++i) {
-      const float d = x[i] - m;
-      a += d * d;
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full;) {
+    const int64_t end = std::min(full, i + kBlock);
+    for (; i < end; i += kLanes) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const float d = x[i + j] - m;
+        acc[j] += d * d;
+      }
     }
-    s += a;
+    float part = 0.f;
+    for (int j = 0; j < kLanes; ++j) {
+      part += acc[j];
+      acc[j] = 0.f;
+    }
+    s += part;
   }
+  for (int64_t i = full; i < n; ++i) {
+    const double d = x[i] - mean;
+    s += d * d;
+  }
+  return s;
+}
+
+// Plain sum, lane-wise like first_pass.
+double plain_sum(const float* x, int64_t n) {
+  alignas(64) float acc[kLanes] = {};
+  double s = 0.0;
+  const int64_t full = n - n % kLanes;
+  for (int64_t i = 0; i < full;) {
+    const int64_t end = std::min(full, i + kBlock);
+    for (; i < end; i += kLanes) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
+    }
+    float part = 0.f;
+    for (int j = 0; j < kLanes; ++j) {
+      part += acc[j];
+      acc[j] = 0.f;
+    }
+    s += part;
+  }
+  for (int64_t i = full; i < n; ++i) s += x[i];
   return s;
 }
 
@@ -134,7 +197,8 @@ void count_bins(const int32_t* index, int64_t n, int64_t bins, int64_t* counts, 
   for (int64_t k = 0; k < bins; ++k) out[k] = c0[k] + c1[k] + c2[k] + c3[k];
 }
 
-void activation_task(const at::Tensor& t, float thr, const Binning& bn, Scratch& s,
+// thr: saturation threshold (-inf: none); dead: count dead units (ReLU family).
+void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& bn, Scratch& s,
                      double* stats, int64_t* hist) {
   const float* x = t.data_ptr<float>();
   const int64_t n = t.numel();
@@ -144,34 +208,28 @@ void activation_task(const at::Tensor& t, float thr, const Binning& bn, Scratch&
   if (static_cast<int64_t>(s.index.size()) < n) s.index.resize(n);
   if (static_cast<int64_t>(s.unit_max.size()) < units) s.unit_max.resize(units);
   if (static_cast<int64_t>(s.counts.size()) < 4 * bn.bins) s.counts.resize(4 * bn.bins);
-  double sum;
-  int64_t zeros, sat, nans;
-  float mn, mx;
-  first_pass(x, n, thr, bn, s.index.data(), &sum, &zeros, &sat, &nans, &mn, &mx);
-  const double mean = sum / static_cast<double>(n);
+  const bool with_sat = thr > -std::numeric_limits<float>::infinity();
+  const FirstPass r = with_sat ? first_pass<true>(x, n, thr, bn, s.index.data())
+                               : first_pass<false>(x, n, thr, bn, s.index.data());
+  const double mean = r.sum / static_cast<double>(n);
   const double nan = std::numeric_limits<double>::quiet_NaN();
+  // NaN never wins a std::min/max: like torch.amin/amax, a NaN anywhere makes them NaN
+  // (then the sum is NaN too, which is checked first: the scan runs only then)
+  const bool has_nan = std::isnan(r.sum) && std::any_of(x, x + n, [](float v) { return v != v; });
   stats[0] = mean;
   stats[1] = squared_deviations(x, n, mean) / static_cast<double>(n);
-  stats[2] = nans ? nan : mn;  // like torch.amin/amax: NaN wins
-  stats[3] = nans ? nan : mx;
-  stats[4] = static_cast<double>(zeros);
-  stats[5] = static_cast<double>(sat);
-  stats[6] = static_cast<double>(dead_units(x, lead, units, inner, s.unit_max.data()));
+  stats[2] = has_nan ? nan : r.mn;
+  stats[3] = has_nan ? nan : r.mx;
+  stats[4] = static_cast<double>(r.zeros);
+  stats[5] = static_cast<double>(r.sat);
+  stats[6] = dead ? static_cast<double>(dead_units(x, lead, units, inner, s.unit_max.data())) : nan;
   count_bins(s.index.data(), n, bn.bins, s.counts.data(), hist);
 }
 
 void gradient_task(const at::Tensor& g, double* out) {
   const float* x = g.data_ptr<float>();
   const int64_t n = g.numel();
-  double sum = 0.0;
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t e = std::min(n, b + kBlock);
-    float a = 0.f;
-#pragma omp simd reduction(+ : a)
-    for (int64_t i = b; i < e; ++i) a += x[i];
-    sum += a;
-  }
-  const double mean = sum / static_cast<double>(n);
+  const double mean = plain_sum(x, n) / static_cast<double>(n);
   out[0] = mean;
   out[1] = squared_deviations(x, n, mean) / static_cast<double>(n);
 }
@@ -214,76 +272,128 @@ void check_input(const at::Tensor& t, const char* what) {
 
 }  // namespace
 
-// acts: activation tensors (batch, units, ...); thresholds: the saturation threshold of each
-// (-inf where none); grads: gradient tensors; weights: (units, fan) weight matrices.
-// Returns (stats (A, 7) float64, hist (A, bins + 2) int64, grad (G, 2) float64 mean and var,
-// weights (W, 4) float64 sums over units of omega, omega^2, tau, tau^2).
-std::vector<at::Tensor> record_stats(const std::vector<at::Tensor>& acts,
-                                     const std::vector<double>& thresholds,
-                                     const std::vector<at::Tensor>& grads,
-                                     const std::vector<at::Tensor>& weights, double scale,
-                                     double shift, int64_t bins) {
-  TORCH_CHECK(acts.size() == thresholds.size(), "one threshold per activation tensor");
-  TORCH_CHECK(bins >= 3 && bins <= (int64_t{1} << 30), "bins + 2 out of range: ", bins);
-  for (const auto& t : acts) check_input(t, "activations");
-  for (const auto& t : grads) check_input(t, "gradients");
+// ---- entry points: the recorder's hooks write into one record's buffers ----------------------
+
+namespace {
+
+void check_rows(const at::Tensor& out, int64_t rows, int64_t cols, at::ScalarType type,
+                const char* what) {
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == type && out.is_contiguous() &&
+                  out.dim() == 2 && out.size(0) >= rows && (cols < 0 || out.size(1) == cols),
+              what, ": output buffer of the wrong shape or type");
+}
+
+// Run task(k) for k in [0, n): inline for one task, else over torch's intra-op threads.
+template <typename F>
+void run_tasks(int64_t n, const F& task) {
+  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
+  if (threads <= 1 || at::in_parallel_region()) {
+    for (int64_t k = 0; k < n; ++k) task(k);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) task(k);
+  });
+}
+
+}  // namespace
+
+// Statistics of xs[k] into row rows[k] of stats (R, 7) and hist (R, bins + 2): thresholds[k]
+// is its saturation threshold (-inf: none), dead[k] whether to count dead units (else NaN).
+void activations_into(const std::vector<at::Tensor>& xs, const std::vector<double>& thresholds,
+                      const std::vector<bool>& dead, const std::vector<int64_t>& rows,
+                      const at::Tensor& stats, const at::Tensor& hist, double scale,
+                      double shift) {
+  TORCH_CHECK(xs.size() == thresholds.size() && xs.size() == rows.size() &&
+                  xs.size() == dead.size(),
+              "one threshold, dead flag and row per tensor");
+  for (const auto& t : xs) check_input(t, "activations");
+  int64_t top = 0;
+  for (int64_t r : rows) {
+    TORCH_CHECK(r >= 0, "row out of range");
+    top = std::max(top, r + 1);
+  }
+  check_rows(stats, top, kStats, at::kDouble, "stats");
+  check_rows(hist, top, -1, at::kLong, "hist");
+  TORCH_CHECK(hist.size(1) >= 3, "hist needs bins + 2 >= 3 columns");
+  const Binning bn{static_cast<float>(scale), static_cast<float>(shift), hist.size(1)};
+  double* ps = stats.data_ptr<double>();
+  int64_t* ph = hist.data_ptr<int64_t>();
+  run_tasks(xs.size(), [&](int64_t k) {
+    thread_local Scratch s;  // buffers kept between calls
+    activation_task(xs[k], static_cast<float>(thresholds[k]), dead[k], bn, s,
+                    ps + kStats * rows[k], ph + bn.bins * rows[k]);
+  });
+}
+
+// Mean and variance of g into row `row` of out (S, 2).
+void gradient_into(const at::Tensor& g, int64_t row, const at::Tensor& out) {
+  check_input(g, "gradients");
+  TORCH_CHECK(row >= 0, "row out of range");
+  check_rows(out, row + 1, 2, at::kDouble, "grad");
+  gradient_task(g, out.data_ptr<double>() + 2 * row);
+}
+
+// A hook on t (no Python in the backward pass): the mean and variance of the gradient w.r.t. t
+// go into row `row` of out (S, 2), unless that row holds a value already (the first gradient
+// of a pass counts, e.g. not a second backward through a retained graph). Returns the hook's
+// handle for remove_gradient_hook.
+int64_t hook_gradient(const at::Tensor& t, const at::Tensor& out, int64_t row) {
+  TORCH_CHECK(t.requires_grad(), "hook_gradient needs a tensor that requires grad");
+  TORCH_CHECK(row >= 0, "row out of range");
+  check_rows(out, row + 1, 2, at::kDouble, "grad");
+  return t.register_hook([out, row](const at::TensorBase& grad) {
+    double* o = out.data_ptr<double>() + 2 * row;
+    if (!grad.defined() || !std::isnan(o[0]) || !grad.device().is_cpu() ||
+        grad.scalar_type() != at::kFloat || grad.numel() == 0)
+      return;
+    gradient_task(at::Tensor(grad).contiguous(), o);
+  });
+}
+
+void remove_gradient_hook(const at::Tensor& t, int64_t handle) {
+  t.remove_hook(static_cast<unsigned>(handle));
+}
+
+// Sums over units of omega, omega^2, tau, tau^2 of each (units, fan) weight into out (W, 4),
+// in blocks of about 64k values over torch's threads, added up in block order (the same sums
+// for any number of threads).
+void weights_into(const std::vector<at::Tensor>& weights, const at::Tensor& out) {
   for (const auto& t : weights) {
     check_input(t, "weights");
     TORCH_CHECK(t.dim() == 2, "weights must be 2-D (units, fan), got ", t.dim(), "-D");
   }
-  const Binning bn{static_cast<float>(scale), static_cast<float>(shift), bins};
-  const int64_t na = acts.size(), ng = grads.size(), nw = weights.size();
-
-  struct WeightBlock {
+  check_rows(out, weights.size(), 4, at::kDouble, "weights");
+  struct Block {
     int64_t layer, r0, r1;
   };
-  std::vector<WeightBlock> blocks;  // rows of about 64k values per task
-  for (int64_t l = 0; l < nw; ++l) {
+  std::vector<Block> blocks;
+  for (size_t l = 0; l < weights.size(); ++l) {
     const int64_t rows = weights[l].size(0), fan = weights[l].size(1);
     const int64_t step = std::max<int64_t>(1, (int64_t{1} << 16) / fan);
-    for (int64_t r = 0; r < rows; r += step) blocks.push_back({l, r, std::min(rows, r + step)});
+    for (int64_t r = 0; r < rows; r += step)
+      blocks.push_back({static_cast<int64_t>(l), r, std::min(rows, r + step)});
   }
-  const int64_t nb = blocks.size();
-
-  auto f64 = at::TensorOptions().dtype(at::kDouble);
-  at::Tensor stats = at::empty({na, kStats}, f64);
-  at::Tensor hist = at::empty({na, bins}, f64.dtype(at::kLong));
-  at::Tensor grad = at::empty({ng, 2}, f64);
-  at::Tensor partial = at::zeros({nb, 4}, f64);
-  double* ps = stats.data_ptr<double>();
-  int64_t* ph = hist.data_ptr<int64_t>();
-  double* pg = grad.data_ptr<double>();
-  double* pp = partial.data_ptr<double>();
-
-  // big tasks first (weight blocks, then activations, then gradients)
-  const int64_t tasks = nb + na + ng;
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    Scratch s;
-    for (int64_t k = next.fetch_add(1); k < tasks; k = next.fetch_add(1)) {
-      if (k < nb) {
-        const auto& b = blocks[k];
-        const at::Tensor& w = weights[b.layer];
-        weight_task(w.data_ptr<float>(), w.size(1), b.r0, b.r1, pp + 4 * k);
-      } else if (k < nb + na) {
-        const int64_t a = k - nb;
-        activation_task(acts[a], static_cast<float>(thresholds[a]), bn, s, ps + kStats * a,
-                        ph + bins * a);
-      } else {
-        gradient_task(grads[k - nb - na], pg + 2 * (k - nb - na));
-      }
-    }
+  std::vector<double> partial(4 * blocks.size());
+  run_tasks(blocks.size(), [&](int64_t k) {
+    const Block& b = blocks[k];
+    const at::Tensor& w = weights[b.layer];
+    weight_task(w.data_ptr<float>(), w.size(1), b.r0, b.r1, partial.data() + 4 * k);
   });
-
-  at::Tensor wsum = at::zeros({nw, 4}, f64);
-  double* pw = wsum.data_ptr<double>();
-  for (int64_t k = 0; k < nb; ++k)  // fixed order: the same sums for any thread count
-    for (int j = 0; j < 4; ++j) pw[4 * blocks[k].layer + j] += pp[4 * k + j];
-  return {stats, hist, grad, wsum};
+  double* o = out.data_ptr<double>();
+  std::fill(o, o + 4 * weights.size(), 0.0);
+  for (size_t k = 0; k < blocks.size(); ++k)
+    for (int j = 0; j < 4; ++j) o[4 * blocks[k].layer + j] += partial[4 * k + j];
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("record_stats", &record_stats,
-        "Fused activation, gradient and weight statistics of one record (CPU float32)",
-        pybind11::call_guard<pybind11::gil_scoped_release>());
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  m.def("activations_into", &activations_into, "Activation statistics into rows of buffers",
+        nogil);
+  m.def("gradient_into", &gradient_into, "A gradient's mean and variance into a buffer row",
+        nogil);
+  m.def("weights_into", &weights_into, "Omega/tau sums of weight matrices into a buffer", nogil);
+  m.def("hook_gradient", &hook_gradient, "Gradient statistics from a C++ tensor hook");
+  m.def("remove_gradient_hook", &remove_gradient_hook, "Remove a hook of hook_gradient");
 }
