@@ -103,6 +103,7 @@ ACTIVATION_TYPES: tuple[type[nn.Module], ...] = tuple(t for _, ts in _FAMILY_TYP
 _DEAD_FAMILIES = ("relu", "lrelu")
 _WEIGHT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 _N_STATS = 7  # mean, var, min, max, #zeros, #saturated, #dead units
+_POOL_RECORDS = 64  # kernel output buffers are allocated for this many records at once
 
 
 def activation_family(module: nn.Module) -> str:
@@ -338,11 +339,11 @@ class ActivationRecorder:
         # activation -> (its input, version before the call): did the call change it?
         self._held: dict[int, tuple[torch.Tensor, int | None]] = {}
         self._kpart: _Kernel | None = None
-        self._thr_of_row: dict[int, float] = {}
-        self._dead_of_row: dict[int, bool] = {}
+        self._row_args: list[tuple[list[int], list[float], list[bool]]] = []
+        self._pool: list[tuple[torch.Tensor, ...]] = []
         self._grad_hooks: list[Any] = []
         self._pre_hooked = [True] * len(self._acts)
-        self._weight_views: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+        self._weight_views: tuple[list, list, list] | None = None
         self._rows: dict[tuple, _Rows] = {}
         self._used: list[_Rows] = []
         self._grad_rows: dict[tuple, _Rows] = {}
@@ -485,11 +486,9 @@ class ActivationRecorder:
             self._slot_saturation.append(sat)
             self._grad_hooks.append(partial(self._on_grad, slot))
             dead = self._slot_family[-1] in _DEAD_FAMILIES
-            self._dead_of_row[2 * slot] = self._dead_of_row[2 * slot + 1] = dead
-            self._thr_of_row[2 * slot] = -math.inf
-            self._thr_of_row[2 * slot + 1] = (
-                -math.inf if sat is None else sat + SATURATION_RTOL * abs(sat)
-            )
+            thr = -math.inf if sat is None else sat + SATURATION_RTOL * abs(sat)
+            # kernel arguments: rows (pre, post), saturation thresholds, dead-unit counting
+            self._row_args.append(([2 * slot, 2 * slot + 1], [-math.inf, thr], [dead, dead]))
         return slot
 
     @staticmethod
@@ -531,7 +530,8 @@ class ActivationRecorder:
             return
         row = 2 * slot
         if self._kpart is not None and _kernel_fits(x):
-            self._reduce_now([row], [x])
+            rows, thr, dead = self._row_args[slot]
+            self._reduce_now(rows[:1], [x], thr[:1], dead[:1])
         else:
             self._capture(self._cap, x, row, True)
         self._held[i] = (x, None if x.is_inference() else x._version)
@@ -553,10 +553,11 @@ class ActivationRecorder:
         y = out.detach() if isinstance(out, torch.Tensor) and out.is_floating_point() else None
         row = 2 * slot + 1
         if self._kpart is not None and _kernel_fits(y) and (x is None or _kernel_fits(x)):
+            rows, thr, dead = self._row_args[slot]
             if x is None:
-                self._reduce_now([row], [y])
+                self._reduce_now(rows[1:], [y], thr[1:], dead[1:])
             else:
-                self._reduce_now([row - 1, row], [x, y])
+                self._reduce_now(rows, [x, y], thr, dead)
         else:
             if x is not None:
                 self._capture(self._cap, x, row - 1, row - 1 in self._copy_rows)
@@ -580,38 +581,36 @@ class ActivationRecorder:
         self._capture(self._grad_cap, g, slot, self._first_grads or slot in self._copy_grads)
 
     def _new_part(self) -> _Kernel:
-        """A record's buffers for the kernel, and its weight statistics (the weights do not
-        change until the optimizer step, after the backward pass)."""
+        """A record's buffers for the kernel (views into blocks allocated for many records at
+        once), and its weight statistics (the weights do not change until the optimizer step,
+        after the backward pass)."""
         rows = 2 * max(len(self._slot_names), len(self._acts))
-        part = _Kernel(
-            stats=torch.full((rows, _N_STATS), math.nan, dtype=torch.float64),
-            hist=torch.zeros((rows, self.config.bins + 2), dtype=torch.int64),
-            grad=torch.full((rows // 2, 2), math.nan, dtype=torch.float64),
-        )
-        weights = self._kernel_weights()
-        if weights is not None:
-            part.weights = torch.empty((len(weights), 4), dtype=torch.float64)
-            self._kernel.weights_into(weights, part.weights)
+        if not self._pool or self._pool[0][0].shape[0] != rows:
+            n, nb = _POOL_RECORDS, self.config.bins + 2
+            stats = torch.full((n, rows, _N_STATS), math.nan, dtype=torch.float64)
+            hist = torch.zeros((n, rows, nb), dtype=torch.int64)
+            grad = torch.full((n, rows // 2, 2), math.nan, dtype=torch.float64)
+            weights = torch.empty((n, len(self._weights), 4), dtype=torch.float64)
+            self._pool = list(zip(stats, hist, grad, weights, strict=True))[::-1]
+        stats, hist, grad, weights = self._pool.pop()
+        part = _Kernel(stats=stats, hist=hist, grad=grad)
+        views = self._kernel_weights()
+        if views is not None:
+            part.weights = weights
+            self._kernel.weights_into(views, weights)
         return part
 
-    def _reduce_now(self, rows: list[int], tensors: list[torch.Tensor]) -> None:
+    def _reduce_now(self, rows: list[int], tensors: list[torch.Tensor], thr: list, dead: list):
         """Statistics of ``tensors`` into rows ``rows`` of the record's buffers, now: no copy,
         the values are read before the model goes on (and while they are in the cache)."""
         part = self._kpart
-        if max(rows) >= len(part.stats):  # more calls than activation modules: grow
-            more = max(max(rows) + 1, 2 * len(part.stats)) - len(part.stats)
+        if rows[-1] >= len(part.stats):  # more calls than activation modules: grow
+            more = max(rows[-1] + 1, 2 * len(part.stats)) - len(part.stats)
             part.stats = torch.cat([part.stats, part.stats.new_full((more, _N_STATS), math.nan)])
             part.hist = torch.cat([part.hist, part.hist.new_zeros((more, part.hist.shape[1]))])
-        dense = [_dense(t) for t in tensors]
+        dense = [t if t.is_contiguous() else t.contiguous() for t in tensors]
         self._kernel.activations_into(
-            dense,
-            [self._thr_of_row[r] for r in rows],
-            [self._dead_of_row[r] for r in rows],
-            rows,
-            part.stats,
-            part.hist,
-            self._scale,
-            self._shift,
+            dense, thr, dead, rows, part.stats, part.hist, self._scale, self._shift
         )
         for r, t in zip(rows, dense, strict=True):
             part.rows[r] = t.shape
@@ -655,14 +654,17 @@ class ActivationRecorder:
 
     def _kernel_weights(self) -> list[torch.Tensor] | None:
         """Every weight as a contiguous float32 CPU ``(units, fan)`` matrix; ``None`` where one
-        is not float32 on the CPU. Views are cached while each parameter keeps its storage."""
+        is not float32 on the CPU. Views are cached while each module keeps its parameter and
+        the parameter its storage."""
         cache = self._weight_views
-        if len(cache) == len(self._weights) and all(
-            w is m.weight and ptr == m.weight.data_ptr()
-            for (w, ptr, _), (_, m) in zip(cache, self._weights, strict=True)
-        ):
-            return [v for _, _, v in cache]
-        fresh, views = [], True
+        if cache is not None:
+            params, ptrs, views = cache
+            for (_, m), p, ptr in zip(self._weights, params, ptrs, strict=True):
+                if m._parameters.get("weight") is not p or p.data_ptr() != ptr:
+                    break
+            else:
+                return views
+        params, views, cacheable = [], [], True
         for _, m in self._weights:
             w = m.weight
             if w.device.type != "cpu" or w.dtype != torch.float32:
@@ -670,10 +672,12 @@ class ActivationRecorder:
             d = w.detach()
             if getattr(m, "transposed", False):  # ConvTranspose: (in, out/groups, *kernel)
                 d = d.transpose(0, 1)
-            views = views and d.is_contiguous()  # else reshape copies: measure, do not cache
-            fresh.append((w, w.data_ptr(), d.reshape(d.shape[0], -1).contiguous()))
-        self._weight_views = fresh if views else []
-        return [v for _, _, v in fresh]
+            # a reshape that copies, or a weight computed on access: measure, do not cache
+            cacheable = cacheable and d.is_contiguous() and m._parameters.get("weight") is w
+            params.append(w)
+            views.append(d.reshape(d.shape[0], -1).contiguous())
+        self._weight_views = (params, [p.data_ptr() for p in params], views) if cacheable else None
+        return views
 
     def _put(self, table: dict, used: list, t: torch.Tensor, row_id: int) -> None:
         """Copy ``t`` into the row buffer of its shape (torch-ops path)."""
@@ -819,6 +823,10 @@ class ActivationRecorder:
         step, plans, (f32, f64, i64), kern = self._forward
         self._forward = None
         self._remove_tensor_hooks()
+        if kern is not None and not (self._grad_cap or f32 or f64 or i64):  # all in the kernel
+            self._first_grads = self._first_grads and not kern.grad_slots
+            self._pending.append(_Pending(step, [], [], _NONE32, _NONE64, _NONE64I, kern))
+            return
         if self._grad_cap or (kern is not None and kern.grad_slots):
             self._first_grads = False
         captured = self._checked(self._grad_cap, self._copy_grads)
@@ -976,6 +984,11 @@ class ActivationRecorder:
         )
 
 
+_NONE32 = torch.zeros(0, dtype=torch.float32)
+_NONE64 = torch.zeros(0, dtype=torch.float64)
+_NONE64I = torch.zeros(0, dtype=torch.int64)
+
+
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
     """``torch.cat`` of the non-empty ``parts`` on the first one's device; an empty CPU
     tensor (of ``dtype``, default float64) where there is none."""
@@ -995,10 +1008,6 @@ def _float_tensor(args: tuple) -> torch.Tensor | None:
     if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
         return args[0].detach()
     return None
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
 
 
 def _on_cpu(model: nn.Module) -> bool:

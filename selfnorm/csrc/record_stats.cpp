@@ -30,8 +30,8 @@ struct Binning {
 
 struct Scratch {
   std::vector<float> unit_max;
-  std::vector<int32_t> index;
-  std::vector<int64_t> counts;  // four interleaved sub-histograms
+  alignas(64) int32_t index[kBlock];  // bin indices of one block
+  std::vector<int64_t> counts;        // four interleaved sub-histograms
 };
 
 constexpr int kLanes = 32;  // independent accumulators: the adds do not wait on each other
@@ -51,10 +51,30 @@ struct FirstPass {
   float mn = std::numeric_limits<float>::infinity(), mx = -mn;
 };
 
-// Sum, #zeros, #(x <= thr) (kSat), min, max and the bin index of every value, in one pass.
-// Float partial sums per lane over at most kBlock values, then double.
+// Add the bin indices of a block to four interleaved sub-histograms (so that an increment
+// does not wait for the previous one to the same bin).
+inline void count_block(const int32_t* index, int64_t n, int64_t bins, int64_t* counts) {
+  int64_t* c0 = counts;
+  int64_t* c1 = counts + bins;
+  int64_t* c2 = counts + 2 * bins;
+  int64_t* c3 = counts + 3 * bins;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    ++c0[index[i]];
+    ++c1[index[i + 1]];
+    ++c2[index[i + 2]];
+    ++c3[index[i + 3]];
+  }
+  for (; i < n; ++i) ++c0[index[i]];
+}
+
+// One pass: sum, #zeros, #(x <= thr) (kSat), min, max, and the histogram (counts: four
+// sub-histograms, zeroed by the caller). Blocks of kBlock values: lane-wise float partial sums
+// then double; the bin indices of a block go through a small buffer (index, kBlock entries)
+// that stays in the L1 cache.
 template <bool kSat>
-FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, int32_t* index) {
+FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, int32_t* index,
+                     int64_t* counts) {
   const float top = static_cast<float>(bn.bins - 1);
   alignas(64) float sum[kLanes], lo[kLanes], hi[kLanes];
   alignas(64) int32_t zeros[kLanes], sat[kLanes];
@@ -65,13 +85,14 @@ FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, in
     zeros[j] = sat[j] = 0;
   }
   FirstPass r;
-  const int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full;) {
-    const int64_t end = std::min(full, i + kBlock);
-    for (; i < end; i += kLanes) {
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const float* xb = x + b;
+    const int64_t m = std::min(kBlock, n - b);
+    const int64_t full = m - m % kLanes;
+    for (int64_t i = 0; i < full; i += kLanes) {
 #pragma omp simd
       for (int j = 0; j < kLanes; ++j) {
-        const float v = x[i + j];
+        const float v = xb[i + j];
         sum[j] += v;
         zeros[j] += v == 0.f;
         if (kSat) sat[j] += v <= thr;
@@ -86,21 +107,22 @@ FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, in
       sum[j] = 0.f;
     }
     r.sum += part;
+    for (int64_t i = full; i < m; ++i) {
+      const float v = xb[i];
+      r.sum += v;
+      r.zeros += v == 0.f;
+      if (kSat) r.sat += v <= thr;
+      r.mn = std::min(r.mn, v);
+      r.mx = std::max(r.mx, v);
+      index[i] = bin_index(v, bn, top);
+    }
+    count_block(index, m, bn.bins, counts);
   }
   for (int j = 0; j < kLanes; ++j) {
     r.zeros += zeros[j];
     r.sat += sat[j];
     r.mn = std::min(r.mn, lo[j]);
     r.mx = std::max(r.mx, hi[j]);
-  }
-  for (int64_t i = full; i < n; ++i) {
-    const float v = x[i];
-    r.sum += v;
-    r.zeros += v == 0.f;
-    if (kSat) r.sat += v <= thr;
-    r.mn = std::min(r.mn, v);
-    r.mx = std::max(r.mx, v);
-    index[i] = bin_index(v, bn, top);
   }
   return r;
 }
@@ -180,23 +202,6 @@ int64_t dead_units(const float* x, int64_t lead, int64_t units, int64_t inner, f
   return dead;
 }
 
-void count_bins(const int32_t* index, int64_t n, int64_t bins, int64_t* counts, int64_t* out) {
-  std::fill(counts, counts + 4 * bins, 0);
-  int64_t* c0 = counts;
-  int64_t* c1 = counts + bins;
-  int64_t* c2 = counts + 2 * bins;
-  int64_t* c3 = counts + 3 * bins;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {  // four sub-histograms: no wait on the previous increment
-    ++c0[index[i]];
-    ++c1[index[i + 1]];
-    ++c2[index[i + 2]];
-    ++c3[index[i + 3]];
-  }
-  for (; i < n; ++i) ++c0[index[i]];
-  for (int64_t k = 0; k < bins; ++k) out[k] = c0[k] + c1[k] + c2[k] + c3[k];
-}
-
 // thr: saturation threshold (-inf: none); dead: count dead units (ReLU family).
 void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& bn, Scratch& s,
                      double* stats, int64_t* hist) {
@@ -205,12 +210,11 @@ void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& b
   const int64_t lead = t.dim() >= 2 ? t.size(0) : 1;
   const int64_t units = t.dim() >= 2 ? t.size(1) : n;
   const int64_t inner = n / std::max<int64_t>(lead * units, 1);
-  if (static_cast<int64_t>(s.index.size()) < n) s.index.resize(n);
   if (static_cast<int64_t>(s.unit_max.size()) < units) s.unit_max.resize(units);
-  if (static_cast<int64_t>(s.counts.size()) < 4 * bn.bins) s.counts.resize(4 * bn.bins);
+  s.counts.assign(4 * bn.bins, 0);
   const bool with_sat = thr > -std::numeric_limits<float>::infinity();
-  const FirstPass r = with_sat ? first_pass<true>(x, n, thr, bn, s.index.data())
-                               : first_pass<false>(x, n, thr, bn, s.index.data());
+  const FirstPass r = with_sat ? first_pass<true>(x, n, thr, bn, s.index, s.counts.data())
+                               : first_pass<false>(x, n, thr, bn, s.index, s.counts.data());
   const double mean = r.sum / static_cast<double>(n);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   // NaN never wins a std::min/max: like torch.amin/amax, a NaN anywhere makes them NaN
@@ -223,7 +227,9 @@ void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& b
   stats[4] = static_cast<double>(r.zeros);
   stats[5] = static_cast<double>(r.sat);
   stats[6] = dead ? static_cast<double>(dead_units(x, lead, units, inner, s.unit_max.data())) : nan;
-  count_bins(s.index.data(), n, bn.bins, s.counts.data(), hist);
+  const int64_t* c = s.counts.data();
+  const int64_t bins = bn.bins;
+  for (int64_t k = 0; k < bins; ++k) hist[k] = c[k] + c[bins + k] + c[2 * bins + k] + c[3 * bins + k];
 }
 
 void gradient_task(const at::Tensor& g, double* out) {
