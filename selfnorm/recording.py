@@ -182,10 +182,9 @@ class _Kernel:
 
     stats: torch.Tensor  # (R, 7) mean, var, min, max, #zeros, #saturated, #dead units
     hist: torch.Tensor  # (R, bins + 2)
-    grad: torch.Tensor | None = None  # (S, 2) mean, var
+    meta: torch.Tensor  # (R, 2) numel, units (0: row not written)
+    grad: torch.Tensor  # (S, 2) mean, var (NaN: not written)
     weights: torch.Tensor | None = None  # (W, 4) sums over units of ω, ω², τ, τ²
-    rows: dict[int, torch.Size] = dataclasses.field(default_factory=dict)  # row -> shape
-    grad_slots: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -306,6 +305,7 @@ class ActivationRecorder:
         self._scale = self.config.bins / (hi - lo)
         self._shift = 1.0 - lo * self._scale  # value -> 1 + bin index
         self._kernel = None  # the fused CPU kernel (selfnorm.record_kernel), where it applies
+        self._fast = None  # its forward hooks, configured after the first recorded pass
         if self.config.backend != "torch" and _on_cpu(model):
             self._kernel = record_kernel.load()
         if self.config.backend == "kernel" and self._kernel is None:
@@ -372,6 +372,8 @@ class ActivationRecorder:
         """Remove every hook and close the sinks (without flushing). Idempotent."""
         self._remove_module_hooks()
         self._remove_tensor_hooks()
+        if self._fast is not None:
+            self._fast.remove_hooks()
         self._armed_step = None
         self._capturing = False
         if not self._closed:
@@ -464,6 +466,9 @@ class ActivationRecorder:
         self._cap.clear()
         self._held.clear()
         self._kpart = self._new_part() if self._kernel is not None else None
+        if self._fast is not None:
+            p = self._kpart
+            self._fast.begin(p.stats, p.hist, p.meta, p.grad)
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -537,7 +542,7 @@ class ActivationRecorder:
         self._held[i] = (x, None if x.is_inference() else x._version)
 
     def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
-        if not self._capturing:
+        if not self._capturing or (self._fast is not None and self._fast.post(i, args, out)):
             return
         x = None  # the input, still to be read
         if self._pre_hooked[i]:
@@ -569,7 +574,6 @@ class ActivationRecorder:
         if part is not None and _kernel_fits(y) and slot < len(part.grad):
             # a C++ hook: no Python (and no GIL) in the backward pass
             self._tensor_handles.append((out, self._kernel.hook_gradient(out, part.grad, slot)))
-            part.grad_slots.append(slot)
         else:
             self._tensor_handles.append(out.register_hook(self._grad_hooks[slot]))
 
@@ -589,11 +593,12 @@ class ActivationRecorder:
             n, nb = _POOL_RECORDS, self.config.bins + 2
             stats = torch.full((n, rows, _N_STATS), math.nan, dtype=torch.float64)
             hist = torch.zeros((n, rows, nb), dtype=torch.int64)
+            meta = torch.zeros((n, rows, 2), dtype=torch.int64)
             grad = torch.full((n, rows // 2, 2), math.nan, dtype=torch.float64)
             weights = torch.empty((n, len(self._weights), 4), dtype=torch.float64)
-            self._pool = list(zip(stats, hist, grad, weights, strict=True))[::-1]
-        stats, hist, grad, weights = self._pool.pop()
-        part = _Kernel(stats=stats, hist=hist, grad=grad)
+            self._pool = list(zip(stats, hist, meta, grad, weights, strict=True))[::-1]
+        stats, hist, meta, grad, weights = self._pool.pop()
+        part = _Kernel(stats=stats, hist=hist, meta=meta, grad=grad)
         views = self._kernel_weights()
         if views is not None:
             part.weights = weights
@@ -608,12 +613,11 @@ class ActivationRecorder:
             more = max(rows[-1] + 1, 2 * len(part.stats)) - len(part.stats)
             part.stats = torch.cat([part.stats, part.stats.new_full((more, _N_STATS), math.nan)])
             part.hist = torch.cat([part.hist, part.hist.new_zeros((more, part.hist.shape[1]))])
+            part.meta = torch.cat([part.meta, part.meta.new_zeros((more, 2))])
         dense = [t if t.is_contiguous() else t.contiguous() for t in tensors]
         self._kernel.activations_into(
-            dense, thr, dead, rows, part.stats, part.hist, self._scale, self._shift
+            dense, thr, dead, rows, part.stats, part.hist, part.meta, self._scale, self._shift
         )
-        for r, t in zip(rows, dense, strict=True):
-            part.rows[r] = t.shape
 
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._capturing:
@@ -625,6 +629,10 @@ class ActivationRecorder:
         # next passes hook fewer inputs)
         if self._next_step % self.config.every or not self._frozen:
             self._remove_module_hooks()
+        if self._fast is not None:
+            self._fast.end()
+        elif self._kernel is not None and not self._frozen:
+            self._fast = self._configure_fast()
         self._frozen = True
         self._held.clear()
         rows = self._checked(self._cap, self._copy_rows)
@@ -651,6 +659,22 @@ class ActivationRecorder:
             self._forward = (step, plans, (f32, f64, i64), part)
 
     # -- the fused kernel (CPU, float32) ---------------------------------------------------
+
+    def _configure_fast(self) -> Any:
+        """After the first pass: the C++ forward hooks for every activation called once per
+        pass (one called more often stays with the Python hooks)."""
+        fast = self._kernel.Capture(self._scale, self._shift)
+        once = [self._slot_of.get((i, 1), -1) for i in range(len(self._acts))]
+        for i, _ in self._slot_of:
+            if (i, 2) in self._slot_of:
+                once[i] = -1
+        thr, dead = [-math.inf] * len(once), [False] * len(once)
+        for i, slot in enumerate(once):
+            if slot >= 0:
+                thr[i], dead[i] = self._row_args[slot][1][1], self._row_args[slot][2][1]
+        # an in-place activation's input is read by its pre-hook, before the call
+        fast.configure(once, [not inplace for inplace in self._inplace], thr, dead)
+        return fast
 
     def _kernel_weights(self) -> list[torch.Tensor] | None:
         """Every weight as a contiguous float32 CPU ``(units, fan)`` matrix; ``None`` where one
@@ -823,11 +847,12 @@ class ActivationRecorder:
         step, plans, (f32, f64, i64), kern = self._forward
         self._forward = None
         self._remove_tensor_hooks()
+        if self._fast is not None:
+            self._fast.remove_hooks()
         if kern is not None and not (self._grad_cap or f32 or f64 or i64):  # all in the kernel
-            self._first_grads = self._first_grads and not kern.grad_slots
             self._pending.append(_Pending(step, [], [], _NONE32, _NONE64, _NONE64I, kern))
             return
-        if self._grad_cap or (kern is not None and kern.grad_slots):
+        if self._grad_cap:
             self._first_grads = False
         captured = self._checked(self._grad_cap, self._copy_grads)
         grads: list[tuple[np.ndarray, int, int]] = []
@@ -921,21 +946,37 @@ class ActivationRecorder:
                 ws = f64[b : b + 4 * nw].reshape(2, 2, nw)  # (power, ω|τ, layer)
                 wsum[k] = [ws[0, 0], ws[1, 0], ws[0, 1], ws[1, 1]]
                 b += 4 * nw
-            else:
-                wsum[k] = kern.weights.numpy().T  # Σω, Σω², Στ, Στ² of every layer
-            if kern is None:
-                continue
-            if kern.rows:
-                ids = np.fromiter(kern.rows, dtype=np.int64, count=len(kern.rows))
-                slot, kind = ids // 2, ids % 2
-                stats[kind, k, slot] = kern.stats.numpy()[ids]
-                hist[kind, k, slot] = kern.hist.numpy()[ids]
-                shapes = list(kern.rows.values())
-                numel[kind, k, slot] = [math.prod(sh) for sh in shapes]
-                units[kind, k, slot] = [sh[1] if len(sh) >= 2 else math.prod(sh) for sh in shapes]
-            if kern.grad_slots:
-                grad_var[k, kern.grad_slots] = kern.grad.numpy()[kern.grad_slots, 1]
         assert (a, b, c) == (len(f32), len(f64), len(i64))
+
+        # the kernel's buffers, all records with buffers of one size at once; row r is slot
+        # r // 2, pre (even) or post (odd); a row the pass did not write has numel 0
+        by_rows: dict[int, list[int]] = {}
+        for k, p in enumerate(pending):
+            if p.kernel is not None:
+                by_rows.setdefault(len(p.kernel.stats), []).append(k)
+        for rows, ks in by_rows.items():
+            parts = [pending[k].kernel for k in ks]
+            r2 = min(rows, 2 * nl)
+            n2 = r2 // 2
+
+            def take(name: str, parts=parts, r2=r2, n2=n2) -> np.ndarray:
+                t = torch.stack([getattr(q, name)[:r2] for q in parts]).numpy()
+                return t.reshape(len(parts), n2, 2, -1).transpose(2, 0, 1, 3)  # (kind, K, slot, .)
+
+            meta = take("meta")
+            got = meta[..., 0] > 0
+            sel = (slice(None), ks, slice(0, n2))
+            stats[sel] = np.where(got[..., None], take("stats"), stats[sel])
+            hist[sel] = np.where(got[..., None], take("hist"), hist[sel])
+            numel[sel] = np.where(got, meta[..., 0], numel[sel])
+            units[sel] = np.where(got, meta[..., 1], units[sel])
+            gn = min(n2, *(len(q.grad) for q in parts))  # the first pass may have grown rows
+            g = torch.stack([q.grad[:gn, 1] for q in parts]).numpy()
+            grad_var[ks, :gn] = np.where(np.isnan(g), grad_var[ks, :gn], g)
+            with_w = [j for j, q in enumerate(parts) if q.weights is not None]
+            if with_w:
+                w = torch.stack([parts[j].weights for j in with_w]).numpy()
+                wsum[[ks[j] for j in with_w]] = w.transpose(0, 2, 1)  # Σω, Σω², Στ, Στ²
 
         family = tuple(self._slot_family)
         dead_ok = np.array([f in _DEAD_FAMILIES for f in family], dtype=bool)

@@ -305,12 +305,13 @@ void run_tasks(int64_t n, const F& task) {
 
 }  // namespace
 
-// Statistics of xs[k] into row rows[k] of stats (R, 7) and hist (R, bins + 2): thresholds[k]
-// is its saturation threshold (-inf: none), dead[k] whether to count dead units (else NaN).
+// Statistics of xs[k] into row rows[k] of stats (R, 7), hist (R, bins + 2) and meta (R, 2)
+// (numel, units): thresholds[k] is its saturation threshold (-inf: none), dead[k] whether to
+// count dead units (else NaN).
 void activations_into(const std::vector<at::Tensor>& xs, const std::vector<double>& thresholds,
                       const std::vector<bool>& dead, const std::vector<int64_t>& rows,
-                      const at::Tensor& stats, const at::Tensor& hist, double scale,
-                      double shift) {
+                      const at::Tensor& stats, const at::Tensor& hist, const at::Tensor& meta,
+                      double scale, double shift) {
   TORCH_CHECK(xs.size() == thresholds.size() && xs.size() == rows.size() &&
                   xs.size() == dead.size(),
               "one threshold, dead flag and row per tensor");
@@ -322,6 +323,7 @@ void activations_into(const std::vector<at::Tensor>& xs, const std::vector<doubl
   }
   check_rows(stats, top, kStats, at::kDouble, "stats");
   check_rows(hist, top, -1, at::kLong, "hist");
+  check_rows(meta, top, 2, at::kLong, "meta");
   TORCH_CHECK(hist.size(1) >= 3, "hist needs bins + 2 >= 3 columns");
   const Binning bn{static_cast<float>(scale), static_cast<float>(shift), hist.size(1)};
   double* ps = stats.data_ptr<double>();
@@ -331,6 +333,11 @@ void activations_into(const std::vector<at::Tensor>& xs, const std::vector<doubl
     activation_task(xs[k], static_cast<float>(thresholds[k]), dead[k], bn, s,
                     ps + kStats * rows[k], ph + bn.bins * rows[k]);
   });
+  int64_t* pm = meta.data_ptr<int64_t>();
+  for (size_t k = 0; k < xs.size(); ++k) {
+    pm[2 * rows[k]] = xs[k].numel();
+    pm[2 * rows[k] + 1] = xs[k].dim() >= 2 ? xs[k].size(1) : xs[k].numel();
+  }
 }
 
 // Mean and variance of g into row `row` of out (S, 2).
@@ -393,6 +400,108 @@ void weights_into(const std::vector<at::Tensor>& weights, const at::Tensor& out)
     for (int j = 0; j < 4; ++j) o[4 * blocks[k].layer + j] += partial[4 * k + j];
 }
 
+// ---- the forward hooks of a recorder, after its first pass ------------------------------------
+//
+// Python keeps the schedule (which passes record, the layout, the first pass that learns it);
+// this object does the per-layer work of a recording pass without returning to Python: read
+// the activation's input (where the activation leaves it alone) and output, reduce both into
+// the record's rows, hook the output's gradient.
+class Capture {
+ public:
+  Capture(double scale, double shift) : scale_(scale), shift_(shift) {}
+
+  // Per activation module i: its slot (-1: not handled here), whether to read its input after
+  // the call, the saturation threshold of its output (-inf: none), whether to count dead units.
+  void configure(std::vector<int64_t> slot, std::vector<bool> read_input,
+                 std::vector<double> threshold, std::vector<bool> dead) {
+    TORCH_CHECK(slot.size() == read_input.size() && slot.size() == threshold.size() &&
+                    slot.size() == dead.size(),
+                "one entry per module");
+    slot_ = std::move(slot);
+    read_input_ = std::move(read_input);
+    threshold_ = std::move(threshold);
+    dead_ = std::move(dead);
+  }
+
+  // Start a pass: stats (R, 7), hist (R, bins + 2), meta (R, 2) [numel, units], grad (S, 2).
+  void begin(at::Tensor stats, at::Tensor hist, at::Tensor meta, at::Tensor grad) {
+    check_rows(stats, 0, kStats, at::kDouble, "stats");
+    check_rows(hist, 0, -1, at::kLong, "hist");
+    check_rows(meta, stats.size(0), 2, at::kLong, "meta");
+    check_rows(grad, 0, 2, at::kDouble, "grad");
+    stats_ = std::move(stats);
+    hist_ = std::move(hist);
+    meta_ = std::move(meta);
+    grad_ = std::move(grad);
+  }
+
+  // The forward hook of module i: true where it recorded the call (else Python does).
+  bool post(int64_t i, const pybind11::tuple& args, const pybind11::object& out) {
+    if (i < 0 || i >= static_cast<int64_t>(slot_.size()) || slot_[i] < 0 || !stats_.defined())
+      return false;
+    const int64_t slot = slot_[i];
+    at::Tensor y;
+    if (!fits(out, y) || 2 * slot + 1 >= stats_.size(0)) return false;
+    at::Tensor x;
+    const bool with_input = read_input_[i];
+    if (with_input && (args.empty() || !fits(args[0], x))) return false;
+    at::Tensor tensors[2] = {x, y};
+    const int64_t first = with_input ? 0 : 1;
+    const Binning bn{static_cast<float>(scale_), static_cast<float>(shift_), hist_.size(1)};
+    double* ps = stats_.data_ptr<double>();
+    int64_t* ph = hist_.data_ptr<int64_t>();
+    int64_t* pm = meta_.data_ptr<int64_t>();
+    {
+      pybind11::gil_scoped_release nogil;
+      run_tasks(2 - first, [&](int64_t k) {
+        thread_local Scratch s;
+        const int64_t row = 2 * slot + first + k;
+        const at::Tensor& t = tensors[first + k];
+        const float thr = first + k == 1 ? static_cast<float>(threshold_[i])
+                                         : -std::numeric_limits<float>::infinity();
+        activation_task(t, thr, dead_[i], bn, s, ps + kStats * row, ph + bn.bins * row);
+      });
+    }
+    for (int64_t k = first; k < 2; ++k) {
+      const at::Tensor& t = tensors[k];
+      pm[2 * (2 * slot + k)] = t.numel();
+      pm[2 * (2 * slot + k) + 1] = t.dim() >= 2 ? t.size(1) : t.numel();
+    }
+    const at::Tensor& o = THPVariable_Unpack(out.ptr());
+    if (o.requires_grad() && slot < grad_.size(0))
+      hooks_.emplace_back(o, hook_gradient(o, grad_, slot));
+    return true;
+  }
+
+  // End of the pass (the buffers stay with the record); hooks stay until remove_hooks.
+  void end() { stats_ = hist_ = meta_ = grad_ = at::Tensor(); }
+
+  // Remove the gradient hooks of the last pass; returns how many there were.
+  int64_t remove_hooks() {
+    const int64_t n = hooks_.size();
+    for (auto& [t, h] : hooks_) t.remove_hook(static_cast<unsigned>(h));
+    hooks_.clear();
+    return n;
+  }
+
+ private:
+  // A float32 CPU tensor, not empty (made contiguous): detached into t.
+  static bool fits(const pybind11::handle& obj, at::Tensor& t) {
+    if (!THPVariable_Check(obj.ptr())) return false;
+    const at::Tensor& v = THPVariable_Unpack(obj.ptr());
+    if (!v.device().is_cpu() || v.scalar_type() != at::kFloat || v.numel() == 0) return false;
+    t = v.is_contiguous() ? v.detach() : v.detach().contiguous();
+    return true;
+  }
+
+  double scale_, shift_;
+  std::vector<int64_t> slot_;
+  std::vector<bool> read_input_, dead_;
+  std::vector<double> threshold_;
+  at::Tensor stats_, hist_, meta_, grad_;
+  std::vector<std::pair<at::Tensor, int64_t>> hooks_;
+};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("activations_into", &activations_into, "Activation statistics into rows of buffers",
@@ -402,4 +511,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weights_into", &weights_into, "Omega/tau sums of weight matrices into a buffer", nogil);
   m.def("hook_gradient", &hook_gradient, "Gradient statistics from a C++ tensor hook");
   m.def("remove_gradient_hook", &remove_gradient_hook, "Remove a hook of hook_gradient");
+  pybind11::class_<Capture>(m, "Capture")
+      .def(pybind11::init<double, double>())
+      .def("configure", &Capture::configure)
+      .def("begin", &Capture::begin)
+      .def("post", &Capture::post)
+      .def("end", &Capture::end)
+      .def("remove_hooks", &Capture::remove_hooks);
 }
