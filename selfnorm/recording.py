@@ -635,11 +635,14 @@ class ActivationRecorder:
             self._fast = self._configure_fast()
         self._frozen = True
         self._held.clear()
-        rows = self._checked(self._cap, self._copy_rows)
         self._grad_cap.clear()
         self._grad_seen.clear()
         part = self._kpart
         weights = None if part is None else part.weights
+        if not self._cap and weights is not None:  # the kernel did it all
+            self._forward = (step, [], ([], [], []), part)
+            return
+        rows = self._checked(self._cap, self._copy_rows)
         with torch.no_grad():
             for row, t in rows:
                 self._put(self._rows, self._used, t, row)

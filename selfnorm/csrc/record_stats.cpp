@@ -290,9 +290,10 @@ void check_rows(const at::Tensor& out, int64_t rows, int64_t cols, at::ScalarTyp
 }
 
 // Run task(k) for k in [0, n): inline for one task, else over torch's intra-op threads.
+int64_t g_max_threads = 64;
 template <typename F>
 void run_tasks(int64_t n, const F& task) {
-  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
+  const int64_t threads = std::min<int64_t>(std::min<int64_t>(n, at::get_num_threads()), g_max_threads);
   if (threads <= 1 || at::in_parallel_region()) {
     for (int64_t k = 0; k < n; ++k) task(k);
     return;
@@ -511,6 +512,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("weights_into", &weights_into, "Omega/tau sums of weight matrices into a buffer", nogil);
   m.def("hook_gradient", &hook_gradient, "Gradient statistics from a C++ tensor hook");
   m.def("remove_gradient_hook", &remove_gradient_hook, "Remove a hook of hook_gradient");
+  m.def("set_max_threads", [](int64_t n) { g_max_threads = n; });
   pybind11::class_<Capture>(m, "Capture")
       .def(pybind11::init<double, double>())
       .def("configure", &Capture::configure)
