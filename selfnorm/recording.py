@@ -305,9 +305,12 @@ class ActivationRecorder:
         self._scale = self.config.bins / (hi - lo)
         self._shift = 1.0 - lo * self._scale  # value -> 1 + bin index
         self._kernel = None  # the fused CPU kernel (selfnorm.record_kernel), where it applies
-        self._fast = None  # its forward hooks, configured after the first recorded pass
+        self._fast = None  # its C++ hooks (forward ones configured after the first pass)
         if self.config.backend != "torch" and _on_cpu(model):
             self._kernel = record_kernel.load()
+        if self._kernel is not None:
+            self._fast = self._kernel.Capture(self._scale, self._shift)
+        self._fast_on = False
         if self.config.backend == "kernel" and self._kernel is None:
             reason = record_kernel.unavailable_reason() if _on_cpu(model) else "model not on CPU"
             raise RuntimeError(
@@ -449,10 +452,7 @@ class ActivationRecorder:
 
     def _remove_tensor_hooks(self) -> None:
         for h in self._tensor_handles:
-            if isinstance(h, tuple):  # (tensor, handle) of a C++ hook
-                self._kernel.remove_gradient_hook(*h)
-            else:
-                h.remove()
+            h.remove()
         self._tensor_handles.clear()
 
     def _on_root_pre(self, module: nn.Module, args: Any) -> None:
@@ -466,7 +466,7 @@ class ActivationRecorder:
         self._cap.clear()
         self._held.clear()
         self._kpart = self._new_part() if self._kernel is not None else None
-        if self._fast is not None:
+        if self._fast_on:
             p = self._kpart
             self._fast.begin(p.stats, p.hist, p.meta, p.grad)
 
@@ -542,7 +542,7 @@ class ActivationRecorder:
         self._held[i] = (x, None if x.is_inference() else x._version)
 
     def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
-        if not self._capturing or (self._fast is not None and self._fast.post(i, args, out)):
+        if not self._capturing or (self._fast_on and self._fast.post(i, args, out)):
             return
         x = None  # the input, still to be read
         if self._pre_hooked[i]:
@@ -572,8 +572,7 @@ class ActivationRecorder:
             return
         part = self._kpart
         if part is not None and _kernel_fits(y) and slot < len(part.grad):
-            # a C++ hook: no Python (and no GIL) in the backward pass
-            self._tensor_handles.append((out, self._kernel.hook_gradient(out, part.grad, slot)))
+            self._fast.hook(out, part.grad, slot)  # C++: no Python (no GIL) in the backward
         else:
             self._tensor_handles.append(out.register_hook(self._grad_hooks[slot]))
 
@@ -629,10 +628,10 @@ class ActivationRecorder:
         # next passes hook fewer inputs)
         if self._next_step % self.config.every or not self._frozen:
             self._remove_module_hooks()
-        if self._fast is not None:
+        if self._fast_on:
             self._fast.end()
-        elif self._kernel is not None and not self._frozen:
-            self._fast = self._configure_fast()
+        elif self._fast is not None and not self._frozen:
+            self._configure_fast()
         self._frozen = True
         self._held.clear()
         self._grad_cap.clear()
@@ -663,10 +662,9 @@ class ActivationRecorder:
 
     # -- the fused kernel (CPU, float32) ---------------------------------------------------
 
-    def _configure_fast(self) -> Any:
+    def _configure_fast(self) -> None:
         """After the first pass: the C++ forward hooks for every activation called once per
         pass (one called more often stays with the Python hooks)."""
-        fast = self._kernel.Capture(self._scale, self._shift)
         once = [self._slot_of.get((i, 1), -1) for i in range(len(self._acts))]
         for i, _ in self._slot_of:
             if (i, 2) in self._slot_of:
@@ -676,8 +674,8 @@ class ActivationRecorder:
             if slot >= 0:
                 thr[i], dead[i] = self._row_args[slot][1][1], self._row_args[slot][2][1]
         # an in-place activation's input is read by its pre-hook, before the call
-        fast.configure(once, [not inplace for inplace in self._inplace], thr, dead)
-        return fast
+        self._fast.configure(once, [not inplace for inplace in self._inplace], thr, dead)
+        self._fast_on = True
 
     def _kernel_weights(self) -> list[torch.Tensor] | None:
         """Every weight as a contiguous float32 CPU ``(units, fan)`` matrix; ``None`` where one

@@ -352,7 +352,7 @@ void gradient_into(const at::Tensor& g, int64_t row, const at::Tensor& out) {
 // A hook on t (no Python in the backward pass): the mean and variance of the gradient w.r.t. t
 // go into row `row` of out (S, 2), unless that row holds a value already (the first gradient
 // of a pass counts, e.g. not a second backward through a retained graph). Returns the hook's
-// handle for remove_gradient_hook.
+// handle for Tensor::remove_hook.
 int64_t hook_gradient(const at::Tensor& t, const at::Tensor& out, int64_t row) {
   TORCH_CHECK(t.requires_grad(), "hook_gradient needs a tensor that requires grad");
   TORCH_CHECK(row >= 0, "row out of range");
@@ -364,10 +364,6 @@ int64_t hook_gradient(const at::Tensor& t, const at::Tensor& out, int64_t row) {
       return;
     gradient_task(at::Tensor(grad).contiguous(), o);
   });
-}
-
-void remove_gradient_hook(const at::Tensor& t, int64_t handle) {
-  t.remove_hook(static_cast<unsigned>(handle));
 }
 
 // Sums over units of omega, omega^2, tau, tau^2 of each (units, fan) weight into out (W, 4),
@@ -469,20 +465,32 @@ class Capture {
       pm[2 * (2 * slot + k) + 1] = t.dim() >= 2 ? t.size(1) : t.numel();
     }
     const at::Tensor& o = THPVariable_Unpack(out.ptr());
-    if (o.requires_grad() && slot < grad_.size(0))
-      hooks_.emplace_back(o, hook_gradient(o, grad_, slot));
+    if (o.requires_grad() && slot < grad_.size(0)) hook(o, grad_, slot);
     return true;
+  }
+
+  // Hook the gradient w.r.t. t into row `slot` of grad (see hook_gradient); the hook is
+  // remembered by a weak reference to t, so the tensor is freed as usual.
+  void hook(const at::Tensor& t, const at::Tensor& grad, int64_t slot) {
+    const int64_t handle = hook_gradient(t, grad, slot);
+    hooks_.emplace_back(WeakTensor(t.getIntrusivePtr()), handle);
   }
 
   // End of the pass (the buffers stay with the record); hooks stay until remove_hooks.
   void end() { stats_ = hist_ = meta_ = grad_ = at::Tensor(); }
 
-  // Remove the gradient hooks of the last pass; returns how many there were.
+  // Remove the gradient hooks of the last pass from the tensors still alive; returns how
+  // many that was.
   int64_t remove_hooks() {
-    const int64_t n = hooks_.size();
-    for (auto& [t, h] : hooks_) t.remove_hook(static_cast<unsigned>(h));
+    int64_t alive = 0;
+    for (auto& [weak, h] : hooks_) {
+      auto impl = weak.lock();
+      if (!impl) continue;
+      at::Tensor(std::move(impl)).remove_hook(static_cast<unsigned>(h));
+      ++alive;
+    }
     hooks_.clear();
-    return n;
+    return alive;
   }
 
  private:
@@ -500,7 +508,8 @@ class Capture {
   std::vector<bool> read_input_, dead_;
   std::vector<double> threshold_;
   at::Tensor stats_, hist_, meta_, grad_;
-  std::vector<std::pair<at::Tensor, int64_t>> hooks_;
+  using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  std::vector<std::pair<WeakTensor, int64_t>> hooks_;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -510,8 +519,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gradient_into", &gradient_into, "A gradient's mean and variance into a buffer row",
         nogil);
   m.def("weights_into", &weights_into, "Omega/tau sums of weight matrices into a buffer", nogil);
-  m.def("hook_gradient", &hook_gradient, "Gradient statistics from a C++ tensor hook");
-  m.def("remove_gradient_hook", &remove_gradient_hook, "Remove a hook of hook_gradient");
   m.def("set_max_threads", [](int64_t n) { g_max_threads = n; });
   pybind11::class_<Capture>(m, "Capture")
       .def(pybind11::init<double, double>())
@@ -519,5 +526,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("begin", &Capture::begin)
       .def("post", &Capture::post)
       .def("end", &Capture::end)
+      .def("hook", &Capture::hook)
       .def("remove_hooks", &Capture::remove_hooks);
 }
