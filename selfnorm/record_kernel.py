@@ -1,19 +1,21 @@
 r"""The fused CPU kernel behind :class:`~selfnorm.recording.ActivationRecorder`.
 
-One record of a network reduces every captured activation tensor (sum, squared deviations from
-the mean, min, max, zeros, saturated values, dead units, a signed histogram), every gradient
-(mean, variance) and every weight matrix (per-unit :math:`\omega = \sum_i w_i` and
-:math:`\tau = \sum_i w_i^2`, summed over units with their squares). With torch ops that is ~15
-passes and ~60 dispatched operations per record; the kernel in ``csrc/record_stats.cpp`` makes
-two vectorized passes per tensor plus one histogram pass, all tensors of a record in one call,
-spread over torch's intra-op threads. It is compiled on first use for the machine it runs on
+A record of a network reduces every activation tensor (sum, squared deviations from the mean,
+min, max, zeros, saturated values, dead units, a signed histogram), every gradient w.r.t. an
+activation's output (mean, variance) and every weight matrix (per-unit
+:math:`\omega = \sum_i w_i` and :math:`\tau = \sum_i w_i^2`, summed over units with their
+squares). With torch ops that is ~15 passes over each tensor and ~60 dispatched operations per
+record, plus a Python call per gradient in the backward pass. ``csrc/record_stats.cpp`` makes
+two vectorized passes per tensor, reduces each layer in its forward hook while the values are
+in the cache (``Capture``: one call from Python per layer), and takes the gradients in C++
+tensor hooks. It is compiled on first use for the machine it runs on
 (``torch.utils.cpp_extension``: needs a C++ compiler and ninja) and cached by torch under
 ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); where it cannot be built, the
 recorder uses torch ops, which compute the same statistics (tests compare both).
 
 Example:
     >>> kernel = load()  # None where no compiler is available
-    >>> kernel is None or callable(kernel.record_stats)
+    >>> kernel is None or callable(kernel.activations_into)
     True
 """
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,16 @@ class RunDir:
     def is_run_dir(self) -> bool:
         return self.config.exists()
 
-    def prepare(self, config: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    def prepare(
+        self,
+        config: dict[str, Any],
+        resume: bool,
+        overwrite: bool,
+        normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         """Create the folder, or check it for ``resume``, or clear it for ``overwrite``.
+        ``normalize`` maps the stored config before the comparison (e.g. fills in fields
+        added since it was written, with their defaults).
 
         Raises:
             ValueError: the folder exists and neither flag is given, or ``resume`` finds a
@@ -164,6 +173,8 @@ class RunDir:
                         "run directory; pass the directory of an earlier run"
                     )
                 stored = json.loads(self.config.read_text(encoding="utf-8"))
+                if normalize is not None:
+                    stored = normalize(stored)
                 if stored != config:
                     diff = _diff(stored, config)
                     raise ValueError(

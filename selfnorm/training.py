@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from selfnorm._io import atomic_write_json
 from selfnorm.activations import get_spec
 from selfnorm.audit import audit
-from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig
+from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import Dataset, load_dataset
 from selfnorm.models import build_cnn, build_mlp
 from selfnorm.recording import ActivationRecorder
@@ -378,7 +378,12 @@ def compare(
         ]
         for activation in config.activations
     }  # fmt: skip
-    run_dir.prepare(config.to_dict(), resume=resume, overwrite=overwrite)
+    run_dir.prepare(
+        config.to_dict(),
+        resume=resume,
+        overwrite=overwrite,
+        normalize=lambda d: experiment_from_dict(d).to_dict(),
+    )
     atomic_write_json(run_dir.root / "audit.json", findings)
     data = DeviceData.from_dataset(ds, device)
     results: dict[str, list[dict[str, Any]]] = {}

@@ -78,6 +78,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "every": args.record_every,
             "enabled": False if args.no_record else None,
             "tensorboard": True if args.tensorboard else None,
+            "backend": args.record_backend,
         },
         "activations": csv_list(args.activations) if args.activations else None,
         "seeds": _parse_seeds(args.seeds) if args.seeds is not None else None,
@@ -207,6 +208,13 @@ def register(sub) -> None:
         "at most 50)",
     )
     g.add_argument("--no-record", action="store_true", help="do not record activation statistics")
+    g.add_argument(
+        "--record-backend",
+        choices=["auto", "kernel", "torch"],
+        default=None,
+        help="how records are reduced: auto (default; the fused C++ kernel on the CPU where it "
+        "builds, else torch ops), kernel (require it) or torch",
+    )
     g.add_argument(
         "--tensorboard",
         action="store_true",

@@ -1,11 +1,15 @@
 // Fused per-record statistics for selfnorm.recording.ActivationRecorder (CPU, float32).
 //
-// One call reduces every captured activation tensor, every gradient and every weight matrix of
-// a record, spread over torch's intra-op threads (a shared task counter, so threads that finish
-// early take the next tensor). Each task writes only its own output slots and partial weight
-// sums are combined in task order afterwards, so the results do not depend on the number of
-// threads or on which thread ran what. Built on first use by selfnorm/record_kernel.py; the
-// torch-ops path in recording.py computes the same quantities and the tests compare the two.
+// Per activation tensor one pass computes sum, zeros, saturated values, min, max and the
+// histogram (bin indices of a block of values go through an L1-sized buffer), a second pass the
+// squared deviations from the mean (exact two-pass variance); dead units take a pass over the
+// units' maxima, only for the ReLU family. The tensors of one call are spread over torch's
+// intra-op threads; every task writes only its own output rows, and partial weight sums are added
+// in block order, so the results do not depend on the number of threads. Capture holds the
+// forward hooks of a recording pass (after the recorder's first pass), so a layer costs one call
+// from Python; gradient statistics come from C++ tensor hooks, with no Python in the backward
+// pass. Built on first use by selfnorm/record_kernel.py; recording.py's torch-ops path computes
+// the same quantities and the tests compare the two.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -290,10 +294,9 @@ void check_rows(const at::Tensor& out, int64_t rows, int64_t cols, at::ScalarTyp
 }
 
 // Run task(k) for k in [0, n): inline for one task, else over torch's intra-op threads.
-int64_t g_max_threads = 64;
 template <typename F>
 void run_tasks(int64_t n, const F& task) {
-  const int64_t threads = std::min<int64_t>(std::min<int64_t>(n, at::get_num_threads()), g_max_threads);
+  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
   if (threads <= 1 || at::in_parallel_region()) {
     for (int64_t k = 0; k < n; ++k) task(k);
     return;
@@ -339,14 +342,6 @@ void activations_into(const std::vector<at::Tensor>& xs, const std::vector<doubl
     pm[2 * rows[k]] = xs[k].numel();
     pm[2 * rows[k] + 1] = xs[k].dim() >= 2 ? xs[k].size(1) : xs[k].numel();
   }
-}
-
-// Mean and variance of g into row `row` of out (S, 2).
-void gradient_into(const at::Tensor& g, int64_t row, const at::Tensor& out) {
-  check_input(g, "gradients");
-  TORCH_CHECK(row >= 0, "row out of range");
-  check_rows(out, row + 1, 2, at::kDouble, "grad");
-  gradient_task(g, out.data_ptr<double>() + 2 * row);
 }
 
 // A hook on t (no Python in the backward pass): the mean and variance of the gradient w.r.t. t
@@ -516,10 +511,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("activations_into", &activations_into, "Activation statistics into rows of buffers",
         nogil);
-  m.def("gradient_into", &gradient_into, "A gradient's mean and variance into a buffer row",
-        nogil);
   m.def("weights_into", &weights_into, "Omega/tau sums of weight matrices into a buffer", nogil);
-  m.def("set_max_threads", [](int64_t n) { g_max_threads = n; });
   pybind11::class_<Capture>(m, "Capture")
       .def(pybind11::init<double, double>())
       .def("configure", &Capture::configure)
