@@ -1,0 +1,204 @@
+"""The fused C++ kernel of the recorder against the torch-ops path and statistics by hand."""
+
+import copy
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_recording import STAT_KEYS, Spy, batch, hand_hist, hand_stats, mixed_net, near_edges
+from torch import nn
+from torch.nn import functional as F
+
+from selfnorm import record_kernel
+from selfnorm.config import RecordConfig
+from selfnorm.recording import ActivationRecorder, activation_family
+from selfnorm.records import WEIGHT_KEYS
+
+needs_kernel = pytest.mark.skipif(
+    record_kernel.load() is None, reason=f"kernel unavailable: {record_kernel.unavailable_reason()}"
+)
+
+
+def test_the_kernel_builds_where_a_compiler_and_ninja_exist():
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or ninja on this machine")
+    assert record_kernel.load() is not None, record_kernel.unavailable_reason()
+    assert record_kernel.unavailable_reason() is None
+
+
+def train(net, backend, x, y, steps, every=1):
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    with ActivationRecorder(net, RecordConfig(every=every, backend=backend)) as rec:
+        for _ in range(steps):
+            rec.step()
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return rec.records(), rec
+
+
+@needs_kernel
+def test_kernel_and_torch_ops_give_the_same_records_over_training():
+    # steps after the first run through the C++ hooks (Capture), the first through the Python
+    # ones: both must agree with the independent torch-ops path, every family, every record
+    x, y = batch(n=96)
+    net = mixed_net(4)
+    twin = copy.deepcopy(net)
+    a, rec = train(net, "kernel", x, y, 4)
+    b, _ = train(twin, "torch", x, y, 4)
+    assert rec._fast_on  # the C++ forward hooks took over after the first pass
+    assert a.layers == b.layers and a.steps.tolist() == b.steps.tolist() == [0, 1, 2, 3]
+    for key in STAT_KEYS:
+        for kind in ("pre", "post"):
+            np.testing.assert_allclose(
+                getattr(a, kind)[key],
+                getattr(b, kind)[key],
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{kind} {key}",
+            )
+    np.testing.assert_allclose(a.grad_std, b.grad_std, rtol=1e-5)
+    for key in WEIGHT_KEYS:
+        np.testing.assert_allclose(a.weights[key], b.weights[key], rtol=1e-5, atol=1e-7)
+    for h1, h2 in ((a.hist_pre, b.hist_pre), (a.hist_post, b.hist_post)):
+        assert (h1.sum(-1) == h2.sum(-1)).all()
+        # float32 rounding may move a value lying on a bin edge: at most a handful here
+        assert np.abs(h1 - h2).sum() <= 4, np.abs(h1 - h2).sum()
+
+
+@needs_kernel
+def test_every_record_after_the_first_equals_statistics_by_hand():
+    x, y = batch(n=64)
+    net = mixed_net(2)
+    names = ["1", "3", "5", "7", "9", "11"]
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    seen = []
+    spy = Spy(net)
+    with ActivationRecorder(net, RecordConfig(every=1, backend="kernel")) as rec:
+        for _ in range(3):
+            rec.step()
+            loss = F.cross_entropy(net(x), y)
+            seen.append(({n: spy.pre[n] for n in names}, {n: spy.post[n] for n in names}))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        r = rec.records()
+    spy.remove()
+    for step, (pre, post) in enumerate(seen):
+        for i, name in enumerate(names):
+            module = net.get_submodule(name)
+            sat = -1.0507009873554805 * 1.6732632423543772 if r.family[i] == "selu" else None
+            for kind, got, hist, t in (
+                ("pre", r.pre, r.hist_pre, pre[name]),
+                ("post", r.post, r.hist_post, post[name]),
+            ):
+                want = hand_stats(t, activation_family(module), sat, post=kind == "post")
+                for key in STAT_KEYS:
+                    np.testing.assert_allclose(
+                        got[key][step, i], want[key], rtol=1e-5, atol=1e-6, err_msg=(step, key)
+                    )
+                assert np.abs(hist[step, i] - hand_hist(t)).sum() <= 2 * near_edges(t)
+
+
+@needs_kernel
+def test_records_do_not_depend_on_the_number_of_threads():
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(300, 300), nn.SELU(), nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4)
+    )
+    for m in net:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 1 / math.sqrt(m.in_features), generator=g)
+    x = torch.randn(128, 300, generator=g)
+    y = torch.randint(0, 4, (128,), generator=g)
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(train(copy.deepcopy(net), "kernel", x, y, 3)[0])
+    finally:
+        torch.set_num_threads(before)
+    a, b = out
+    for kind in ("pre", "post"):
+        for key in STAT_KEYS:
+            np.testing.assert_array_equal(getattr(a, kind)[key], getattr(b, kind)[key])
+    np.testing.assert_array_equal(a.hist_post, b.hist_post)
+    np.testing.assert_array_equal(a.grad_std, b.grad_std)
+    for key in WEIGHT_KEYS:
+        np.testing.assert_array_equal(a.weights[key], b.weights[key])
+
+
+class SneakyReLU(nn.ReLU):
+    """Overwrites its input although its ``inplace`` attribute says it does not."""
+
+    def forward(self, x):
+        return x.clamp_(min=0)
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_an_activation_that_edits_its_input_unannounced_is_still_measured_before(backend):
+    if backend == "kernel" and record_kernel.load() is None:
+        pytest.skip("kernel unavailable")
+    g = torch.Generator().manual_seed(1)
+    lin = nn.Linear(10, 20)
+    nn.init.normal_(lin.weight, generator=g)
+    net = nn.Sequential(lin, SneakyReLU(), nn.Linear(20, 2))
+    x = torch.randn(30, 10, generator=g)
+    y = torch.randint(0, 2, (30,), generator=g)
+    spy = Spy(net, types=(nn.ReLU,))  # its pre-hook runs first: a copy before the call
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    pres = []
+    with ActivationRecorder(net, RecordConfig(every=1, backend=backend)) as rec:
+        for _ in range(3):
+            rec.step()
+            loss = F.cross_entropy(net(x), y)
+            pres.append(spy.pre["1"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        r = rec.records()
+    spy.remove()
+    for step, pre in enumerate(pres):
+        want = hand_stats(pre, "relu", None, False)
+        assert want["min"] < 0  # what the activation received, not what it left
+        for key in STAT_KEYS:
+            np.testing.assert_allclose(r.pre[key][step, 0], want[key], rtol=1e-5, atol=1e-7)
+
+
+@needs_kernel
+def test_special_values_through_the_cpp_hooks():
+    special = torch.tensor(
+        [-4.0, -3.875, 0.0, -0.0, 3.875, 4.0, 4.5, -4.5, -1e30, 1e30]
+        + [math.inf, -math.inf, math.nan, 3.99999, -4.0000005]
+    ).view(1, -1)
+    net = nn.Sequential(nn.Hardtanh(-1e6, 1e6))
+    with ActivationRecorder(net, RecordConfig(every=1), record_eval=True) as rec:
+        for _ in range(3):  # the first pass through Python, the others through C++
+            rec.step()
+            net(special)
+        r = rec.records()
+    assert rec._fast_on
+    for step in range(3):
+        np.testing.assert_array_equal(r.hist_pre[step, 0], hand_hist(special))
+        assert np.isnan(r.pre["mean"][step, 0]) and np.isnan(r.pre["min"][step, 0])
+
+
+def test_backend_names_are_checked_and_kernel_requires_the_kernel(monkeypatch):
+    with pytest.raises(ValueError, match="auto, kernel, torch"):
+        RecordConfig(backend="gpu")
+    monkeypatch.setattr(record_kernel, "load", lambda: None)
+    monkeypatch.setattr(record_kernel, "unavailable_reason", lambda: "no compiler here")
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with pytest.raises(RuntimeError, match="no compiler here.*backend='auto'"):
+        ActivationRecorder(net, RecordConfig(backend="kernel"))
+    # auto falls back to torch ops: the same numbers
+    x, y = batch(n=32)
+    a, rec = train(mixed_net(5), "auto", x, y, 2)
+    assert rec._kernel is None
+    b, _ = train(mixed_net(5), "torch", x, y, 2)
+    for key in STAT_KEYS:
+        np.testing.assert_array_equal(a.post[key], b.post[key])
