@@ -20,13 +20,18 @@ and the weights of every Linear/Conv layer. Per layer and record:
   :math:`\omega = \sum_i w_i` and :math:`\tau = \sum_i w_i^2` (the quantities of the SELU theory).
 
 Cost: hooks are registered only for the forward pass of a recording step (every
-``RecordConfig.every`` steps) and removed right after it, so other steps run without hooks. The
-hooks copy each tensor into a reused buffer (so in-place activations and later in-place edits
-cannot change what is measured), and all layers of one shape are reduced together, on the
-tensors' device, with a fixed number of operations. Nothing is read back to the host until
-:meth:`ActivationRecorder.flush`, which makes one transfer for all records taken since the last
-flush and hands plain arrays (:class:`~selfnorm.records.Records`) to the sinks
-(:mod:`selfnorm.sinks`).
+``RecordConfig.every`` steps) and removed right after it, so other steps run without hooks. On
+the CPU (float32), the fused C++ kernel of :mod:`selfnorm.record_kernel` reduces each layer's
+input and output in the layer's forward hook, without copies, while the values are in the cache;
+gradients come from C++ tensor hooks; after the first recorded pass the forward hooks run in C++
+too (one call per layer). The first pass also learns which activations change their input in
+place: their input is read by a pre-hook, before the call. Elsewhere (CUDA, float64, a kernel
+that cannot be built, ``backend="torch"``) the hooks keep the tensors (copies where the model
+edits them in place, checked by version counters) and all layers of one shape are reduced
+together at the end of the pass, on the tensors' device, with a fixed number of torch
+operations; nothing is read back to the host until :meth:`ActivationRecorder.flush`, which makes
+one transfer for all records taken since the last flush. Either way the records go to the sinks
+(:mod:`selfnorm.sinks`) as plain arrays (:class:`~selfnorm.records.Records`) at the flush.
 """
 
 from __future__ import annotations

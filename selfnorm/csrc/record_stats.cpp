@@ -131,9 +131,9 @@ FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, in
   return r;
 }
 
-// Sum of (x - mean)^2: the second of two passes, accurate whatever the mean.
-double squared_deviations(const float* x, int64_t n, double mean) {
-  const float m = static_cast<float>(mean);
+// Sum of term(x[i]): lane-wise float partial sums over blocks of kBlock values, then double.
+template <typename F>
+double lane_sum(const float* x, int64_t n, const F& term) {
   alignas(64) float acc[kLanes] = {};
   double s = 0.0;
   const int64_t full = n - n % kLanes;
@@ -141,10 +141,7 @@ double squared_deviations(const float* x, int64_t n, double mean) {
     const int64_t end = std::min(full, i + kBlock);
     for (; i < end; i += kLanes) {
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        const float d = x[i + j] - m;
-        acc[j] += d * d;
-      }
+      for (int j = 0; j < kLanes; ++j) acc[j] += term(x[i + j]);
     }
     float part = 0.f;
     for (int j = 0; j < kLanes; ++j) {
@@ -153,33 +150,21 @@ double squared_deviations(const float* x, int64_t n, double mean) {
     }
     s += part;
   }
-  for (int64_t i = full; i < n; ++i) {
-    const double d = x[i] - mean;
-    s += d * d;
-  }
+  for (int64_t i = full; i < n; ++i) s += term(x[i]);
   return s;
 }
 
-// Plain sum, lane-wise like first_pass.
+// Sum of (x - mean)^2: the second of two passes, accurate whatever the mean.
+double squared_deviations(const float* x, int64_t n, double mean) {
+  const float m = static_cast<float>(mean);
+  return lane_sum(x, n, [m](float v) {
+    const float d = v - m;
+    return d * d;
+  });
+}
+
 double plain_sum(const float* x, int64_t n) {
-  alignas(64) float acc[kLanes] = {};
-  double s = 0.0;
-  const int64_t full = n - n % kLanes;
-  for (int64_t i = 0; i < full;) {
-    const int64_t end = std::min(full, i + kBlock);
-    for (; i < end; i += kLanes) {
-#pragma omp simd
-      for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
-    }
-    float part = 0.f;
-    for (int j = 0; j < kLanes; ++j) {
-      part += acc[j];
-      acc[j] = 0.f;
-    }
-    s += part;
-  }
-  for (int64_t i = full; i < n; ++i) s += x[i];
-  return s;
+  return lane_sum(x, n, [](float v) { return v; });
 }
 
 // Units (dim 1) whose maximum over the batch (dim 0) and the rest (dims 2...) is <= 0.
