@@ -21,12 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -82,6 +84,25 @@ def unavailable_reason() -> str | None:
     return _state["reason"]  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch runs ``ninja`` from ``PATH``; the ``ninja`` package (a dependency) may sit in a
+    virtual environment that is not activated: put its folder first while building."""
+    try:
+        import ninja
+
+        folder = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        yield
+        return
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = folder + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
 def _build() -> tuple[ModuleType | None, str | None]:
     if sys.platform == "win32":
         return None, "the fused kernel is built with GCC/Clang flags; not on Windows"
@@ -98,7 +119,7 @@ def _build() -> tuple[ModuleType | None, str | None]:
                 file=sys.stderr,
                 flush=True,
             )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _ninja_on_path():
             # e.g. a compiler-version notice from torch: not the user's concern here
             warnings.simplefilter("ignore")
             module = cpp_extension.load(
