@@ -190,6 +190,10 @@ class _Kernel:
     meta: torch.Tensor  # (R, 2) numel, units (0: row not written)
     grad: torch.Tensor  # (S, 2) mean, var (NaN: not written)
     weights: torch.Tensor | None = None  # (W, 4) sums over units of ω, ω², τ, τ²
+    # the block of records the buffers are views of (stats, hist, meta, grad, weights), and
+    # this record's index in it; None once the buffers were replaced (grown)
+    block: tuple[torch.Tensor, ...] | None = None
+    index: int = 0
 
 
 @dataclass
@@ -593,16 +597,18 @@ class ActivationRecorder:
         once), and its weight statistics (the weights do not change until the optimizer step,
         after the backward pass)."""
         rows = 2 * max(len(self._slot_names), len(self._acts))
-        if not self._pool or self._pool[0][0].shape[0] != rows:
+        if not self._pool or len(self._pool[-1][2]) != rows:
             n, nb = _POOL_RECORDS, self.config.bins + 2
             stats = torch.full((n, rows, _N_STATS), math.nan, dtype=torch.float64)
             hist = torch.zeros((n, rows, nb), dtype=torch.int64)
             meta = torch.zeros((n, rows, 2), dtype=torch.int64)
             grad = torch.full((n, rows // 2, 2), math.nan, dtype=torch.float64)
             weights = torch.empty((n, len(self._weights), 4), dtype=torch.float64)
-            self._pool = list(zip(stats, hist, meta, grad, weights, strict=True))[::-1]
-        stats, hist, meta, grad, weights = self._pool.pop()
-        part = _Kernel(stats=stats, hist=hist, meta=meta, grad=grad)
+            block = (stats, hist, meta, grad, weights)
+            views = zip(stats, hist, meta, grad, weights, strict=True)
+            self._pool = [(block, k, *v) for k, v in enumerate(views)][::-1]
+        block, index, stats, hist, meta, grad, weights = self._pool.pop()
+        part = _Kernel(stats=stats, hist=hist, meta=meta, grad=grad, block=block, index=index)
         views = self._kernel_weights()
         if views is not None:
             part.weights = weights
@@ -618,6 +624,7 @@ class ActivationRecorder:
             part.stats = torch.cat([part.stats, part.stats.new_full((more, _N_STATS), math.nan)])
             part.hist = torch.cat([part.hist, part.hist.new_zeros((more, part.hist.shape[1]))])
             part.meta = torch.cat([part.meta, part.meta.new_zeros((more, 2))])
+            part.block = None
         dense = [t if t.is_contiguous() else t.contiguous() for t in tensors]
         self._kernel.activations_into(
             dense, thr, dead, rows, part.stats, part.hist, part.meta, self._scale, self._shift
@@ -954,34 +961,40 @@ class ActivationRecorder:
                 b += 4 * nw
         assert (a, b, c) == (len(f32), len(f64), len(i64))
 
-        # the kernel's buffers, all records with buffers of one size at once; row r is slot
-        # r // 2, pre (even) or post (odd); a row the pass did not write has numel 0
-        by_rows: dict[int, list[int]] = {}
+        # the kernel's buffers: all records of one block of buffers at once (those grown in a
+        # first pass one by one); row r is slot r // 2, pre (even) or post (odd); a row the
+        # pass did not write has numel 0
+        groups: dict[int, list[int]] = {}
         for k, p in enumerate(pending):
-            if p.kernel is not None:
-                by_rows.setdefault(len(p.kernel.stats), []).append(k)
-        for rows, ks in by_rows.items():
+            q = p.kernel
+            if q is not None:
+                groups.setdefault(id(q.block) if q.block is not None else -1 - k, []).append(k)
+        for ks in groups.values():
             parts = [pending[k].kernel for k in ks]
-            r2 = min(rows, 2 * nl)
-            n2 = r2 // 2
-
-            def take(name: str, parts=parts, r2=r2, n2=n2) -> np.ndarray:
-                t = torch.stack([getattr(q, name)[:r2] for q in parts]).numpy()
-                return t.reshape(len(parts), n2, 2, -1).transpose(2, 0, 1, 3)  # (kind, K, slot, .)
-
-            meta = take("meta")
+            block = parts[0].block
+            index = [q.index for q in parts]
+            names = ("stats", "hist", "meta", "grad", "weights")
+            if block is not None:
+                arrays = {n: t[index].numpy() for n, t in zip(names, block, strict=True)}
+            else:
+                arrays = {n: getattr(parts[0], n)[None].numpy() for n in names[:4]}
+                if parts[0].weights is not None:
+                    arrays["weights"] = parts[0].weights[None].numpy()
+            rows = arrays["stats"].shape[1]
+            n2 = min(rows, 2 * nl) // 2
+            meta = _by_kind(arrays["meta"], n2)
             got = meta[..., 0] > 0
             sel = (slice(None), ks, slice(0, n2))
-            stats[sel] = np.where(got[..., None], take("stats"), stats[sel])
-            hist[sel] = np.where(got[..., None], take("hist"), hist[sel])
+            stats[sel] = np.where(got[..., None], _by_kind(arrays["stats"], n2), stats[sel])
+            hist[sel] = np.where(got[..., None], _by_kind(arrays["hist"], n2), hist[sel])
             numel[sel] = np.where(got, meta[..., 0], numel[sel])
             units[sel] = np.where(got, meta[..., 1], units[sel])
-            gn = min(n2, *(len(q.grad) for q in parts))  # the first pass may have grown rows
-            g = torch.stack([q.grad[:gn, 1] for q in parts]).numpy()
+            g = arrays["grad"][:, :n2, 1]  # the first pass may have grown rows, not grad
+            gn = g.shape[1]
             grad_var[ks, :gn] = np.where(np.isnan(g), grad_var[ks, :gn], g)
             with_w = [j for j, q in enumerate(parts) if q.weights is not None]
             if with_w:
-                w = torch.stack([parts[j].weights for j in with_w]).numpy()
+                w = arrays["weights"][with_w]
                 wsum[[ks[j] for j in with_w]] = w.transpose(0, 2, 1)  # Σω, Σω², Στ, Στ²
 
         family = tuple(self._slot_family)
@@ -1034,6 +1047,12 @@ class ActivationRecorder:
 _NONE32 = torch.zeros(0, dtype=torch.float32)
 _NONE64 = torch.zeros(0, dtype=torch.float64)
 _NONE64I = torch.zeros(0, dtype=torch.int64)
+
+
+def _by_kind(rows: np.ndarray, slots: int) -> np.ndarray:
+    """Kernel buffer rows ``(K, R, ...)`` (row ``2 * slot + kind``) as ``(kind, K, slot, ...)``."""
+    t = rows[:, : 2 * slots]
+    return t.reshape(len(t), slots, 2, -1).transpose(2, 0, 1, 3)
 
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype | None) -> torch.Tensor:
