@@ -187,6 +187,37 @@ def test_special_values_through_the_cpp_hooks():
         assert np.isnan(r.pre["mean"][step, 0]) and np.isnan(r.pre["min"][step, 0])
 
 
+@needs_kernel
+@pytest.mark.parametrize("bins", [1, 3, 64, 94, 95, 200])
+@pytest.mark.parametrize("n", [1, 2, 7, 4097, 3 * 2**17 + 5])
+def test_histogram_counts_exactly_for_any_size_and_bin_count(bins, n):
+    # values built from known bins (jittered around bin centres, far from the edges), plus
+    # under- and overflow and NaN: the counts must equal the construction exactly, whether the
+    # kernel counts pairs of values (bins + 2 <= 96; odd sizes and sizes beyond one drain of the
+    # pair tables included) or single values (more bins)
+    rng = np.random.default_rng(bins * 1000 + n)
+    lo, hi = -3.0, 5.0
+    width = (hi - lo) / bins
+    k = rng.integers(-1, bins + 1, size=n)  # -1: underflow, bins: overflow
+    k[rng.random(n) < 0.3] = rng.integers(-1, bins + 1)  # a run of one bin (ReLU's zeros)
+    v = lo + (k + 0.5 + rng.uniform(-0.3, 0.3, size=n)) * width
+    v[k == -1] = lo - rng.uniform(1e-3, 10.0, size=int((k == -1).sum()))
+    v[k == bins] = hi + rng.uniform(0.0, 10.0, size=int((k == bins).sum()))
+    nan = rng.random(n) < 0.01
+    v[nan] = np.nan
+    want = np.bincount(np.where(nan, bins + 1, k + 1), minlength=bins + 2)
+    x = torch.from_numpy(v.astype(np.float32))
+    stats = torch.full((1, 7), math.nan, dtype=torch.float64)
+    hist = torch.full((1, bins + 2), -1, dtype=torch.int64)
+    meta = torch.zeros((1, 2), dtype=torch.int64)
+    scale = bins / (hi - lo)
+    record_kernel.load().activations_into(
+        [x], [-math.inf], [False], [0], stats, hist, meta, scale, 1.0 - lo * scale
+    )
+    np.testing.assert_array_equal(hist[0].numpy(), want)
+    assert meta[0].tolist() == [n, n]
+
+
 def test_backend_names_are_checked_and_kernel_requires_the_kernel(monkeypatch):
     with pytest.raises(ValueError, match="auto, kernel, torch"):
         RecordConfig(backend="gpu")

@@ -1,9 +1,10 @@
 // Fused per-record statistics for selfnorm.recording.ActivationRecorder (CPU, float32).
 //
 // Per activation tensor one pass computes sum, zeros, saturated values, min, max and the
-// histogram (bin indices of a block of values go through an L1-sized buffer), a second pass the
-// squared deviations from the mean (exact two-pass variance); dead units take a pass over the
-// units' maxima, only for the ReLU family. The tensors of one call are spread over torch's
+// histogram (bin indices of a block of values go through an L1-sized buffer and are counted by
+// pairs of values where the bins are few), a second pass the squared deviations from the mean
+// (exact two-pass variance); dead units take a pass over the units' maxima, only for the ReLU
+// family. The tensors of one call are spread over torch's
 // intra-op threads; every task writes only its own output rows, and partial weight sums are added
 // in block order, so the results do not depend on the number of threads. Capture holds the
 // forward hooks of a recording pass (after the recorder's first pass), so a layer costs one call
@@ -35,8 +36,16 @@ struct Binning {
 struct Scratch {
   std::vector<float> unit_max;
   alignas(64) int32_t index[kBlock];  // bin indices of one block
-  std::vector<int64_t> counts;        // four interleaved sub-histograms
+  std::vector<int64_t> counts;        // four interleaved sub-histograms (many bins)
+  std::vector<uint16_t> pairs;        // two (bins, bins) tables of pair counts (few bins)
 };
+
+// Pairs of values are counted in (bins, bins) tables up to this many bins (+ 2): two tables of
+// uint16 cells stay in a 48 KB L1 cache; more bins count values one by one.
+constexpr int64_t kPairBins = 96;
+// Values between two drains of the pair tables: a cell counts at most one pair in four of
+// them (< 2^16).
+constexpr int64_t kChunk = int64_t{1} << 17;
 
 constexpr int kLanes = 32;  // independent accumulators: the adds do not wait on each other
 
@@ -72,13 +81,54 @@ inline void count_block(const int32_t* index, int64_t n, int64_t bins, int64_t* 
   for (; i < n; ++i) ++c0[index[i]];
 }
 
-// One pass: sum, #zeros, #(x <= thr) (kSat), min, max, and the histogram (counts: four
-// sub-histograms, zeroed by the caller). Blocks of kBlock values: lane-wise float partial sums
-// then double; the bin indices of a block go through a small buffer (index, kBlock entries)
-// that stays in the L1 cache.
-template <bool kSat>
+// Count a block's bin indices by pairs: values 2k and 2k + 1 add one to cell
+// (bin(x[2k]), bin(x[2k+1])) of a (bins, bins) table, alternating between two tables so that
+// consecutive increments rarely wait on each other. A count costs a load and a store whatever
+// it counts: pairs halve them, and the pair indices are formed in a vectorized pass over the
+// index buffer (overwriting its first half). An odd last value goes straight to counts.
+inline void count_pairs(int32_t* index, int64_t n, int64_t bins, uint16_t* t0, uint16_t* t1,
+                        int64_t* counts) {
+  const int64_t pairs = n / 2;
+  const int32_t stride = static_cast<int32_t>(bins);
+#pragma omp simd
+  for (int64_t k = 0; k < pairs; ++k) index[k] = index[2 * k] * stride + index[2 * k + 1];
+  int64_t k = 0;
+  for (; k + 2 <= pairs; k += 2) {
+    ++t0[index[k]];
+    ++t1[index[k + 1]];
+  }
+  if (k < pairs) ++t0[index[k]];
+  if (n % 2) ++counts[index[n - 1]];
+}
+
+// Add both pair tables' marginals to counts (row a: pairs whose first value is in bin a;
+// column b: pairs whose second value is in bin b) and zero the tables.
+void drain_pairs(uint16_t* tables, int64_t bins, int64_t* counts) {
+  const int64_t cells = bins * bins;
+  int64_t col[kPairBins] = {};
+  for (int64_t a = 0; a < bins; ++a) {
+    const uint16_t* r0 = tables + a * bins;
+    const uint16_t* r1 = r0 + cells;
+    int64_t row = 0;
+    for (int64_t b = 0; b < bins; ++b) {
+      const int64_t v = int64_t{r0[b]} + r1[b];
+      row += v;
+      col[b] += v;
+    }
+    counts[a] += row;
+  }
+  for (int64_t b = 0; b < bins; ++b) counts[b] += col[b];
+  std::fill(tables, tables + 2 * cells, uint16_t{0});
+}
+
+// One pass: sum, #zeros, #(x <= thr) (kSat), min, max, and the histogram. Blocks of kBlock
+// values: lane-wise float partial sums then double; the bin indices of a block go through a
+// small buffer (index, kBlock entries) that stays in the L1 cache, then are counted by pairs
+// (kPairs: into the two zeroed tables, drained into counts, the zeroed histogram) or one by one
+// (into counts: four zeroed sub-histograms).
+template <bool kSat, bool kPairs>
 FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, int32_t* index,
-                     int64_t* counts) {
+                     uint16_t* tables, int64_t* counts) {
   const float top = static_cast<float>(bn.bins - 1);
   alignas(64) float sum[kLanes], lo[kLanes], hi[kLanes];
   alignas(64) int32_t zeros[kLanes], sat[kLanes];
@@ -120,7 +170,12 @@ FirstPass first_pass(const float* x, int64_t n, float thr, const Binning& bn, in
       r.mx = std::max(r.mx, v);
       index[i] = bin_index(v, bn, top);
     }
-    count_block(index, m, bn.bins, counts);
+    if (kPairs) {
+      count_pairs(index, m, bn.bins, tables, tables + bn.bins * bn.bins, counts);
+      if ((b + m) % kChunk == 0 || b + m == n) drain_pairs(tables, bn.bins, counts);
+    } else {
+      count_block(index, m, bn.bins, counts);
+    }
   }
   for (int j = 0; j < kLanes; ++j) {
     r.zeros += zeros[j];
@@ -200,10 +255,22 @@ void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& b
   const int64_t units = t.dim() >= 2 ? t.size(1) : n;
   const int64_t inner = n / std::max<int64_t>(lead * units, 1);
   if (static_cast<int64_t>(s.unit_max.size()) < units) s.unit_max.resize(units);
-  s.counts.assign(4 * bn.bins, 0);
   const bool with_sat = thr > -std::numeric_limits<float>::infinity();
-  const FirstPass r = with_sat ? first_pass<true>(x, n, thr, bn, s.index, s.counts.data())
-                               : first_pass<false>(x, n, thr, bn, s.index, s.counts.data());
+  const bool by_pairs = bn.bins <= kPairBins;
+  FirstPass r;
+  if (by_pairs) {
+    if (static_cast<int64_t>(s.pairs.size()) != 2 * bn.bins * bn.bins)
+      s.pairs.assign(2 * bn.bins * bn.bins, 0);  // stays zeroed: drain_pairs clears the tables
+    std::fill(hist, hist + bn.bins, int64_t{0});
+    uint16_t* t = s.pairs.data();
+    r = with_sat ? first_pass<true, true>(x, n, thr, bn, s.index, t, hist)
+                 : first_pass<false, true>(x, n, thr, bn, s.index, t, hist);
+  } else {
+    s.counts.assign(4 * bn.bins, 0);
+    int64_t* c = s.counts.data();
+    r = with_sat ? first_pass<true, false>(x, n, thr, bn, s.index, nullptr, c)
+                 : first_pass<false, false>(x, n, thr, bn, s.index, nullptr, c);
+  }
   const double mean = r.sum / static_cast<double>(n);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   // NaN never wins a std::min/max: like torch.amin/amax, a NaN anywhere makes them NaN
@@ -216,9 +283,12 @@ void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& b
   stats[4] = static_cast<double>(r.zeros);
   stats[5] = static_cast<double>(r.sat);
   stats[6] = dead ? static_cast<double>(dead_units(x, lead, units, inner, s.unit_max.data())) : nan;
-  const int64_t* c = s.counts.data();
-  const int64_t bins = bn.bins;
-  for (int64_t k = 0; k < bins; ++k) hist[k] = c[k] + c[bins + k] + c[2 * bins + k] + c[3 * bins + k];
+  if (!by_pairs) {
+    const int64_t* c = s.counts.data();
+    const int64_t bins = bn.bins;
+    for (int64_t k = 0; k < bins; ++k)
+      hist[k] = c[k] + c[bins + k] + c[2 * bins + k] + c[3 * bins + k];
+  }
 }
 
 void gradient_task(const at::Tensor& g, double* out) {
