@@ -180,7 +180,7 @@ class _GroupPlan:
     shift: torch.Tensor  # 0-dim: 1 - low * bins / (high - low)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Kernel:
     """One record's statistics from the fused kernel: CPU buffers the hooks fill (row
     ``2 * slot + (0 pre | 1 post)`` of ``stats``/``hist``, row ``slot`` of ``grad``)."""
@@ -189,7 +189,8 @@ class _Kernel:
     hist: torch.Tensor  # (R, bins + 2)
     meta: torch.Tensor  # (R, 2) numel, units (0: row not written)
     grad: torch.Tensor  # (S, 2) mean, var (NaN: not written)
-    weights: torch.Tensor | None = None  # (W, 4) sums over units of ω, ω², τ, τ²
+    weights: torch.Tensor | None  # (W, 4) sums over units of ω, ω², τ, τ² (None: not taken)
+    weight_row: torch.Tensor  # the buffer for them
     # the block of records the buffers are views of (stats, hist, meta, grad, weights), and
     # this record's index in it; None once the buffers were replaced (grown)
     block: tuple[torch.Tensor, ...] | None = None
@@ -208,6 +209,7 @@ class _Pending:
     f64: torch.Tensor  # per group #zeros, #saturated; then the weight sums (torch path)
     i64: torch.Tensor  # per group #dead units, histogram counts
     kernel: _Kernel | None = None
+    kernel_only: bool = False  # the kernel did all of it (weights included): no torch part
 
 
 class ActivationRecorder:
@@ -320,6 +322,8 @@ class ActivationRecorder:
         if self._kernel is not None:
             self._fast = self._kernel.Capture(self._scale, self._shift)
         self._fast_on = False
+        self._fast_slots: list[int] = []
+        self._fast_views: list[torch.Tensor] | None = None  # weight views the C++ side has
         if self.config.backend == "kernel" and self._kernel is None:
             reason = record_kernel.unavailable_reason() if _on_cpu(model) else "model not on CPU"
             raise RuntimeError(
@@ -448,9 +452,14 @@ class ActivationRecorder:
         # the first pass hooks every activation before and after, and learns which change
         # their input in place; later passes read the input of the others after the call
         self._pre_hooked = [not self._frozen or inplace for inplace in self._inplace]
-        for (m, pre, post), hooked in zip(self._hooks, self._pre_hooked, strict=True):
+        for i, ((m, pre, post), hooked) in enumerate(
+            zip(self._hooks, self._pre_hooked, strict=True)
+        ):
             if hooked:
                 hs.append(m.register_forward_pre_hook(pre))
+            if self._fast_on and self._fast_slots[i] >= 0:
+                # C++ straight from torch's hook call; the Python hook where it declines
+                post = self._fast.forward_hook(i, post)
             hs.append(m.register_forward_hook(post))
         hs.append(self.model.register_forward_hook(self._on_root_post))
 
@@ -474,10 +483,18 @@ class ActivationRecorder:
         self._current.clear()
         self._cap.clear()
         self._held.clear()
-        self._kpart = self._new_part() if self._kernel is not None else None
-        if self._fast_on:
-            p = self._kpart
-            self._fast.begin(p.stats, p.hist, p.meta, p.grad)
+        if self._kernel is None:
+            self._kpart = None
+            return
+        self._kpart = p = self._new_part()
+        if self._fast_on:  # the weights' sums too, in the same call
+            weights = self._fast_weights(p)
+            self._fast.begin(p.stats, p.hist, p.meta, p.grad, weights)
+        else:
+            views = self._kernel_weights()
+            if views is not None:
+                p.weights = p.weight_row
+                self._kernel.weights_into(views, p.weights)
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -592,10 +609,22 @@ class ActivationRecorder:
         g = grad.detach()
         self._capture(self._grad_cap, g, slot, self._first_grads or slot in self._copy_grads)
 
+    def _fast_weights(self, part: _Kernel) -> torch.Tensor | None:
+        """The weight row of ``part`` for :meth:`Capture.begin` (the weights do not change until
+        the optimizer step, after the backward pass), or ``None`` where the weights are not all
+        float32 on the CPU; gives the C++ side the current weight views when they changed."""
+        views = self._kernel_weights()
+        if views is not self._fast_views:
+            self._fast.set_weights(views if views is not None else [])
+            self._fast_views = views
+        if views is None:
+            return None
+        part.weights = part.weight_row
+        return part.weights
+
     def _new_part(self) -> _Kernel:
-        """A record's buffers for the kernel (views into blocks allocated for many records at
-        once), and its weight statistics (the weights do not change until the optimizer step,
-        after the backward pass)."""
+        """A record's buffers for the kernel: views into blocks allocated for many records at
+        once."""
         rows = 2 * max(len(self._slot_names), len(self._acts))
         if not self._pool or len(self._pool[-1][2]) != rows:
             n, nb = _POOL_RECORDS, self.config.bins + 2
@@ -608,12 +637,7 @@ class ActivationRecorder:
             views = zip(stats, hist, meta, grad, weights, strict=True)
             self._pool = [(block, k, *v) for k, v in enumerate(views)][::-1]
         block, index, stats, hist, meta, grad, weights = self._pool.pop()
-        part = _Kernel(stats=stats, hist=hist, meta=meta, grad=grad, block=block, index=index)
-        views = self._kernel_weights()
-        if views is not None:
-            part.weights = weights
-            self._kernel.weights_into(views, weights)
-        return part
+        return _Kernel(stats, hist, meta, grad, None, weights, block, index)
 
     def _reduce_now(self, rows: list[int], tensors: list[torch.Tensor], thr: list, dead: list):
         """Statistics of ``tensors`` into rows ``rows`` of the record's buffers, now: no copy,
@@ -687,6 +711,7 @@ class ActivationRecorder:
                 thr[i], dead[i] = self._row_args[slot][1][1], self._row_args[slot][2][1]
         # an in-place activation's input is read by its pre-hook, before the call
         self._fast.configure(once, [not inplace for inplace in self._inplace], thr, dead)
+        self._fast_slots = once
         self._fast_on = True
 
     def _kernel_weights(self) -> list[torch.Tensor] | None:
@@ -863,7 +888,7 @@ class ActivationRecorder:
         if self._fast is not None:
             self._fast.remove_hooks()
         if kern is not None and not (self._grad_cap or f32 or f64 or i64):  # all in the kernel
-            self._pending.append(_Pending(step, [], [], _NONE32, _NONE64, _NONE64I, kern))
+            self._pending.append(_Pending(step, [], [], _NONE32, _NONE64, _NONE64I, kern, True))
             return
         if self._grad_cap:
             self._first_grads = False
@@ -902,7 +927,8 @@ class ActivationRecorder:
         pending, self._pending = self._pending, []
         if not pending:
             return Records.empty()
-        sections = [_cat([getattr(p, k) for p in pending], None) for k in ("f32", "f64", "i64")]
+        torch_part = [p for p in pending if not p.kernel_only]
+        sections = [_cat([getattr(p, k) for p in torch_part], None) for k in ("f32", "f64", "i64")]
         sizes = [len(t) for t in sections]
         host = _cat([t.double() for t in sections], None).cpu().numpy()  # the one transfer
         f32, f64, i64 = np.split(host, np.cumsum(sizes)[:2])
@@ -936,6 +962,8 @@ class ActivationRecorder:
         wsum = np.zeros((s, 4, nw))
         a = b = c = 0  # read positions in f32, f64, i64
         for k, p in enumerate(pending):
+            if p.kernel_only:
+                continue
             for plan in p.groups:
                 n = len(plan.ids)
                 head = np.empty((n, _N_STATS))
@@ -975,7 +1003,7 @@ class ActivationRecorder:
             index = [q.index for q in parts]
             names = ("stats", "hist", "meta", "grad", "weights")
             if block is not None:
-                arrays = {n: t[index].numpy() for n, t in zip(names, block, strict=True)}
+                arrays = {n: t.numpy()[index] for n, t in zip(names, block, strict=True)}
             else:
                 arrays = {n: getattr(parts[0], n)[None].numpy() for n in names[:4]}
                 if parts[0].weights is not None:
@@ -984,11 +1012,18 @@ class ActivationRecorder:
             n2 = min(rows, 2 * nl) // 2
             meta = _by_kind(arrays["meta"], n2)
             got = meta[..., 0] > 0
-            sel = (slice(None), ks, slice(0, n2))
-            stats[sel] = np.where(got[..., None], _by_kind(arrays["stats"], n2), stats[sel])
-            hist[sel] = np.where(got[..., None], _by_kind(arrays["hist"], n2), hist[sel])
-            numel[sel] = np.where(got, meta[..., 0], numel[sel])
-            units[sel] = np.where(got, meta[..., 1], units[sel])
+            # consecutive records (the usual case) as a slice: a view, not a gather and scatter
+            kidx = slice(ks[0], ks[-1] + 1) if ks[-1] - ks[0] == len(ks) - 1 else ks
+            sel = (slice(None), kidx, slice(0, n2))
+            if got.all():  # every row written (the usual case): no merge
+                stats[sel] = _by_kind(arrays["stats"], n2)
+                hist[sel] = _by_kind(arrays["hist"], n2)
+                numel[sel], units[sel] = meta[..., 0], meta[..., 1]
+            else:
+                stats[sel] = np.where(got[..., None], _by_kind(arrays["stats"], n2), stats[sel])
+                hist[sel] = np.where(got[..., None], _by_kind(arrays["hist"], n2), hist[sel])
+                numel[sel] = np.where(got, meta[..., 0], numel[sel])
+                units[sel] = np.where(got, meta[..., 1], units[sel])
             g = arrays["grad"][:, :n2, 1]  # the first pass may have grown rows, not grad
             gn = g.shape[1]
             grad_var[ks, :gn] = np.where(np.isnan(g), grad_var[ks, :gn], g)

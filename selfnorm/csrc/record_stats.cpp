@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -419,11 +420,15 @@ int64_t hook_gradient(const at::Tensor& t, const at::Tensor& out, int64_t row) {
 // Sums over units of omega, omega^2, tau, tau^2 of each (units, fan) weight into out (W, 4),
 // in blocks of about 64k values over torch's threads, added up in block order (the same sums
 // for any number of threads).
-void weights_into(const std::vector<at::Tensor>& weights, const at::Tensor& out) {
+void check_weights(const std::vector<at::Tensor>& weights) {
   for (const auto& t : weights) {
     check_input(t, "weights");
     TORCH_CHECK(t.dim() == 2, "weights must be 2-D (units, fan), got ", t.dim(), "-D");
   }
+}
+
+void weights_into(const std::vector<at::Tensor>& weights, const at::Tensor& out) {
+  check_weights(weights);
   check_rows(out, weights.size(), 4, at::kDouble, "weights");
   struct Block {
     int64_t layer, r0, r1;
@@ -470,8 +475,17 @@ class Capture {
     dead_ = std::move(dead);
   }
 
-  // Start a pass: stats (R, 7), hist (R, bins + 2), meta (R, 2) [numel, units], grad (S, 2).
-  void begin(at::Tensor stats, at::Tensor hist, at::Tensor meta, at::Tensor grad) {
+  // The weight matrices of the model as (units, fan) float32 views (see weights_into), read at
+  // the start of every pass that begin() gives an output for.
+  void set_weights(std::vector<at::Tensor> weights) {
+    check_weights(weights);
+    weights_ = std::move(weights);
+  }
+
+  // Start a pass: stats (R, 7), hist (R, bins + 2), meta (R, 2) [numel, units], grad (S, 2);
+  // where `weights` is given, the sums of set_weights' matrices go there now (weights_into).
+  void begin(at::Tensor stats, at::Tensor hist, at::Tensor meta, at::Tensor grad,
+             std::optional<at::Tensor> weights) {
     check_rows(stats, 0, kStats, at::kDouble, "stats");
     check_rows(hist, 0, -1, at::kLong, "hist");
     check_rows(meta, stats.size(0), 2, at::kLong, "meta");
@@ -480,6 +494,10 @@ class Capture {
     hist_ = std::move(hist);
     meta_ = std::move(meta);
     grad_ = std::move(grad);
+    if (weights.has_value() && !weights_.empty()) {
+      pybind11::gil_scoped_release nogil;
+      weights_into(weights_, *weights);
+    }
   }
 
   // The forward hook of module i: true where it recorded the call (else Python does).
@@ -517,6 +535,20 @@ class Capture {
     const at::Tensor& o = THPVariable_Unpack(out.ptr());
     if (o.requires_grad() && slot < grad_.size(0)) hook(o, grad_, slot);
     return true;
+  }
+
+  // A forward hook for module i, to register on it directly (no Python between torch and
+  // post): post(i, ...), and where that did not record the call, fallback(module, args, out).
+  // The hook holds a reference to this object (self).
+  static pybind11::cpp_function forward_hook(pybind11::object self, int64_t i,
+                                             pybind11::object fallback) {
+    Capture* capture = self.cast<Capture*>();
+    return pybind11::cpp_function(
+        [self, capture, i, fallback](pybind11::object module, pybind11::tuple args,
+                                     pybind11::object out) -> pybind11::object {
+          if (!capture->post(i, args, out)) fallback(module, args, out);
+          return pybind11::none();
+        });
   }
 
   // Hook the gradient w.r.t. t into row `slot` of grad (see hook_gradient); the hook is
@@ -558,6 +590,7 @@ class Capture {
   std::vector<bool> read_input_, dead_;
   std::vector<double> threshold_;
   at::Tensor stats_, hist_, meta_, grad_;
+  std::vector<at::Tensor> weights_;
   using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   std::vector<std::pair<WeakTensor, int64_t>> hooks_;
 };
@@ -570,8 +603,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Capture>(m, "Capture")
       .def(pybind11::init<double, double>())
       .def("configure", &Capture::configure)
-      .def("begin", &Capture::begin)
+      .def("set_weights", &Capture::set_weights)
+      .def("begin", &Capture::begin, pybind11::arg("stats"), pybind11::arg("hist"),
+           pybind11::arg("meta"), pybind11::arg("grad"), pybind11::arg("weights") = pybind11::none())
       .def("post", &Capture::post)
+      .def("forward_hook", &Capture::forward_hook)
       .def("end", &Capture::end)
       .def("hook", &Capture::hook)
       .def("remove_hooks", &Capture::remove_hooks);
