@@ -208,8 +208,16 @@ class _Pending:
     f32: torch.Tensor  # per group sum, spread, min, max; then per grad group the spread
     f64: torch.Tensor  # per group #zeros, #saturated; then the weight sums (torch path)
     i64: torch.Tensor  # per group #dead units, histogram counts
-    kernel: _Kernel | None = None
+    # the kernel's part: buffers filled by Python hooks, or _STORE: the next record of the C++
+    # record store (Capture.take), in order
+    kernel: _Kernel | object | None = None
     kernel_only: bool = False  # the kernel did all of it (weights included): no torch part
+    torch_weights: bool = False  # f64 ends with the weight sums of the torch path
+
+
+_STORE = object()  # a record held by the C++ record store
+# a record the C++ side did all of: its step and statistics come from the store
+_STORE_ONLY = _Pending(-1, [], [], torch.zeros(0), torch.zeros(0), torch.zeros(0), _STORE, True)
 
 
 class ActivationRecorder:
@@ -323,7 +331,7 @@ class ActivationRecorder:
             self._fast = self._kernel.Capture(self._scale, self._shift)
         self._fast_on = False
         self._fast_slots: list[int] = []
-        self._fast_views: list[torch.Tensor] | None = None  # weight views the C++ side has
+        self._fast_weighed = False  # whether the C++ side did this pass's weight sums
         if self.config.backend == "kernel" and self._kernel is None:
             reason = record_kernel.unavailable_reason() if _on_cpu(model) else "model not on CPU"
             raise RuntimeError(
@@ -483,18 +491,17 @@ class ActivationRecorder:
         self._current.clear()
         self._cap.clear()
         self._held.clear()
+        self._kpart = None
+        if self._fast_on:  # a record of the C++ store, the weights' sums in the same call
+            self._fast_weighed = self._fast.begin_record(self._armed_step) or self._fast_weigh()
+            return
         if self._kernel is None:
-            self._kpart = None
             return
         self._kpart = p = self._new_part()
-        if self._fast_on:  # the weights' sums too, in the same call
-            weights = self._fast_weights(p)
-            self._fast.begin(p.stats, p.hist, p.meta, p.grad, weights)
-        else:
-            views = self._kernel_weights()
-            if views is not None:
-                p.weights = p.weight_row
-                self._kernel.weights_into(views, p.weights)
+        views = self._kernel_weights()
+        if views is not None:
+            p.weights = p.weight_row
+            self._kernel.weights_into(views, p.weights)
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -560,7 +567,7 @@ class ActivationRecorder:
         if x is None:
             return
         row = 2 * slot
-        if self._kpart is not None and _kernel_fits(x):
+        if self._part() is not None and _kernel_fits(x):
             rows, thr, dead = self._row_args[slot]
             self._reduce_now(rows[:1], [x], thr[:1], dead[:1])
         else:
@@ -583,7 +590,8 @@ class ActivationRecorder:
             x = _float_tensor(args)
         y = out.detach() if isinstance(out, torch.Tensor) and out.is_floating_point() else None
         row = 2 * slot + 1
-        if self._kpart is not None and _kernel_fits(y) and (x is None or _kernel_fits(x)):
+        part = self._part()
+        if part is not None and _kernel_fits(y) and (x is None or _kernel_fits(x)):
             rows, thr, dead = self._row_args[slot]
             if x is None:
                 self._reduce_now(rows[1:], [y], thr[1:], dead[1:])
@@ -596,7 +604,6 @@ class ActivationRecorder:
                 self._capture(self._cap, y, row, not self._frozen or row in self._copy_rows)
         if y is None or not out.requires_grad:
             return
-        part = self._kpart
         if part is not None and _kernel_fits(y) and slot < len(part.grad):
             self._fast.hook(out, part.grad, slot)  # C++: no Python (no GIL) in the backward
         else:
@@ -609,18 +616,27 @@ class ActivationRecorder:
         g = grad.detach()
         self._capture(self._grad_cap, g, slot, self._first_grads or slot in self._copy_grads)
 
-    def _fast_weights(self, part: _Kernel) -> torch.Tensor | None:
-        """The weight row of ``part`` for :meth:`Capture.begin` (the weights do not change until
-        the optimizer step, after the backward pass), or ``None`` where the weights are not all
-        float32 on the CPU; gives the C++ side the current weight views when they changed."""
+    def _fast_weigh(self) -> bool:
+        """Where the C++ store's weight views are stale (a module got a new parameter, a
+        parameter new storage) or missing: give it the current ones and have it sum them into
+        the current record; ``False`` where the weights are not all float32 on the CPU (the
+        torch path sums them at the end of the pass)."""
         views = self._kernel_weights()
-        if views is not self._fast_views:
-            self._fast.set_weights(views if views is not None else [])
-            self._fast_views = views
         if views is None:
-            return None
-        part.weights = part.weight_row
-        return part.weights
+            self._fast.set_weights([], [], [])
+            return False
+        cache = self._weight_views  # None: views that cannot be cached (checked every pass)
+        owners = ([m._parameters for _, m in self._weights], cache[0]) if cache else ([], [])
+        self._fast.set_weights(views, *owners)
+        return self._fast.weigh()
+
+    def _part(self) -> _Kernel | None:
+        """The kernel buffers of the pass being recorded (for the Python hooks): with the C++
+        store, views of its current record."""
+        if self._kpart is None and self._fast_on and self._capturing:
+            stats, hist, meta, grad = self._fast.current()
+            self._kpart = _Kernel(stats, hist, meta, grad, None, grad, None, 0)
+        return self._kpart
 
     def _new_part(self) -> _Kernel:
         """A record's buffers for the kernel: views into blocks allocated for many records at
@@ -664,7 +680,8 @@ class ActivationRecorder:
         # next passes hook fewer inputs)
         if self._next_step % self.config.every or not self._frozen:
             self._remove_module_hooks()
-        if self._fast_on:
+        store = self._fast_on  # this pass is a record of the C++ store
+        if store:
             self._fast.end()
         elif self._fast is not None and not self._frozen:
             self._configure_fast()
@@ -672,10 +689,13 @@ class ActivationRecorder:
         self._held.clear()
         self._grad_cap.clear()
         self._grad_seen.clear()
-        part = self._kpart
-        weights = None if part is None else part.weights
-        if not self._cap and weights is not None:  # the kernel did it all
-            self._forward = (step, [], ([], [], []), part)
+        if store:
+            kern, weighed = _STORE, self._fast_weighed
+        else:
+            kern = self._kpart
+            weighed = kern is not None and kern.weights is not None
+        if not self._cap and weighed:  # the kernel did it all
+            self._forward = (step, [], ([], [], []), kern, False)
             return
         rows = self._checked(self._cap, self._copy_rows)
         with torch.no_grad():
@@ -688,13 +708,13 @@ class ActivationRecorder:
                 f32 += a
                 f64 += b
                 i64 += c
-            if weights is None:
+            if not weighed:
                 f64.append(self._weight_sums())
             for r in self._used:
                 r.n = 0
                 r.ids.clear()
             self._used.clear()
-            self._forward = (step, plans, (f32, f64, i64), part)
+            self._forward = (step, plans, (f32, f64, i64), kern, not weighed)
 
     # -- the fused kernel (CPU, float32) ---------------------------------------------------
 
@@ -711,6 +731,9 @@ class ActivationRecorder:
                 thr[i], dead[i] = self._row_args[slot][1][1], self._row_args[slot][2][1]
         # an in-place activation's input is read by its pre-hook, before the call
         self._fast.configure(once, [not inplace for inplace in self._inplace], thr, dead)
+        rows = 2 * max(len(self._slot_names), len(self._acts))
+        self._fast.layout(rows, rows // 2, self.config.bins + 2, len(self._weights))
+        self._fast.set_weights([], [], [])  # begin_record then asks for the current views
         self._fast_slots = once
         self._fast_on = True
 
@@ -882,13 +905,17 @@ class ActivationRecorder:
 
     def _finish(self) -> None:
         """Add the gradients to the pending forward record; queue it for :meth:`flush`."""
-        step, plans, (f32, f64, i64), kern = self._forward
+        step, plans, (f32, f64, i64), kern, torch_weights = self._forward
         self._forward = None
-        self._remove_tensor_hooks()
-        if self._fast is not None:
+        if self._tensor_handles:
+            self._remove_tensor_hooks()
+        if self._fast is not None and kern is not _STORE:  # (the store's go at its next record)
             self._fast.remove_hooks()
         if kern is not None and not (self._grad_cap or f32 or f64 or i64):  # all in the kernel
-            self._pending.append(_Pending(step, [], [], _NONE32, _NONE64, _NONE64I, kern, True))
+            if kern is _STORE:
+                self._pending.append(_STORE_ONLY)  # its step and all are in the store
+            else:
+                self._pending.append(_Pending(step, [], [], _NONE32, _NONE64, _NONE64I, kern, True))
             return
         if self._grad_cap:
             self._first_grads = False
@@ -910,7 +937,7 @@ class ActivationRecorder:
                 r.ids.clear()
             self._grad_used.clear()
             parts = [_cat(f32, torch.float32), _cat(f64, torch.float64), _cat(i64, torch.int64)]
-        self._pending.append(_Pending(step, plans, grads, *parts, kernel=kern))
+        self._pending.append(_Pending(step, plans, grads, *parts, kern, False, torch_weights))
 
     # -- out of the hot loop ---------------------------------------------------------------
 
@@ -982,32 +1009,46 @@ class ActivationRecorder:
             for slots, n, size in p.grads:
                 grad_var[k, slots] = f32[a : a + n] ** 2 / size
                 a += n
-            kern = p.kernel
-            if kern is None or kern.weights is None:
+            if p.torch_weights:
                 ws = f64[b : b + 4 * nw].reshape(2, 2, nw)  # (power, ω|τ, layer)
                 wsum[k] = [ws[0, 0], ws[1, 0], ws[0, 1], ws[1, 1]]
                 b += 4 * nw
         assert (a, b, c) == (len(f32), len(f64), len(i64))
 
         # the kernel's buffers: all records of one block of buffers at once (those grown in a
-        # first pass one by one); row r is slot r // 2, pre (even) or post (odd); a row the
-        # pass did not write has numel 0
+        # first pass one by one), then the records of the C++ store; row r is slot r // 2, pre
+        # (even) or post (odd); a row the pass did not write has numel 0
+        names = ("stats", "hist", "meta", "grad", "weights")
         groups: dict[int, list[int]] = {}
+        store: list[int] = []
         for k, p in enumerate(pending):
             q = p.kernel
-            if q is not None:
+            if q is _STORE:
+                store.append(k)
+            elif q is not None:
                 groups.setdefault(id(q.block) if q.block is not None else -1 - k, []).append(k)
+        merges = []  # (record positions, arrays (K, rows, ...), which have the weight sums)
         for ks in groups.values():
             parts = [pending[k].kernel for k in ks]
             block = parts[0].block
-            index = [q.index for q in parts]
-            names = ("stats", "hist", "meta", "grad", "weights")
             if block is not None:
+                index = [q.index for q in parts]
                 arrays = {n: t.numpy()[index] for n, t in zip(names, block, strict=True)}
             else:
                 arrays = {n: getattr(parts[0], n)[None].numpy() for n in names[:4]}
                 if parts[0].weights is not None:
                     arrays["weights"] = parts[0].weights[None].numpy()
+            merges.append((ks, arrays, np.array([q.weights is not None for q in parts])))
+        taken = self._fast.take() if self._fast is not None else None
+        if taken is not None and len(taken[0]) != len(store):
+            raise RuntimeError(
+                f"internal error: {len(taken[0])} records in the C++ store for {len(store)} "
+                "recorded passes; please report this with the model that recorded them"
+            )
+        if store:
+            arrays = {n: t.numpy() for n, t in zip(names, taken[1:6], strict=True)}
+            merges.append((store, arrays, taken[6].numpy()))
+        for ks, arrays, weighed in merges:
             rows = arrays["stats"].shape[1]
             n2 = min(rows, 2 * nl) // 2
             meta = _by_kind(arrays["meta"], n2)
@@ -1027,10 +1068,9 @@ class ActivationRecorder:
             g = arrays["grad"][:, :n2, 1]  # the first pass may have grown rows, not grad
             gn = g.shape[1]
             grad_var[ks, :gn] = np.where(np.isnan(g), grad_var[ks, :gn], g)
-            with_w = [j for j, q in enumerate(parts) if q.weights is not None]
-            if with_w:
-                w = arrays["weights"][with_w]
-                wsum[[ks[j] for j in with_w]] = w.transpose(0, 2, 1)  # Σω, Σω², Στ, Στ²
+            if weighed.any():
+                w = arrays["weights"][weighed]
+                wsum[np.asarray(ks)[weighed]] = w.transpose(0, 2, 1)  # Σω, Σω², Στ, Στ²
 
         family = tuple(self._slot_family)
         dead_ok = np.array([f in _DEAD_FAMILIES for f in family], dtype=bool)
@@ -1054,6 +1094,8 @@ class ActivationRecorder:
                 }
             out.append({key: d[key] for key in STAT_KEYS})
         steps = np.array([p.step for p in pending], dtype=np.int64)
+        if store:
+            steps[store] = taken[0].numpy()
         nu = np.array([_units(m) for _, m in self._weights], dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             om_mean, tau_mean = wsum[:, 0] / nu, wsum[:, 2] / nu

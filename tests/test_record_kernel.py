@@ -233,3 +233,73 @@ def test_backend_names_are_checked_and_kernel_requires_the_kernel(monkeypatch):
     b, _ = train(mixed_net(5), "torch", x, y, 2)
     for key in STAT_KEYS:
         np.testing.assert_array_equal(a.post[key], b.post[key])
+
+
+def hand_weights(net):
+    out = []
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            w = m.weight.detach().double()
+            omega, tau = w.sum(1), (w * w).sum(1)
+            out.append(
+                [omega.mean(), omega.std(unbiased=False), tau.mean(), tau.std(unbiased=False)]
+            )
+    return np.array(out).T  # (key, layer) in WEIGHT_KEYS order
+
+
+@needs_kernel
+def test_the_cpp_record_store_keeps_order_drops_raised_passes_and_follows_new_weights():
+    # after the first pass the records live in the C++ store: a pass that raises half-way
+    # (its record begun) leaves no record, also when a flush comes before the next pass; a
+    # module given a new Parameter, or a Parameter given new storage, is summed anew
+    g = torch.Generator().manual_seed(3)
+    net = nn.Sequential(
+        nn.Linear(12, 24), nn.SELU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3)
+    )
+    x = torch.randn(40, 12, generator=g)
+    y = torch.randint(0, 3, (40,), generator=g)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    failing = set()
+
+    def fail(m, a, o):
+        if failing:
+            raise ValueError("bad batch")
+
+    net[2].register_forward_hook(fail)  # after the first activation was recorded
+    spy = Spy(net)
+    want, kept = {}, []
+    with ActivationRecorder(net, RecordConfig(every=1, backend="kernel")) as rec:
+        for step in range(9):
+            rec.step()
+            failing = {step} & {3, 6}
+            if step == 4:
+                net[0].weight = nn.Parameter(net[0].weight.detach() * 2)
+                net[2].weight.data = net[2].weight.detach() + 0.5
+                opt = torch.optim.SGD(net.parameters(), lr=0.1)
+            if failing:
+                with pytest.raises(ValueError, match="bad batch"):
+                    net(x)
+                if step == 6:
+                    rec.flush()
+                continue
+            weights = hand_weights(net)
+            loss = F.cross_entropy(net(x), y)
+            want[step] = (weights, spy.post["1"].clone(), spy.post["3"].clone())
+            kept.append(step)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert rec._fast_on
+        r = rec.records()
+    spy.remove()
+    assert r.steps.tolist() == kept == [0, 1, 2, 4, 5, 7, 8]
+    for k, step in enumerate(kept):
+        weights, post1, post3 = want[step]
+        for j, key in enumerate(WEIGHT_KEYS):
+            np.testing.assert_allclose(
+                r.weights[key][k], weights[j], rtol=1e-5, atol=1e-7, err_msg=f"{step} {key}"
+            )
+        for i, t in enumerate((post1, post3)):
+            np.testing.assert_allclose(r.post["mean"][k, i], t.double().mean(), atol=1e-6)
+            assert r.hist_post[k, i].sum() == t.numel()
+        assert np.isfinite(r.grad_std[k]).all()

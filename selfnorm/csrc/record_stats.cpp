@@ -7,20 +7,21 @@
 // family. The tensors of one call are spread over torch's
 // intra-op threads; every task writes only its own output rows, and partial weight sums are added
 // in block order, so the results do not depend on the number of threads. Capture holds the
-// forward hooks of a recording pass (after the recorder's first pass), so a layer costs one call
-// from Python; gradient statistics come from C++ tensor hooks, with no Python in the backward
-// pass. Built on first use by selfnorm/record_kernel.py; recording.py's torch-ops path computes
+// forward hooks of a recording pass (after the recorder's first pass), registered on the modules
+// directly (no Python between torch and the kernel), and the records themselves (a store of
+// preallocated blocks that the recorder takes at its flush); gradient statistics come from C++
+// tensor hooks, with no Python in the backward pass. Built on first use by selfnorm/record_kernel.py; recording.py's torch-ops path computes
 // the same quantities and the tests compare the two.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <optional>
 #include <vector>
 
 namespace {
@@ -457,7 +458,8 @@ void weights_into(const std::vector<at::Tensor>& weights, const at::Tensor& out)
 // Python keeps the schedule (which passes record, the layout, the first pass that learns it);
 // this object does the per-layer work of a recording pass without returning to Python: read
 // the activation's input (where the activation leaves it alone) and output, reduce both into
-// the record's rows, hook the output's gradient.
+// the record's rows, hook the output's gradient; it also holds the records (begin_record, take)
+// and sums the weights at the start of each.
 class Capture {
  public:
   Capture(double scale, double shift) : scale_(scale), shift_(shift) {}
@@ -476,28 +478,120 @@ class Capture {
   }
 
   // The weight matrices of the model as (units, fan) float32 views (see weights_into), read at
-  // the start of every pass that begin() gives an output for.
-  void set_weights(std::vector<at::Tensor> weights) {
+  // the start of every recorded pass. With `owners` (per weight: its module's _parameters dict
+  // and the parameter), begin_record checks that each module still holds that parameter and the
+  // parameter that storage, and else leaves the weights to Python (returns false); without
+  // owners it always does.
+  void set_weights(std::vector<at::Tensor> weights, pybind11::list dicts, pybind11::list params) {
     check_weights(weights);
+    TORCH_CHECK(dicts.size() == params.size() && (dicts.empty() || dicts.size() == weights.size()),
+                "one owner per weight, or none");
     weights_ = std::move(weights);
+    dicts_.clear();
+    params_.clear();
+    ptrs_.clear();
+    for (size_t j = 0; j < dicts.size(); ++j) {
+      dicts_.push_back(pybind11::reinterpret_borrow<pybind11::object>(dicts[j]));
+      params_.push_back(pybind11::reinterpret_borrow<pybind11::object>(params[j]));
+      ptrs_.push_back(THPVariable_Unpack(params_.back().ptr()).data_ptr());
+    }
   }
 
-  // Start a pass: stats (R, 7), hist (R, bins + 2), meta (R, 2) [numel, units], grad (S, 2);
-  // where `weights` is given, the sums of set_weights' matrices go there now (weights_into).
-  void begin(at::Tensor stats, at::Tensor hist, at::Tensor meta, at::Tensor grad,
-             std::optional<at::Tensor> weights) {
-    check_rows(stats, 0, kStats, at::kDouble, "stats");
-    check_rows(hist, 0, -1, at::kLong, "hist");
-    check_rows(meta, stats.size(0), 2, at::kLong, "meta");
-    check_rows(grad, 0, 2, at::kDouble, "grad");
-    stats_ = std::move(stats);
-    hist_ = std::move(hist);
-    meta_ = std::move(meta);
-    grad_ = std::move(grad);
-    if (weights.has_value() && !weights_.empty()) {
-      pybind11::gil_scoped_release nogil;
-      weights_into(weights_, *weights);
+  // The record store: blocks of kStoreRecords records of (rows, 7) stats, (rows, bins + 2)
+  // histograms, (rows, 2) meta, (slots, 2) gradient moments, (weights, 4) weight sums.
+  void layout(int64_t rows, int64_t slots, int64_t bins, int64_t weights) {
+    TORCH_CHECK(rows > 0 && slots >= 0 && bins >= 3 && weights >= 0, "bad record layout");
+    rows_ = rows;
+    slots_ = slots;
+    bins_ = bins;
+    nweights_ = weights;
+    open_ = false;
+    blocks_.clear();
+    steps_.clear();
+    weighed_.clear();
+  }
+
+  // Start a recorded pass as record `step` of the store (after removing the gradient hooks of
+  // the previous pass): its rows take what the hooks compute, and the weight sums go in now
+  // (the weights do not change before the optimizer step). Returns whether the weights were
+  // done; if not (set_weights' views are stale or missing), Python calls weigh().
+  bool begin_record(int64_t step) {
+    TORCH_CHECK(rows_ > 0, "begin_record before layout");
+    remove_hooks();
+    drop_open();
+    open_ = true;
+    const int64_t n = static_cast<int64_t>(steps_.size());
+    const int64_t k = n % kStoreRecords;
+    if (n / kStoreRecords >= static_cast<int64_t>(blocks_.size())) {
+      const auto f64 = at::TensorOptions().dtype(at::kDouble);
+      const auto i64 = at::TensorOptions().dtype(at::kLong);
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      blocks_.push_back({at::full({kStoreRecords, rows_, kStats}, nan, f64),
+                         at::zeros({kStoreRecords, rows_, bins_}, i64),
+                         at::zeros({kStoreRecords, rows_, 2}, i64),
+                         at::full({kStoreRecords, slots_, 2}, nan, f64),
+                         at::zeros({kStoreRecords, nweights_, 4}, f64)});
     }
+    const auto& b = blocks_[n / kStoreRecords];
+    stats_ = b[0].select(0, k);
+    hist_ = b[1].select(0, k);
+    meta_ = b[2].select(0, k);
+    grad_ = b[3].select(0, k);
+    weight_row_ = b[4].select(0, k);
+    steps_.push_back(step);
+    weighed_.push_back(0);
+    if (weights_.empty() || dicts_.size() != weights_.size()) return false;
+    for (size_t j = 0; j < dicts_.size(); ++j) {
+      PyObject* held = PyDict_GetItemString(dicts_[j].ptr(), "weight");  // borrowed
+      if (held != params_[j].ptr() || THPVariable_Unpack(held).data_ptr() != ptrs_[j])
+        return false;
+    }
+    return weigh();
+  }
+
+  // The weight sums of set_weights' views into the current record; false where there are none.
+  bool weigh() {
+    if (weights_.empty() || !weight_row_.defined()) return false;
+    {
+      pybind11::gil_scoped_release nogil;
+      weights_into(weights_, weight_row_);
+    }
+    weighed_.back() = 1;
+    return true;
+  }
+
+  // The current record's rows (stats, hist, meta, grad), for Python hooks that do a layer.
+  pybind11::tuple current() const { return pybind11::make_tuple(stats_, hist_, meta_, grad_); }
+
+  // Every record since the last take, in order, and an empty store: steps (K,), stats (K, R, 7),
+  // hist (K, R, bins + 2), meta (K, R, 2), grad (K, S, 2), weights (K, W, 4), weighed (K,).
+  pybind11::tuple take() {
+    drop_open();
+    const int64_t n = static_cast<int64_t>(steps_.size());
+    std::vector<at::Tensor> parts[5];
+    for (size_t j = 0; j < blocks_.size(); ++j) {
+      const int64_t len = std::min(kStoreRecords, n - static_cast<int64_t>(j) * kStoreRecords);
+      if (len <= 0) break;
+      for (int q = 0; q < 5; ++q) parts[q].push_back(blocks_[j][q].narrow(0, 0, len));
+    }
+    pybind11::list out;
+    out.append(at::tensor(steps_, at::TensorOptions().dtype(at::kLong)));
+    for (int q = 0; q < 5; ++q) {
+      if (parts[q].empty()) {
+        const int64_t cols[5] = {kStats, bins_, 2, 2, 4};
+        const int64_t rows[5] = {rows_, rows_, rows_, slots_, nweights_};
+        out.append(at::empty({0, rows[q], cols[q]},
+                             at::TensorOptions().dtype(q == 1 || q == 2 ? at::kLong : at::kDouble)));
+      } else {
+        out.append(parts[q].size() == 1 ? parts[q][0] : at::cat(parts[q]));
+      }
+    }
+    out.append(at::tensor(std::vector<int64_t>(weighed_.begin(), weighed_.end()),
+                          at::TensorOptions().dtype(at::kLong)).to(at::kBool));
+    blocks_.clear();
+    steps_.clear();
+    weighed_.clear();
+    return pybind11::tuple(out);
   }
 
   // The forward hook of module i: true where it recorded the call (else Python does).
@@ -559,7 +653,10 @@ class Capture {
   }
 
   // End of the pass (the buffers stay with the record); hooks stay until remove_hooks.
-  void end() { stats_ = hist_ = meta_ = grad_ = at::Tensor(); }
+  void end() {
+    stats_ = hist_ = meta_ = grad_ = weight_row_ = at::Tensor();
+    open_ = false;
+  }
 
   // Remove the gradient hooks of the last pass from the tensors still alive; returns how
   // many that was.
@@ -576,6 +673,20 @@ class Capture {
   }
 
  private:
+  // A pass that began a record and never ended (it raised): its record is dropped, its rows
+  // cleared for reuse.
+  void drop_open() {
+    if (!open_) return;
+    steps_.pop_back();
+    weighed_.pop_back();
+    stats_.fill_(std::numeric_limits<double>::quiet_NaN());
+    hist_.zero_();
+    meta_.zero_();
+    grad_.fill_(std::numeric_limits<double>::quiet_NaN());
+    weight_row_.zero_();
+    end();
+  }
+
   // A float32 CPU tensor, not empty (made contiguous): detached into t.
   static bool fits(const pybind11::handle& obj, at::Tensor& t) {
     if (!THPVariable_Check(obj.ptr())) return false;
@@ -589,8 +700,16 @@ class Capture {
   std::vector<int64_t> slot_;
   std::vector<bool> read_input_, dead_;
   std::vector<double> threshold_;
-  at::Tensor stats_, hist_, meta_, grad_;
+  at::Tensor stats_, hist_, meta_, grad_, weight_row_;
   std::vector<at::Tensor> weights_;
+  std::vector<pybind11::object> dicts_, params_;  // the weights' owners (see set_weights)
+  std::vector<void*> ptrs_;
+  static constexpr int64_t kStoreRecords = 64;
+  int64_t rows_ = 0, slots_ = 0, bins_ = 0, nweights_ = 0;
+  std::vector<std::array<at::Tensor, 5>> blocks_;
+  std::vector<int64_t> steps_;
+  std::vector<uint8_t> weighed_;
+  bool open_ = false;  // a record begun and not ended
   using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   std::vector<std::pair<WeakTensor, int64_t>> hooks_;
 };
@@ -604,8 +723,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(pybind11::init<double, double>())
       .def("configure", &Capture::configure)
       .def("set_weights", &Capture::set_weights)
-      .def("begin", &Capture::begin, pybind11::arg("stats"), pybind11::arg("hist"),
-           pybind11::arg("meta"), pybind11::arg("grad"), pybind11::arg("weights") = pybind11::none())
+      .def("layout", &Capture::layout)
+      .def("begin_record", &Capture::begin_record)
+      .def("weigh", &Capture::weigh)
+      .def("current", &Capture::current)
+      .def("take", &Capture::take)
       .def("post", &Capture::post)
       .def("forward_hook", &Capture::forward_hook)
       .def("end", &Capture::end)
