@@ -23,9 +23,12 @@ Cost: hooks are registered only for the forward pass of a recording step (every
 ``RecordConfig.every`` steps) and removed right after it, so other steps run without hooks. On
 the CPU (float32), the fused C++ kernel of :mod:`selfnorm.record_kernel` reduces each layer's
 input and output in the layer's forward hook, without copies, while the values are in the cache;
-gradients come from C++ tensor hooks; after the first recorded pass the forward hooks run in C++
-too (one call per layer). The first pass also learns which activations change their input in
-place: their input is read by a pre-hook, before the call. Elsewhere (CUDA, float64, a kernel
+gradients come from C++ tensor hooks. After the first recorded pass the forward hooks are C++
+functions registered on the modules, and the records live in the kernel's store (blocks of
+preallocated buffers; the weight sums are taken when a record begins), so a recorded step
+creates no Python object; the flush takes the store in one piece. The first pass also learns
+which activations change their input in place: their input is read by a pre-hook, before the
+call. Elsewhere (CUDA, float64, a kernel
 that cannot be built, ``backend="torch"``) the hooks keep the tensors (copies where the model
 edits them in place, checked by version counters) and all layers of one shape are reduced
 together at the end of the pass, on the tensors' device, with a fixed number of torch
