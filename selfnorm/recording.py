@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -469,8 +470,10 @@ class ActivationRecorder:
             if hooked:
                 hs.append(m.register_forward_pre_hook(pre))
             if self._fast_on and self._fast_slots[i] >= 0:
-                # C++ straight from torch's hook call; the Python hook where it declines
-                post = self._fast.forward_hook(i, post)
+                # C++ straight from torch's hook call; the Python hook where it declines,
+                # through a weak reference (the garbage collector cannot see into the C++
+                # function: a strong one would keep model and recorder alive forever)
+                post = self._fast.forward_hook(i, partial(_weak_post, weakref.ref(self), i))
             hs.append(m.register_forward_hook(post))
         hs.append(self.model.register_forward_hook(self._on_root_post))
 
@@ -589,6 +592,8 @@ class ActivationRecorder:
             if held is not None and held[1] is not None and held[0]._version != held[1]:
                 self._inplace[i] = True  # it changed its input: read before the call from now on
         else:
+            if self._fast_on and self._fast.seen(i):  # its C++ hook took the first call
+                self._calls.setdefault(i, 1)
             slot = self._slot(i)
             x = _float_tensor(args)
         y = out.detach() if isinstance(out, torch.Tensor) and out.is_floating_point() else None
@@ -912,7 +917,7 @@ class ActivationRecorder:
         self._forward = None
         if self._tensor_handles:
             self._remove_tensor_hooks()
-        if self._fast is not None and kern is not _STORE:  # (the store's go at its next record)
+        if self._fast is not None:  # a later backward does not count for this record
             self._fast.remove_hooks()
         if kern is not None and not (self._grad_cap or f32 or f64 or i64):  # all in the kernel
             if kern is _STORE:
@@ -952,7 +957,10 @@ class ActivationRecorder:
         """
         if self._forward is not None:
             self._finish()
-        if self._armed_step is None and not self._capturing:
+        # a pass that raised half-way never finished: its partial record is dropped (the C++
+        # store drops it too), and a retry of the armed step records afresh
+        self._capturing = False
+        if self._armed_step is None:
             self._remove_module_hooks()  # kept for a next recording step: re-added by step()
         pending, self._pending = self._pending, []
         if not pending:
@@ -1127,6 +1135,13 @@ class ActivationRecorder:
 _NONE32 = torch.zeros(0, dtype=torch.float32)
 _NONE64 = torch.zeros(0, dtype=torch.float64)
 _NONE64I = torch.zeros(0, dtype=torch.int64)
+
+
+def _weak_post(ref: weakref.ref, i: int, module: nn.Module, args: tuple, out: Any) -> None:
+    """The Python forward hook of activation ``i`` behind a C++ one, if the recorder lives."""
+    rec = ref()
+    if rec is not None:
+        rec._on_post(i, module, args, out)
 
 
 def _by_kind(rows: np.ndarray, slots: int) -> np.ndarray:

@@ -9,8 +9,9 @@ with exactly the records of an uninterrupted one. :func:`read_records` concatena
 
 A chunk holds the arrays of :class:`Records` under the same names, with the per-layer statistics
 stacked along a last axis in :data:`STAT_KEYS` order (``post``, ``pre``) and :data:`WEIGHT_KEYS`
-order (``weights``), histogram counts as ``uint16``/``uint32`` when they fit, and ``format`` (1)
-as a scalar, deflated at zlib level 1. No pickles: ``np.load(allow_pickle=False)`` reads it.
+order (``weights``), histogram counts as ``uint16``/``uint32`` when they fit (deflated, zlib level
+1), and ``format`` (1) as a scalar; the other members are stored uncompressed. No pickles:
+``np.load(allow_pickle=False)`` reads it.
 """
 
 from __future__ import annotations

@@ -303,3 +303,84 @@ def test_the_cpp_record_store_keeps_order_drops_raised_passes_and_follows_new_we
             np.testing.assert_allclose(r.post["mean"][k, i], t.double().mean(), atol=1e-6)
             assert r.hist_post[k, i].sum() == t.numel()
         assert np.isfinite(r.grad_std[k]).all()
+
+
+@needs_kernel
+def test_a_dropped_recorder_and_its_model_are_freed_with_cpp_hooks_on():
+    # the C++ forward hooks reach the recorder through a weak reference: the garbage
+    # collector cannot see into them, a strong one would keep both alive for good
+    import gc
+    import weakref
+
+    net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 2))
+    rec = ActivationRecorder(net, RecordConfig(every=1, backend="kernel"))
+    for _ in range(3):
+        rec.step()
+        net(torch.randn(4, 6)).sum().backward()
+    rec.step()  # armed: the C++ hooks are on the modules
+    assert rec._fast_on and net[1]._forward_hooks
+    refs = weakref.ref(net), weakref.ref(rec)
+    del net, rec
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_retrying_a_pass_that_raised_after_a_flush_records_it(backend):
+    if backend == "kernel" and record_kernel.load() is None:
+        pytest.skip("kernel unavailable")
+    net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(8, 12)
+    with ActivationRecorder(net, RecordConfig(every=1, backend=backend)) as rec:
+        for _ in range(3):
+            rec.step()
+            net(x).sum().backward()
+        rec.step()
+        with pytest.raises(RuntimeError):
+            net(torch.randn(8, 11))  # fails in the first Linear, before any activation
+        rec.flush()  # e.g. in the caller's exception handler
+        net(x).sum().backward()  # the same step again, with a good batch
+        r = rec.records()
+    assert r.steps.tolist() == [0, 1, 2, 3]
+    assert (r.hist_post[:, 0].sum(-1) == 8 * 16).all() and np.isfinite(r.grad_std).all()
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_a_backward_after_the_next_step_does_not_count(backend):
+    # gradients belong to the recorded pass's backward before the next step(): the same
+    # (none) on both paths, whether the record went through Python or the C++ store
+    if backend == "kernel" and record_kernel.load() is None:
+        pytest.skip("kernel unavailable")
+    net = nn.Sequential(nn.Linear(6, 8), nn.ELU(), nn.Linear(8, 2))
+    with ActivationRecorder(net, RecordConfig(every=2, backend=backend)) as rec:
+        for _ in range(8):
+            rec.step()
+            out = net(torch.randn(4, 6))
+            rec.step()
+            out.sum().backward()
+        r = rec.records()
+    assert r.steps.tolist() == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert np.isnan(r.grad_std).all()
+
+
+@pytest.mark.parametrize("backend", ["kernel", "torch"])
+def test_an_activation_called_again_in_a_later_pass_is_refused(backend):
+    if backend == "kernel" and record_kernel.load() is None:
+        pytest.skip("kernel unavailable")
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.act, self.calls = nn.Linear(4, 4), nn.Tanh(), 0
+
+        def forward(self, x):
+            self.calls += 1
+            h = self.act(self.lin(x))
+            return self.act(h * 3) if self.calls >= 3 else h
+
+    net = Twice()
+    with pytest.raises(RuntimeError, match="'act#2' was called in this recorded forward pass"):
+        with ActivationRecorder(net, RecordConfig(every=1, backend=backend)) as rec:
+            for _ in range(4):
+                rec.step()
+                net(torch.randn(8, 4)).sum().backward()

@@ -520,6 +520,7 @@ class Capture {
     remove_hooks();
     drop_open();
     open_ = true;
+    std::fill(seen_.begin(), seen_.end(), char{0});
     const int64_t n = static_cast<int64_t>(steps_.size());
     const int64_t k = n % kStoreRecords;
     if (n / kStoreRecords >= static_cast<int64_t>(blocks_.size())) {
@@ -560,6 +561,11 @@ class Capture {
     return true;
   }
 
+  // Whether the hook of module i recorded a call in the current pass.
+  bool seen(int64_t i) const {
+    return i >= 0 && i < static_cast<int64_t>(seen_.size()) && seen_[i] != 0;
+  }
+
   // The current record's rows (stats, hist, meta, grad), for Python hooks that do a layer.
   pybind11::tuple current() const { return pybind11::make_tuple(stats_, hist_, meta_, grad_); }
 
@@ -598,6 +604,8 @@ class Capture {
   bool post(int64_t i, const pybind11::tuple& args, const pybind11::object& out) {
     if (i < 0 || i >= static_cast<int64_t>(slot_.size()) || slot_[i] < 0 || !stats_.defined())
       return false;
+    if (seen_.size() != slot_.size()) seen_.assign(slot_.size(), 0);
+    if (seen_[i]) return false;  // a second call in one pass: Python counts calls (and refuses)
     const int64_t slot = slot_[i];
     at::Tensor y;
     if (!fits(out, y) || 2 * slot + 1 >= stats_.size(0)) return false;
@@ -626,6 +634,7 @@ class Capture {
       pm[2 * (2 * slot + k)] = t.numel();
       pm[2 * (2 * slot + k) + 1] = t.dim() >= 2 ? t.size(1) : t.numel();
     }
+    seen_[i] = 1;
     const at::Tensor& o = THPVariable_Unpack(out.ptr());
     if (o.requires_grad() && slot < grad_.size(0)) hook(o, grad_, slot);
     return true;
@@ -710,6 +719,7 @@ class Capture {
   std::vector<int64_t> steps_;
   std::vector<uint8_t> weighed_;
   bool open_ = false;  // a record begun and not ended
+  std::vector<char> seen_;  // per module: its hook recorded a call in this pass
   using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
   std::vector<std::pair<WeakTensor, int64_t>> hooks_;
 };
@@ -727,6 +737,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("begin_record", &Capture::begin_record)
       .def("weigh", &Capture::weigh)
       .def("current", &Capture::current)
+      .def("seen", &Capture::seen)
       .def("take", &Capture::take)
       .def("post", &Capture::post)
       .def("forward_hook", &Capture::forward_hook)
