@@ -194,7 +194,7 @@ class _Kernel:
     meta: torch.Tensor  # (R, 2) numel, units (0: row not written)
     grad: torch.Tensor  # (S, 2) mean, var (NaN: not written)
     weights: torch.Tensor | None  # (W, 4) sums over units of ω, ω², τ, τ² (None: not taken)
-    weight_row: torch.Tensor  # the buffer for them
+    weight_row: torch.Tensor | None  # the buffer for them (None: the C++ store's record)
     # the block of records the buffers are views of (stats, hist, meta, grad, weights), and
     # this record's index in it; None once the buffers were replaced (grown)
     block: tuple[torch.Tensor, ...] | None = None
@@ -219,9 +219,12 @@ class _Pending:
     torch_weights: bool = False  # f64 ends with the weight sums of the torch path
 
 
+_NONE32 = torch.zeros(0, dtype=torch.float32)
+_NONE64 = torch.zeros(0, dtype=torch.float64)
+_NONE64I = torch.zeros(0, dtype=torch.int64)
 _STORE = object()  # a record held by the C++ record store
 # a record the C++ side did all of: its step and statistics come from the store
-_STORE_ONLY = _Pending(-1, [], [], torch.zeros(0), torch.zeros(0), torch.zeros(0), _STORE, True)
+_STORE_ONLY = _Pending(-1, [], [], _NONE32, _NONE64, _NONE64I, _STORE, True)
 
 
 class ActivationRecorder:
@@ -581,7 +584,7 @@ class ActivationRecorder:
         self._held[i] = (x, None if x.is_inference() else x._version)
 
     def _on_post(self, i: int, module: nn.Module, args: tuple, out: Any) -> None:
-        if not self._capturing or (self._fast_on and self._fast.post(i, args, out)):
+        if not self._capturing:  # (a C++ hook in front of this one already declined the call)
             return
         x = None  # the input, still to be read
         if self._pre_hooked[i]:
@@ -643,7 +646,7 @@ class ActivationRecorder:
         store, views of its current record."""
         if self._kpart is None and self._fast_on and self._capturing:
             stats, hist, meta, grad = self._fast.current()
-            self._kpart = _Kernel(stats, hist, meta, grad, None, grad, None, 0)
+            self._kpart = _Kernel(stats, hist, meta, grad, None, None, None, 0)
         return self._kpart
 
     def _new_part(self) -> _Kernel:
@@ -1130,11 +1133,6 @@ class ActivationRecorder:
             weight_layers=tuple(n for n, _ in self._weights),
             weights=weights,
         )
-
-
-_NONE32 = torch.zeros(0, dtype=torch.float32)
-_NONE64 = torch.zeros(0, dtype=torch.float64)
-_NONE64I = torch.zeros(0, dtype=torch.int64)
 
 
 def _weak_post(ref: weakref.ref, i: int, module: nn.Module, args: tuple, out: Any) -> None:

@@ -10,8 +10,9 @@
 // forward hooks of a recording pass (after the recorder's first pass), registered on the modules
 // directly (no Python between torch and the kernel), and the records themselves (a store of
 // preallocated blocks that the recorder takes at its flush); gradient statistics come from C++
-// tensor hooks, with no Python in the backward pass. Built on first use by selfnorm/record_kernel.py; recording.py's torch-ops path computes
-// the same quantities and the tests compare the two.
+// tensor hooks, with no Python in the backward pass. Built on first use by
+// selfnorm/record_kernel.py; recording.py's torch-ops path computes the same quantities and the
+// tests compare the two.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -570,10 +571,12 @@ class Capture {
   pybind11::tuple current() const { return pybind11::make_tuple(stats_, hist_, meta_, grad_); }
 
   // Every record since the last take, in order, and an empty store: steps (K,), stats (K, R, 7),
-  // hist (K, R, bins + 2), meta (K, R, 2), grad (K, S, 2), weights (K, W, 4), weighed (K,).
+  // hist (K, R, bins + 2), meta (K, R, 2), grad (K, S, 2), weights (K, W, 4), weighed (K,);
+  // only (steps,) when there is none.
   pybind11::tuple take() {
     drop_open();
     const int64_t n = static_cast<int64_t>(steps_.size());
+    if (n == 0) return pybind11::make_tuple(at::empty({0}, at::TensorOptions().dtype(at::kLong)));
     std::vector<at::Tensor> parts[5];
     for (size_t j = 0; j < blocks_.size(); ++j) {
       const int64_t len = std::min(kStoreRecords, n - static_cast<int64_t>(j) * kStoreRecords);
@@ -582,16 +585,7 @@ class Capture {
     }
     pybind11::list out;
     out.append(at::tensor(steps_, at::TensorOptions().dtype(at::kLong)));
-    for (int q = 0; q < 5; ++q) {
-      if (parts[q].empty()) {
-        const int64_t cols[5] = {kStats, bins_, 2, 2, 4};
-        const int64_t rows[5] = {rows_, rows_, rows_, slots_, nweights_};
-        out.append(at::empty({0, rows[q], cols[q]},
-                             at::TensorOptions().dtype(q == 1 || q == 2 ? at::kLong : at::kDouble)));
-      } else {
-        out.append(parts[q].size() == 1 ? parts[q][0] : at::cat(parts[q]));
-      }
-    }
+    for (int q = 0; q < 5; ++q) out.append(parts[q].size() == 1 ? parts[q][0] : at::cat(parts[q]));
     out.append(at::tensor(std::vector<int64_t>(weighed_.begin(), weighed_.end()),
                           at::TensorOptions().dtype(at::kLong)).to(at::kBool));
     blocks_.clear();
