@@ -40,8 +40,9 @@ import torch
 
 from selfnorm.config import RecordConfig, TrainConfig
 from selfnorm.models import build_mlp
-from selfnorm.recording import ACTIVATION_TYPES, ActivationRecorder
+from selfnorm.recording import ActivationRecorder
 from selfnorm.sinks import NpzChunkSink
+from selfnorm.taxonomy import activation_types
 from selfnorm.training import make_optimizer, train_epoch
 
 WAYS = ("none", "every_step", "every_50", "tensorboard")
@@ -60,7 +61,7 @@ class _TensorBoardHooks:
 
     def attach(self) -> None:
         for name, m in self.model.named_modules():
-            if isinstance(m, ACTIVATION_TYPES):
+            if isinstance(m, activation_types()):
                 self.handles.append(m.register_forward_hook(self._hook(name)))
         self.handles.append(self.model.register_forward_hook(self._advance))
 

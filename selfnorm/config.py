@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from selfnorm import _validate
-from selfnorm.activations import get_spec
 from selfnorm.data import DataConfig
+from selfnorm.specs import get_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,7 +114,7 @@ class TrainConfig:
             raise ValueError(f"device={self.device!r}; choose auto, cpu or cuda")
 
 
-RECORD_BACKENDS = ("auto", "kernel", "torch")
+RECORD_BACKENDS = ("torch", "kernel")
 
 
 @dataclass(frozen=True)
@@ -138,11 +138,12 @@ class RecordConfig:
     """Signed histogram range ``(low, high)``; the default suits SELU's fixed point (0, 1)."""
     tensorboard: bool = False
     """Also write TensorBoard event files to ``RUN_DIR/tensorboard/`` (``--tensorboard``)."""
-    backend: str = "auto"
-    """How a record is reduced: ``auto`` (the fused CPU kernel of
-    :mod:`selfnorm.record_kernel` for float32 CPU tensors where it builds, torch ops
-    otherwise), ``kernel`` (the kernel; an error where it cannot be built) or ``torch`` (torch
-    ops only). All three compute the same statistics; only the speed differs."""
+    backend: str = "torch"
+    """How a record is reduced: ``torch`` (torch ops, on any device; the default, compiles
+    nothing) or ``kernel`` (the opt-in C++ implementation of :mod:`selfnorm.recording.kernel`
+    for float32 CPU tensors: compiled on first use, needs a C++ compiler and ``pip install
+    'selfnorm[kernel]'``; an error where it cannot be built). Both compute the same statistics;
+    only the speed differs."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from selfnorm import _validate
-from selfnorm.activations import get_spec
+from selfnorm import _validate, taxonomy
 from selfnorm.init import INIT_SCHEMES
 from selfnorm.models import build_mlp
+from selfnorm.specs import get_spec
 from selfnorm.theory import propagate_layer
 
 __all__ = ["DepthConfig", "DepthCurves", "depth_propagation"]
@@ -115,7 +115,9 @@ def depth_propagation(
             acts.append(o)
 
         hooks = [
-            m.register_forward_hook(keep) for n, m in model.named_children() if n.startswith("act")
+            m.register_forward_hook(keep)
+            for m in model.children()
+            if taxonomy.activation_kind(m) is not None
         ]
         try:
             out_t = model(x)
@@ -129,14 +131,14 @@ def depth_propagation(
             var = [float(x.var())] + [float(a.var()) for a in acts]
             rms = [float(a.grad.norm() / math.sqrt(len(x))) for a in acts]
         grad = [float("nan")] + rms
-        fcs = [m for n, m in model.named_children() if n.startswith("fc")]
+        fcs = [m for m in model.children() if taxonomy.is_weight_layer(m)][:-1]  # not the output
         omegas = [fc.weight.detach().double().sum(1).numpy() for fc in fcs]
         taus = [(fc.weight.detach().double() ** 2).sum(1).numpy() for fc in fcs]
         t_mean, t_var = [mean[0]], [var[0]]
         if spec.norm is None and (spec.init is None or INIT_SCHEMES[spec.init].bias_std == 0):
             mu, nu = mean[0], var[0]
             for om, ta in zip(omegas, taus, strict=True):
-                mu, nu = propagate_layer(spec.family.name, mu, nu, om, ta, spec.param)
+                mu, nu = propagate_layer(spec.moments, mu, nu, om, ta)
                 t_mean.append(mu)
                 t_var.append(nu)
         else:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from selfnorm import taxonomy
+
 __all__ = [
     "INIT_SCHEMES",
     "InitScheme",
@@ -32,9 +34,6 @@ __all__ = [
     "torch_default_",
     "variance_scaling_normal_",
 ]
-
-# Layers whose weight is (out, in / groups, *kernel): fan_in = weight[0].numel().
-_INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def fan_in(tensor: torch.Tensor) -> int:
@@ -94,8 +93,10 @@ def init_model_(
     gives the same weights every time.
     """
     for module in model.modules():
-        if isinstance(module, _INIT_LAYERS):
-            weight_init(module.weight, generator)
+        if taxonomy.is_weight_layer(module):
+            # ConvTranspose: (in, out / groups, *kernel); its transpose puts the units first
+            w = module.weight.transpose(0, 1) if taxonomy.is_transposed(module) else module.weight
+            weight_init(w, generator)
             if module.bias is not None:
                 if bias_init is None:
                     module.bias.zero_()
@@ -107,7 +108,8 @@ def init_model_(
 def init_snn_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     r"""Initialize any model for self-normalization: LeCun normal weights, zero biases.
 
-    Every ``nn.Linear`` and ``nn.Conv1d/2d/3d`` is initialized; other modules are left alone.
+    Every weight layer of :mod:`selfnorm.taxonomy` (Linear, Conv, ConvTranspose) is initialized;
+    other modules are left alone.
 
     Warning:
         Not ``calculate_gain('selu')`` (= 3/4): see the module docstring.

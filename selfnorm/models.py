@@ -1,4 +1,4 @@
-r"""Model builders: an MLP and a small CNN from one :class:`~selfnorm.activations.ActivationSpec`.
+r"""Model builders: an MLP and a small CNN from one :class:`~selfnorm.specs.ActivationSpec`.
 
 Every layer gets its own fresh, named module (``fc1``, ``bn1``, ``act1``, ``drop1``, ..., ``out``)
 so recorders and results are keyed by layer name. Weights get the spec's proper init (LeCun
@@ -17,18 +17,15 @@ import torch
 from torch import nn
 
 from selfnorm import _validate
-from selfnorm.activations import FAMILIES, ActivationSpec, get_spec, spec_names
 from selfnorm.init import init_model_
 from selfnorm.linear import Linear
+from selfnorm.specs import ActivationSpec, get_spec
 
 __all__ = [
-    "FAMILIES",
     "build_cnn",
     "build_mlp",
     "count_parameters",
-    "get_spec",
     "layer_widths",
-    "spec_names",
 ]
 
 

@@ -34,12 +34,12 @@ import torch
 
 from selfnorm import _validate
 from selfnorm._io import atomic_write_json, atomic_write_text
-from selfnorm.activations import get_spec
 from selfnorm.config import experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
 from selfnorm.models import build_mlp
 from selfnorm.report.html import figure, figures_html, render_page
 from selfnorm.report.plots import figure1_figure
+from selfnorm.specs import get_spec
 from selfnorm.training import (
     batch_bounds,
     compare,

@@ -454,64 +454,79 @@ def check_theorems(
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(128)
 _GH_WEIGHTS = _GH_WEIGHTS / math.sqrt(2.0 * math.pi)
 
-_SMOOTH = {
-    "tanh": np.tanh,
-    "gelu": lambda z: 0.5 * z * erfc(-z / _SQRT2),
-    "silu": lambda z: z / (1.0 + np.exp(-z)),
-}
+
+def gelu(z: np.ndarray) -> np.ndarray:
+    r""":math:`z\,\Phi(z)` (the exact GELU), elementwise."""
+    return 0.5 * z * erfc(-z / _SQRT2)
 
 
-def activation_moments(
-    name: str, m, s2, param: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""Mean and second moment of :math:`f(z)`, :math:`z \sim \mathcal N(m, s^2)`, elementwise.
+def silu(z: np.ndarray) -> np.ndarray:
+    r""":math:`z / (1 + e^{-z})`, elementwise."""
+    return z / (1.0 + np.exp(-z))
 
-    Closed forms for the piecewise activations (``selu``, ``elu`` through :func:`g`'s pieces;
-    ``relu``, ``lrelu`` as piecewise linear: :math:`E[f] = m\Phi + s\varphi + a(m(1-\Phi) -
-    s\varphi)` with slope :math:`a` below 0), 128-point Gauss-Hermite quadrature for the smooth
-    ones (``tanh``, ``gelu``, ``silu``), where it converges fast.
+
+def elu_moments(m, s2, lam: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Mean and second moment of :math:`\lambda\,\mathrm{elu}_\alpha(z)`,
+    :math:`z \sim \mathcal N(m, s^2)`, in closed form (SELU: :math:`(\lambda_{01},
+    \alpha_{01})`; ELU: :math:`\lambda = 1`), elementwise.
 
     Example:
-        >>> mean, second = activation_moments("relu", 0.0, 1.0)
+        >>> mean, second = elu_moments(0.0, 1.0, LAMBDA_01, ALPHA_01)  # SELU's fixed point
+        >>> round(float(mean), 12) == 0, round(float(second), 12)
+        (True, 1.0)
+    """
+    return _mean_and_second_moment(_pieces(m, s2), lam, alpha)
+
+
+def piecewise_linear_moments(m, s2, slope: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Mean and second moment of :math:`f(z) = z` for :math:`z > 0`, :math:`a z` below
+    (ReLU: :math:`a = 0`; Leaky ReLU), :math:`z \sim \mathcal N(m, s^2)`:
+    :math:`E[f] = E[z 1_{z>0}] + a E[z 1_{z\le0}]`,
+    :math:`E[f^2] = E[z^2 1_{z>0}] + a^2 E[z^2 1_{z\le0}]`.
+
+    Example:
+        >>> mean, second = piecewise_linear_moments(0.0, 1.0, 0.0)
         >>> round(float(mean), 6), round(float(second), 6)  # 1/sqrt(2 pi), 1/2
         (0.398942, 0.5)
     """
+    p = _pieces(m, s2)
+    ez_neg = p.m - p.ez_pos  # E[z 1{z<=0}]
+    ez2_neg = p.m**2 + p.s2 - p.ez2_pos
+    return p.ez_pos + slope * ez_neg, p.ez2_pos + slope * slope * ez2_neg
+
+
+def quadrature_moments(f, m, s2) -> tuple[np.ndarray, np.ndarray]:
+    r"""Mean and second moment of a smooth :math:`f(z)`, :math:`z \sim \mathcal N(m, s^2)`, by
+    128-point Gauss-Hermite quadrature (fast convergence for tanh, GELU, SiLU), elementwise.
+
+    Example:
+        >>> mean, second = quadrature_moments(np.tanh, 0.0, 1.0)
+        >>> round(float(mean), 12) == 0, round(float(second), 4)
+        (True, 0.3943)
+    """
     m, s2 = np.broadcast_arrays(np.asarray(m, float), np.asarray(s2, float))
-    if name in ("selu", "elu"):
-        lam, alpha = (LAMBDA_01, ALPHA_01) if name == "selu" else (1.0, param or 1.0)
-        return _mean_and_second_moment(_pieces(m, s2), lam, alpha)
-    if name in ("relu", "lrelu"):
-        a = 0.0 if name == "relu" else (0.01 if param is None else param)
-        p = _pieces(m, s2)
-        ez_neg = m - p.ez_pos  # E[z 1{z<=0}]
-        ez2_neg = m**2 + s2 - p.ez2_pos
-        return p.ez_pos + a * ez_neg, p.ez2_pos + a * a * ez2_neg
-    if name in _SMOOTH:
-        if not np.all(s2 > 0):
-            raise ValueError("the pre-activation variance must be > 0")
-        z = m[..., None] + np.sqrt(s2)[..., None] * _GH_NODES
-        f = _SMOOTH[name](z)
-        return (f * _GH_WEIGHTS).sum(-1), (f * f * _GH_WEIGHTS).sum(-1)
-    raise ValueError(
-        f"no mean-field moments for activation {name!r}; available: selu, elu, relu, lrelu, "
-        f"{', '.join(_SMOOTH)}"
-    )
+    if not np.all(s2 > 0):
+        raise ValueError("the pre-activation variance must be > 0")
+    z = m[..., None] + np.sqrt(s2)[..., None] * _GH_NODES
+    y = f(z)
+    return (y * _GH_WEIGHTS).sum(-1), (y * y * _GH_WEIGHTS).sum(-1)
 
 
-def propagate_layer(name: str, mean: float, var: float, omega, tau, param=None):
+def propagate_layer(moments, mean: float, var: float, omega, tau):
     r"""Mean-field prediction for one layer whose units have weight sums ``omega`` and squared
     sums ``tau`` (arrays over units), inputs with ``(mean, var)``: unit :math:`j` receives
     :math:`\mathcal N(\mu\omega_j, \nu\tau_j)`; the layer's output mean and variance pool all
     units: :math:`\tilde\mu = \overline{E_j}`, :math:`\tilde\nu = \overline{E_j^{(2)}} -
-    \tilde\mu^2`. With every :math:`\omega_j = 0, \tau_j = 1` and SELU this is :func:`g`.
+    \tilde\mu^2`. ``moments(m, s2)`` gives :math:`(E f(z), E f(z)^2)` of the activation, e.g.
+    :func:`elu_moments` (the families' own are in :mod:`selfnorm.taxonomy`). With every
+    :math:`\omega_j = 0, \tau_j = 1` and SELU this is :func:`g`.
 
     Example:
-        >>> m, v = propagate_layer("selu", 0.0, 1.0, np.zeros(4), np.ones(4))
+        >>> selu = lambda m, s2: elu_moments(m, s2, LAMBDA_01, ALPHA_01)
+        >>> m, v = propagate_layer(selu, 0.0, 1.0, np.zeros(4), np.ones(4))
         >>> abs(m) < 1e-12, abs(v - 1) < 1e-12
         (True, True)
     """
-    first, second = activation_moments(
-        name, mean * np.asarray(omega, float), var * np.asarray(tau, float), param
-    )
+    first, second = moments(mean * np.asarray(omega, float), var * np.asarray(tau, float))
     mu = float(np.mean(first))
     return mu, float(np.mean(second)) - mu * mu

@@ -24,13 +24,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from selfnorm._io import atomic_write_json
-from selfnorm.activations import get_spec
 from selfnorm.audit import audit
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import Dataset, load_dataset
 from selfnorm.models import build_cnn, build_mlp
 from selfnorm.recording import ActivationRecorder
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
+from selfnorm.specs import get_spec
 from selfnorm.storage import RunDir, RunPaths, read_jsonl
 from selfnorm.summary import summarize
 

@@ -131,7 +131,7 @@ def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
         "bins": 64,
         "range": [-4.0, 4.0],
         "tensorboard": True,
-        "backend": "auto",
+        "backend": "torch",
     }
     spe = math.ceil(json.loads((out / "summary.json").read_text())["dataset"]["train"] / 128)
     for name in ("selu", "relu"):

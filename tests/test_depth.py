@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from scipy import integrate
 
+from selfnorm import taxonomy
 from selfnorm.cli import main
 from selfnorm.depth import DepthConfig, depth_propagation
-from selfnorm.theory import activation_moments, g, propagate_layer
+from selfnorm.specs import get_spec
+from selfnorm.theory import g, propagate_layer
 
 FUNCS = {
     "relu": lambda z: max(z, 0.0),
@@ -31,7 +33,7 @@ def test_activation_moments_agree_with_quadrature(name, m, s):
     lo, hi = m - 12 * s, m + 12 * s
     ref1 = integrate.quad(lambda z: f(z) * dens(z), lo, hi, **kw)[0]
     ref2 = integrate.quad(lambda z: f(z) ** 2 * dens(z), lo, hi, **kw)[0]
-    first, second = activation_moments(name, m, s * s)
+    first, second = taxonomy.kind(name).moments(m, s * s, None)
     assert abs(float(first) - ref1) < 1e-6
     assert abs(float(second) - ref2) < 1e-6
 
@@ -39,7 +41,7 @@ def test_activation_moments_agree_with_quadrature(name, m, s):
 def test_propagate_layer_is_g_for_normalized_weights():
     omega, tau = np.zeros(8), np.ones(8)
     for mu, nu in [(0.2, 1.3), (-0.1, 0.7)]:
-        got = propagate_layer("selu", mu, nu, omega, tau)
+        got = propagate_layer(get_spec("selu").moments, mu, nu, omega, tau)
         ref = g(mu, 0.0, nu, 1.0)
         assert np.allclose(got, (float(ref[0]), float(ref[1])), atol=1e-12)
 

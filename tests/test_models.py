@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from selfnorm import SELU, AlphaDropout, FeatureAlphaDropout
-from selfnorm.models import build_cnn, build_mlp, get_spec, layer_widths, spec_names
+from selfnorm.models import build_cnn, build_mlp, layer_widths
+from selfnorm.specs import get_spec, spec_names
 
 
 def test_unknown_activation_lists_valid_names():

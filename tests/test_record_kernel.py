@@ -1,4 +1,5 @@
-"""The fused C++ kernel of the recorder against the torch-ops path and statistics by hand."""
+"""The reductions of a record, torch ops and the opt-in C++ kernel, against each other and
+against statistics by hand; recorder behaviours on both."""
 
 import copy
 import math
@@ -11,21 +12,22 @@ from test_recording import STAT_KEYS, Spy, batch, hand_hist, hand_stats, mixed_n
 from torch import nn
 from torch.nn import functional as F
 
-from selfnorm import record_kernel
 from selfnorm.config import RecordConfig
-from selfnorm.recording import ActivationRecorder, activation_family
+from selfnorm.recording import ActivationRecorder, kernel, reduce
 from selfnorm.records import WEIGHT_KEYS
+from selfnorm.taxonomy import activation_family
 
 needs_kernel = pytest.mark.skipif(
-    record_kernel.load() is None, reason=f"kernel unavailable: {record_kernel.unavailable_reason()}"
+    kernel.load() is None, reason=f"kernel unavailable: {kernel.unavailable_reason()}"
 )
+BACKENDS = ["torch", pytest.param("kernel", marks=needs_kernel)]
 
 
 def test_the_kernel_builds_where_a_compiler_and_ninja_exist():
     if shutil.which("c++") is None or shutil.which("ninja") is None:
         pytest.skip("no C++ compiler or ninja on this machine")
-    assert record_kernel.load() is not None, record_kernel.unavailable_reason()
-    assert record_kernel.unavailable_reason() is None
+    assert kernel.load() is not None, kernel.unavailable_reason()
+    assert kernel.unavailable_reason() is None
 
 
 def train(net, backend, x, y, steps, every=1):
@@ -42,14 +44,12 @@ def train(net, backend, x, y, steps, every=1):
 
 @needs_kernel
 def test_kernel_and_torch_ops_give_the_same_records_over_training():
-    # steps after the first run through the C++ hooks (Capture), the first through the Python
-    # ones: both must agree with the independent torch-ops path, every family, every record
+    # both implementations of the reductions, every family, every record
     x, y = batch(n=96)
     net = mixed_net(4)
     twin = copy.deepcopy(net)
     a, rec = train(net, "kernel", x, y, 4)
     b, _ = train(twin, "torch", x, y, 4)
-    assert rec._fast_on  # the C++ forward hooks took over after the first pass
     assert a.layers == b.layers and a.steps.tolist() == b.steps.tolist() == [0, 1, 2, 3]
     for key in STAT_KEYS:
         for kind in ("pre", "post"):
@@ -139,10 +139,8 @@ class SneakyReLU(nn.ReLU):
         return x.clamp_(min=0)
 
 
-@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_activation_that_edits_its_input_unannounced_is_still_measured_before(backend):
-    if backend == "kernel" and record_kernel.load() is None:
-        pytest.skip("kernel unavailable")
     g = torch.Generator().manual_seed(1)
     lin = nn.Linear(10, 20)
     nn.init.normal_(lin.weight, generator=g)
@@ -169,28 +167,10 @@ def test_an_activation_that_edits_its_input_unannounced_is_still_measured_before
             np.testing.assert_allclose(r.pre[key][step, 0], want[key], rtol=1e-5, atol=1e-7)
 
 
-@needs_kernel
-def test_special_values_through_the_cpp_hooks():
-    special = torch.tensor(
-        [-4.0, -3.875, 0.0, -0.0, 3.875, 4.0, 4.5, -4.5, -1e30, 1e30]
-        + [math.inf, -math.inf, math.nan, 3.99999, -4.0000005]
-    ).view(1, -1)
-    net = nn.Sequential(nn.Hardtanh(-1e6, 1e6))
-    with ActivationRecorder(net, RecordConfig(every=1), record_eval=True) as rec:
-        for _ in range(3):  # the first pass through Python, the others through C++
-            rec.step()
-            net(special)
-        r = rec.records()
-    assert rec._fast_on
-    for step in range(3):
-        np.testing.assert_array_equal(r.hist_pre[step, 0], hand_hist(special))
-        assert np.isnan(r.pre["mean"][step, 0]) and np.isnan(r.pre["min"][step, 0])
-
-
-@needs_kernel
+@pytest.mark.parametrize("impl", [reduce, pytest.param(kernel, marks=needs_kernel)])
 @pytest.mark.parametrize("bins", [1, 3, 64, 94, 95, 200])
 @pytest.mark.parametrize("n", [1, 2, 7, 4097, 3 * 2**17 + 5])
-def test_histogram_counts_exactly_for_any_size_and_bin_count(bins, n):
+def test_histogram_counts_exactly_for_any_size_and_bin_count(impl, bins, n):
     # values built from known bins (jittered around bin centres, far from the edges), plus
     # under- and overflow and NaN: the counts must equal the construction exactly, whether the
     # kernel counts pairs of values (bins + 2 <= 96; odd sizes and sizes beyond one drain of the
@@ -207,32 +187,31 @@ def test_histogram_counts_exactly_for_any_size_and_bin_count(bins, n):
     v[nan] = np.nan
     want = np.bincount(np.where(nan, bins + 1, k + 1), minlength=bins + 2)
     x = torch.from_numpy(v.astype(np.float32))
-    stats = torch.full((1, 7), math.nan, dtype=torch.float64)
-    hist = torch.full((1, bins + 2), -1, dtype=torch.int64)
-    meta = torch.zeros((1, 2), dtype=torch.int64)
-    scale = bins / (hi - lo)
-    record_kernel.load().activations_into(
-        [x], [-math.inf], [False], [0], stats, hist, meta, scale, 1.0 - lo * scale
-    )
+    stats, hist = impl.activation_stats([x], [-math.inf], [False], reduce.Binning(bins, lo, hi))
     np.testing.assert_array_equal(hist[0].numpy(), want)
-    assert meta[0].tolist() == [n, n]
+    assert math.isnan(stats[0, 0]) == bool(nan.any())
 
 
 def test_backend_names_are_checked_and_kernel_requires_the_kernel(monkeypatch):
-    with pytest.raises(ValueError, match="auto, kernel, torch"):
-        RecordConfig(backend="gpu")
-    monkeypatch.setattr(record_kernel, "load", lambda: None)
-    monkeypatch.setattr(record_kernel, "unavailable_reason", lambda: "no compiler here")
+    with pytest.raises(ValueError, match="torch, kernel"):
+        RecordConfig(backend="auto")
+    assert RecordConfig().backend == "torch"  # the default compiles nothing
+    monkeypatch.setattr(kernel, "load", lambda: None)
+    monkeypatch.setattr(kernel, "unavailable_reason", lambda: "no compiler here")
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    with pytest.raises(RuntimeError, match="no compiler here.*backend='auto'"):
+    with pytest.raises(RuntimeError, match="no compiler here.*backend='torch'"):
         ActivationRecorder(net, RecordConfig(backend="kernel"))
-    # auto falls back to torch ops: the same numbers
-    x, y = batch(n=32)
-    a, rec = train(mixed_net(5), "auto", x, y, 2)
-    assert rec._kernel is None
-    b, _ = train(mixed_net(5), "torch", x, y, 2)
-    for key in STAT_KEYS:
-        np.testing.assert_array_equal(a.post[key], b.post[key])
+    ActivationRecorder(net, RecordConfig())  # torch ops: never asks for the kernel
+
+
+def test_the_default_recorder_never_loads_the_kernel(monkeypatch):
+    def refuse():
+        raise AssertionError("the torch backend must not build or load the kernel")
+
+    monkeypatch.setattr(kernel, "load", refuse)
+    x, y = batch(n=16)
+    r, _ = train(mixed_net(1), "torch", x, y, 2)
+    assert len(r) == 2
 
 
 def hand_weights(net):
@@ -247,88 +226,26 @@ def hand_weights(net):
     return np.array(out).T  # (key, layer) in WEIGHT_KEYS order
 
 
-@needs_kernel
-def test_the_cpp_record_store_keeps_order_drops_raised_passes_and_follows_new_weights():
-    # after the first pass the records live in the C++ store: a pass that raises half-way
-    # (its record begun) leaves no record, also when a flush comes before the next pass; a
-    # module given a new Parameter, or a Parameter given new storage, is summed anew
-    g = torch.Generator().manual_seed(3)
-    net = nn.Sequential(
-        nn.Linear(12, 24), nn.SELU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3)
-    )
-    x = torch.randn(40, 12, generator=g)
-    y = torch.randint(0, 3, (40,), generator=g)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    failing = set()
-
-    def fail(m, a, o):
-        if failing:
-            raise ValueError("bad batch")
-
-    net[2].register_forward_hook(fail)  # after the first activation was recorded
-    spy = Spy(net)
-    want, kept = {}, []
-    with ActivationRecorder(net, RecordConfig(every=1, backend="kernel")) as rec:
-        for step in range(9):
-            rec.step()
-            failing = {step} & {3, 6}
-            if step == 4:
-                net[0].weight = nn.Parameter(net[0].weight.detach() * 2)
-                net[2].weight.data = net[2].weight.detach() + 0.5
-                opt = torch.optim.SGD(net.parameters(), lr=0.1)
-            if failing:
-                with pytest.raises(ValueError, match="bad batch"):
-                    net(x)
-                if step == 6:
-                    rec.flush()
-                continue
-            weights = hand_weights(net)
-            loss = F.cross_entropy(net(x), y)
-            want[step] = (weights, spy.post["1"].clone(), spy.post["3"].clone())
-            kept.append(step)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        assert rec._fast_on
-        r = rec.records()
-    spy.remove()
-    assert r.steps.tolist() == kept == [0, 1, 2, 4, 5, 7, 8]
-    for k, step in enumerate(kept):
-        weights, post1, post3 = want[step]
-        for j, key in enumerate(WEIGHT_KEYS):
-            np.testing.assert_allclose(
-                r.weights[key][k], weights[j], rtol=1e-5, atol=1e-7, err_msg=f"{step} {key}"
-            )
-        for i, t in enumerate((post1, post3)):
-            np.testing.assert_allclose(r.post["mean"][k, i], t.double().mean(), atol=1e-6)
-            assert r.hist_post[k, i].sum() == t.numel()
-        assert np.isfinite(r.grad_std[k]).all()
-
-
-@needs_kernel
-def test_a_dropped_recorder_and_its_model_are_freed_with_cpp_hooks_on():
-    # the C++ forward hooks reach the recorder through a weak reference: the garbage
-    # collector cannot see into them, a strong one would keep both alive for good
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_dropped_recorder_and_its_model_are_freed_while_armed(backend):
     import gc
     import weakref
 
     net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 2))
-    rec = ActivationRecorder(net, RecordConfig(every=1, backend="kernel"))
+    rec = ActivationRecorder(net, RecordConfig(every=1, backend=backend))
     for _ in range(3):
         rec.step()
         net(torch.randn(4, 6)).sum().backward()
-    rec.step()  # armed: the C++ hooks are on the modules
-    assert rec._fast_on and net[1]._forward_hooks
+    rec.step()  # armed: the hooks are on the modules
+    assert net[1]._forward_hooks
     refs = weakref.ref(net), weakref.ref(rec)
     del net, rec
     gc.collect()
     assert refs[0]() is None and refs[1]() is None
 
 
-@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_retrying_a_pass_that_raised_after_a_flush_records_it(backend):
-    if backend == "kernel" and record_kernel.load() is None:
-        pytest.skip("kernel unavailable")
     net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
     x = torch.randn(8, 12)
     with ActivationRecorder(net, RecordConfig(every=1, backend=backend)) as rec:
@@ -345,12 +262,9 @@ def test_retrying_a_pass_that_raised_after_a_flush_records_it(backend):
     assert (r.hist_post[:, 0].sum(-1) == 8 * 16).all() and np.isfinite(r.grad_std).all()
 
 
-@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_backward_after_the_next_step_does_not_count(backend):
-    # gradients belong to the recorded pass's backward before the next step(): the same
-    # (none) on both paths, whether the record went through Python or the C++ store
-    if backend == "kernel" and record_kernel.load() is None:
-        pytest.skip("kernel unavailable")
+    # gradients belong to the recorded pass's backward before the next step()
     net = nn.Sequential(nn.Linear(6, 8), nn.ELU(), nn.Linear(8, 2))
     with ActivationRecorder(net, RecordConfig(every=2, backend=backend)) as rec:
         for _ in range(8):
@@ -363,10 +277,8 @@ def test_a_backward_after_the_next_step_does_not_count(backend):
     assert np.isnan(r.grad_std).all()
 
 
-@pytest.mark.parametrize("backend", ["kernel", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_activation_called_again_in_a_later_pass_is_refused(backend):
-    if backend == "kernel" and record_kernel.load() is None:
-        pytest.skip("kernel unavailable")
 
     class Twice(nn.Module):
         def __init__(self):

@@ -12,7 +12,7 @@ import selfnorm
 from selfnorm.config import RecordConfig
 from selfnorm.constants import SATURATION_01
 from selfnorm.models import build_cnn, build_mlp
-from selfnorm.recording import SATURATION_RTOL, ActivationRecorder, activation_family
+from selfnorm.recording import SATURATION_RTOL, ActivationRecorder, kernel, recorder  # noqa: E402
 from selfnorm.records import (
     STAT_KEYS,
     WEIGHT_KEYS,
@@ -22,8 +22,29 @@ from selfnorm.records import (
     write_chunk,
 )
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
+from selfnorm.taxonomy import activation_family
 
 EDGES = np.linspace(-4.0, 4.0, 65)
+
+
+@pytest.fixture(
+    autouse=True,
+    params=[
+        "torch",
+        pytest.param(
+            "kernel",
+            marks=pytest.mark.skipif(kernel.load() is None, reason="kernel unavailable"),
+        ),
+    ],
+)
+def reductions(request, monkeypatch):
+    """Every test here runs with the torch ops and again with the C++ kernel reducing the
+    records (where it builds): the recorder is the same, only the reduction differs."""
+    if request.param == "kernel":
+        monkeypatch.setattr(recorder, "_implementation", lambda backend, model: kernel)
+    return request.param
+
+
 RELU_LIKE = ("relu", "lrelu")
 
 

@@ -210,10 +210,10 @@ def register(sub) -> None:
     g.add_argument("--no-record", action="store_true", help="do not record activation statistics")
     g.add_argument(
         "--record-backend",
-        choices=["auto", "kernel", "torch"],
+        choices=["torch", "kernel"],
         default=None,
-        help="how records are reduced: auto (default; the fused C++ kernel on the CPU where it "
-        "builds, else torch ops), kernel (require it) or torch",
+        help="how records are reduced: torch ops (default; any device, compiles nothing) or "
+        "kernel (opt-in C++ for the CPU, compiled on first use; pip install 'selfnorm[kernel]')",
     )
     g.add_argument(
         "--tensorboard",

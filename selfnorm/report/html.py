@@ -22,6 +22,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from selfnorm._io import atomic_write_text
+from selfnorm.records import read_records
 from selfnorm.report import plots
 from selfnorm.storage import RunDir, read_jsonl
 
@@ -69,10 +70,6 @@ def _load(run_dir: RunDir) -> tuple[dict, dict]:
 
 def _records(run_dir: RunDir, config: Mapping, names) -> dict[str, Any]:
     """Records of each variant's first seed, where they were stored."""
-    try:
-        from selfnorm.recording import read_records
-    except ImportError:  # pragma: no cover - recording is part of the package
-        return {}
     out = {}
     seed = config["seeds"][0]
     for name in names:

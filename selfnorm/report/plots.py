@@ -50,7 +50,7 @@ def mapping_field_figure(
 
 # ---------------------------------------------------------------------------------------------
 # Figures of a comparison run. Inputs are plain data read from the run directory: per variant
-# the Records of one seed (selfnorm.recording.read_records) and the per-epoch metrics of every
+# the Records of one seed (selfnorm.records.read_records) and the per-epoch metrics of every
 # seed. Nothing here trains or touches a model.
 # ---------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-// Fused per-record statistics for selfnorm.recording.ActivationRecorder (CPU, float32).
+// Fused per-record statistics for selfnorm.recording (CPU, float32).
 //
 // Per activation tensor one pass computes sum, zeros, saturated values, min, max and the
 // histogram (bin indices of a block of values go through an L1-sized buffer and are counted by
@@ -6,13 +6,10 @@
 // (exact two-pass variance); dead units take a pass over the units' maxima, only for the ReLU
 // family. The tensors of one call are spread over torch's
 // intra-op threads; every task writes only its own output rows, and partial weight sums are added
-// in block order, so the results do not depend on the number of threads. Capture holds the
-// forward hooks of a recording pass (after the recorder's first pass), registered on the modules
-// directly (no Python between torch and the kernel), and the records themselves (a store of
-// preallocated blocks that the recorder takes at its flush); gradient statistics come from C++
-// tensor hooks, with no Python in the backward pass. Built on first use by
-// selfnorm/record_kernel.py; recording.py's torch-ops path computes the same quantities and the
-// tests compare the two.
+// in block order, so the results do not depend on the number of threads. Two pure functions,
+// called from Python with tensors and output buffers; no hooks, no state. An opt-in
+// implementation of selfnorm/recording/reduce.py (built on first use by
+// selfnorm/recording/kernel.py); the tests compare the two.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -294,13 +291,6 @@ void activation_task(const at::Tensor& t, float thr, bool dead, const Binning& b
   }
 }
 
-void gradient_task(const at::Tensor& g, double* out) {
-  const float* x = g.data_ptr<float>();
-  const int64_t n = g.numel();
-  const double mean = plain_sum(x, n) / static_cast<double>(n);
-  out[0] = mean;
-  out[1] = squared_deviations(x, n, mean) / static_cast<double>(n);
-}
 
 // Rows [r0, r1) of a (units, fan) weight: sums over those units of omega, omega^2, tau, tau^2
 // with omega = sum_i w_i and tau = sum_i w_i^2 of each unit.
@@ -402,23 +392,6 @@ void activations_into(const std::vector<at::Tensor>& xs, const std::vector<doubl
   }
 }
 
-// A hook on t (no Python in the backward pass): the mean and variance of the gradient w.r.t. t
-// go into row `row` of out (S, 2), unless that row holds a value already (the first gradient
-// of a pass counts, e.g. not a second backward through a retained graph). Returns the hook's
-// handle for Tensor::remove_hook.
-int64_t hook_gradient(const at::Tensor& t, const at::Tensor& out, int64_t row) {
-  TORCH_CHECK(t.requires_grad(), "hook_gradient needs a tensor that requires grad");
-  TORCH_CHECK(row >= 0, "row out of range");
-  check_rows(out, row + 1, 2, at::kDouble, "grad");
-  return t.register_hook([out, row](const at::TensorBase& grad) {
-    double* o = out.data_ptr<double>() + 2 * row;
-    if (!grad.defined() || !std::isnan(o[0]) || !grad.device().is_cpu() ||
-        grad.scalar_type() != at::kFloat || grad.numel() == 0)
-      return;
-    gradient_task(at::Tensor(grad).contiguous(), o);
-  });
-}
-
 // Sums over units of omega, omega^2, tau, tau^2 of each (units, fan) weight into out (W, 4),
 // in blocks of about 64k values over torch's threads, added up in block order (the same sums
 // for any number of threads).
@@ -454,288 +427,9 @@ void weights_into(const std::vector<at::Tensor>& weights, const at::Tensor& out)
     for (int j = 0; j < 4; ++j) o[4 * blocks[k].layer + j] += partial[4 * k + j];
 }
 
-// ---- the forward hooks of a recorder, after its first pass ------------------------------------
-//
-// Python keeps the schedule (which passes record, the layout, the first pass that learns it);
-// this object does the per-layer work of a recording pass without returning to Python: read
-// the activation's input (where the activation leaves it alone) and output, reduce both into
-// the record's rows, hook the output's gradient; it also holds the records (begin_record, take)
-// and sums the weights at the start of each.
-class Capture {
- public:
-  Capture(double scale, double shift) : scale_(scale), shift_(shift) {}
-
-  // Per activation module i: its slot (-1: not handled here), whether to read its input after
-  // the call, the saturation threshold of its output (-inf: none), whether to count dead units.
-  void configure(std::vector<int64_t> slot, std::vector<bool> read_input,
-                 std::vector<double> threshold, std::vector<bool> dead) {
-    TORCH_CHECK(slot.size() == read_input.size() && slot.size() == threshold.size() &&
-                    slot.size() == dead.size(),
-                "one entry per module");
-    slot_ = std::move(slot);
-    read_input_ = std::move(read_input);
-    threshold_ = std::move(threshold);
-    dead_ = std::move(dead);
-  }
-
-  // The weight matrices of the model as (units, fan) float32 views (see weights_into), read at
-  // the start of every recorded pass. With `owners` (per weight: its module's _parameters dict
-  // and the parameter), begin_record checks that each module still holds that parameter and the
-  // parameter that storage, and else leaves the weights to Python (returns false); without
-  // owners it always does.
-  void set_weights(std::vector<at::Tensor> weights, pybind11::list dicts, pybind11::list params) {
-    check_weights(weights);
-    TORCH_CHECK(dicts.size() == params.size() && (dicts.empty() || dicts.size() == weights.size()),
-                "one owner per weight, or none");
-    weights_ = std::move(weights);
-    dicts_.clear();
-    params_.clear();
-    ptrs_.clear();
-    for (size_t j = 0; j < dicts.size(); ++j) {
-      dicts_.push_back(pybind11::reinterpret_borrow<pybind11::object>(dicts[j]));
-      params_.push_back(pybind11::reinterpret_borrow<pybind11::object>(params[j]));
-      ptrs_.push_back(THPVariable_Unpack(params_.back().ptr()).data_ptr());
-    }
-  }
-
-  // The record store: blocks of kStoreRecords records of (rows, 7) stats, (rows, bins + 2)
-  // histograms, (rows, 2) meta, (slots, 2) gradient moments, (weights, 4) weight sums.
-  void layout(int64_t rows, int64_t slots, int64_t bins, int64_t weights) {
-    TORCH_CHECK(rows > 0 && slots >= 0 && bins >= 3 && weights >= 0, "bad record layout");
-    rows_ = rows;
-    slots_ = slots;
-    bins_ = bins;
-    nweights_ = weights;
-    open_ = false;
-    blocks_.clear();
-    steps_.clear();
-    weighed_.clear();
-  }
-
-  // Start a recorded pass as record `step` of the store (after removing the gradient hooks of
-  // the previous pass): its rows take what the hooks compute, and the weight sums go in now
-  // (the weights do not change before the optimizer step). Returns whether the weights were
-  // done; if not (set_weights' views are stale or missing), Python calls weigh().
-  bool begin_record(int64_t step) {
-    TORCH_CHECK(rows_ > 0, "begin_record before layout");
-    remove_hooks();
-    drop_open();
-    open_ = true;
-    std::fill(seen_.begin(), seen_.end(), char{0});
-    const int64_t n = static_cast<int64_t>(steps_.size());
-    const int64_t k = n % kStoreRecords;
-    if (n / kStoreRecords >= static_cast<int64_t>(blocks_.size())) {
-      const auto f64 = at::TensorOptions().dtype(at::kDouble);
-      const auto i64 = at::TensorOptions().dtype(at::kLong);
-      const double nan = std::numeric_limits<double>::quiet_NaN();
-      blocks_.push_back({at::full({kStoreRecords, rows_, kStats}, nan, f64),
-                         at::zeros({kStoreRecords, rows_, bins_}, i64),
-                         at::zeros({kStoreRecords, rows_, 2}, i64),
-                         at::full({kStoreRecords, slots_, 2}, nan, f64),
-                         at::zeros({kStoreRecords, nweights_, 4}, f64)});
-    }
-    const auto& b = blocks_[n / kStoreRecords];
-    stats_ = b[0].select(0, k);
-    hist_ = b[1].select(0, k);
-    meta_ = b[2].select(0, k);
-    grad_ = b[3].select(0, k);
-    weight_row_ = b[4].select(0, k);
-    steps_.push_back(step);
-    weighed_.push_back(0);
-    if (weights_.empty() || dicts_.size() != weights_.size()) return false;
-    for (size_t j = 0; j < dicts_.size(); ++j) {
-      PyObject* held = PyDict_GetItemString(dicts_[j].ptr(), "weight");  // borrowed
-      if (held != params_[j].ptr() || THPVariable_Unpack(held).data_ptr() != ptrs_[j])
-        return false;
-    }
-    return weigh();
-  }
-
-  // The weight sums of set_weights' views into the current record; false where there are none.
-  bool weigh() {
-    if (weights_.empty() || !weight_row_.defined()) return false;
-    {
-      pybind11::gil_scoped_release nogil;
-      weights_into(weights_, weight_row_);
-    }
-    weighed_.back() = 1;
-    return true;
-  }
-
-  // Whether the hook of module i recorded a call in the current pass.
-  bool seen(int64_t i) const {
-    return i >= 0 && i < static_cast<int64_t>(seen_.size()) && seen_[i] != 0;
-  }
-
-  // The current record's rows (stats, hist, meta, grad), for Python hooks that do a layer.
-  pybind11::tuple current() const { return pybind11::make_tuple(stats_, hist_, meta_, grad_); }
-
-  // Every record since the last take, in order, and an empty store: steps (K,), stats (K, R, 7),
-  // hist (K, R, bins + 2), meta (K, R, 2), grad (K, S, 2), weights (K, W, 4), weighed (K,);
-  // only (steps,) when there is none.
-  pybind11::tuple take() {
-    drop_open();
-    const int64_t n = static_cast<int64_t>(steps_.size());
-    if (n == 0) return pybind11::make_tuple(at::empty({0}, at::TensorOptions().dtype(at::kLong)));
-    std::vector<at::Tensor> parts[5];
-    for (size_t j = 0; j < blocks_.size(); ++j) {
-      const int64_t len = std::min(kStoreRecords, n - static_cast<int64_t>(j) * kStoreRecords);
-      if (len <= 0) break;
-      for (int q = 0; q < 5; ++q) parts[q].push_back(blocks_[j][q].narrow(0, 0, len));
-    }
-    pybind11::list out;
-    out.append(at::tensor(steps_, at::TensorOptions().dtype(at::kLong)));
-    for (int q = 0; q < 5; ++q) out.append(parts[q].size() == 1 ? parts[q][0] : at::cat(parts[q]));
-    out.append(at::tensor(std::vector<int64_t>(weighed_.begin(), weighed_.end()),
-                          at::TensorOptions().dtype(at::kLong)).to(at::kBool));
-    blocks_.clear();
-    steps_.clear();
-    weighed_.clear();
-    return pybind11::tuple(out);
-  }
-
-  // The forward hook of module i: true where it recorded the call (else Python does).
-  bool post(int64_t i, const pybind11::tuple& args, const pybind11::object& out) {
-    if (i < 0 || i >= static_cast<int64_t>(slot_.size()) || slot_[i] < 0 || !stats_.defined())
-      return false;
-    if (seen_.size() != slot_.size()) seen_.assign(slot_.size(), 0);
-    if (seen_[i]) return false;  // a second call in one pass: Python counts calls (and refuses)
-    const int64_t slot = slot_[i];
-    at::Tensor y;
-    if (!fits(out, y) || 2 * slot + 1 >= stats_.size(0)) return false;
-    at::Tensor x;
-    const bool with_input = read_input_[i];
-    if (with_input && (args.empty() || !fits(args[0], x))) return false;
-    at::Tensor tensors[2] = {x, y};
-    const int64_t first = with_input ? 0 : 1;
-    const Binning bn{static_cast<float>(scale_), static_cast<float>(shift_), hist_.size(1)};
-    double* ps = stats_.data_ptr<double>();
-    int64_t* ph = hist_.data_ptr<int64_t>();
-    int64_t* pm = meta_.data_ptr<int64_t>();
-    {
-      pybind11::gil_scoped_release nogil;
-      run_tasks(2 - first, [&](int64_t k) {
-        thread_local Scratch s;
-        const int64_t row = 2 * slot + first + k;
-        const at::Tensor& t = tensors[first + k];
-        const float thr = first + k == 1 ? static_cast<float>(threshold_[i])
-                                         : -std::numeric_limits<float>::infinity();
-        activation_task(t, thr, dead_[i], bn, s, ps + kStats * row, ph + bn.bins * row);
-      });
-    }
-    for (int64_t k = first; k < 2; ++k) {
-      const at::Tensor& t = tensors[k];
-      pm[2 * (2 * slot + k)] = t.numel();
-      pm[2 * (2 * slot + k) + 1] = t.dim() >= 2 ? t.size(1) : t.numel();
-    }
-    seen_[i] = 1;
-    const at::Tensor& o = THPVariable_Unpack(out.ptr());
-    if (o.requires_grad() && slot < grad_.size(0)) hook(o, grad_, slot);
-    return true;
-  }
-
-  // A forward hook for module i, to register on it directly (no Python between torch and
-  // post): post(i, ...), and where that did not record the call, fallback(module, args, out).
-  // The hook holds a reference to this object (self).
-  static pybind11::cpp_function forward_hook(pybind11::object self, int64_t i,
-                                             pybind11::object fallback) {
-    Capture* capture = self.cast<Capture*>();
-    return pybind11::cpp_function(
-        [self, capture, i, fallback](pybind11::object module, pybind11::tuple args,
-                                     pybind11::object out) -> pybind11::object {
-          if (!capture->post(i, args, out)) fallback(module, args, out);
-          return pybind11::none();
-        });
-  }
-
-  // Hook the gradient w.r.t. t into row `slot` of grad (see hook_gradient); the hook is
-  // remembered by a weak reference to t, so the tensor is freed as usual.
-  void hook(const at::Tensor& t, const at::Tensor& grad, int64_t slot) {
-    const int64_t handle = hook_gradient(t, grad, slot);
-    hooks_.emplace_back(WeakTensor(t.getIntrusivePtr()), handle);
-  }
-
-  // End of the pass (the buffers stay with the record); hooks stay until remove_hooks.
-  void end() {
-    stats_ = hist_ = meta_ = grad_ = weight_row_ = at::Tensor();
-    open_ = false;
-  }
-
-  // Remove the gradient hooks of the last pass from the tensors still alive; returns how
-  // many that was.
-  int64_t remove_hooks() {
-    int64_t alive = 0;
-    for (auto& [weak, h] : hooks_) {
-      auto impl = weak.lock();
-      if (!impl) continue;
-      at::Tensor(std::move(impl)).remove_hook(static_cast<unsigned>(h));
-      ++alive;
-    }
-    hooks_.clear();
-    return alive;
-  }
-
- private:
-  // A pass that began a record and never ended (it raised): its record is dropped, its rows
-  // cleared for reuse.
-  void drop_open() {
-    if (!open_) return;
-    steps_.pop_back();
-    weighed_.pop_back();
-    stats_.fill_(std::numeric_limits<double>::quiet_NaN());
-    hist_.zero_();
-    meta_.zero_();
-    grad_.fill_(std::numeric_limits<double>::quiet_NaN());
-    weight_row_.zero_();
-    end();
-  }
-
-  // A float32 CPU tensor, not empty (made contiguous): detached into t.
-  static bool fits(const pybind11::handle& obj, at::Tensor& t) {
-    if (!THPVariable_Check(obj.ptr())) return false;
-    const at::Tensor& v = THPVariable_Unpack(obj.ptr());
-    if (!v.device().is_cpu() || v.scalar_type() != at::kFloat || v.numel() == 0) return false;
-    t = v.is_contiguous() ? v.detach() : v.detach().contiguous();
-    return true;
-  }
-
-  double scale_, shift_;
-  std::vector<int64_t> slot_;
-  std::vector<bool> read_input_, dead_;
-  std::vector<double> threshold_;
-  at::Tensor stats_, hist_, meta_, grad_, weight_row_;
-  std::vector<at::Tensor> weights_;
-  std::vector<pybind11::object> dicts_, params_;  // the weights' owners (see set_weights)
-  std::vector<void*> ptrs_;
-  static constexpr int64_t kStoreRecords = 64;
-  int64_t rows_ = 0, slots_ = 0, bins_ = 0, nweights_ = 0;
-  std::vector<std::array<at::Tensor, 5>> blocks_;
-  std::vector<int64_t> steps_;
-  std::vector<uint8_t> weighed_;
-  bool open_ = false;  // a record begun and not ended
-  std::vector<char> seen_;  // per module: its hook recorded a call in this pass
-  using WeakTensor = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-  std::vector<std::pair<WeakTensor, int64_t>> hooks_;
-};
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
   m.def("activations_into", &activations_into, "Activation statistics into rows of buffers",
         nogil);
   m.def("weights_into", &weights_into, "Omega/tau sums of weight matrices into a buffer", nogil);
-  pybind11::class_<Capture>(m, "Capture")
-      .def(pybind11::init<double, double>())
-      .def("configure", &Capture::configure)
-      .def("set_weights", &Capture::set_weights)
-      .def("layout", &Capture::layout)
-      .def("begin_record", &Capture::begin_record)
-      .def("weigh", &Capture::weigh)
-      .def("current", &Capture::current)
-      .def("seen", &Capture::seen)
-      .def("take", &Capture::take)
-      .def("post", &Capture::post)
-      .def("forward_hook", &Capture::forward_hook)
-      .def("end", &Capture::end)
-      .def("hook", &Capture::hook)
-      .def("remove_hooks", &Capture::remove_hooks);
 }

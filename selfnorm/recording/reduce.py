@@ -1,0 +1,298 @@
+r"""The reductions behind a record: pure functions from tensors to statistics, in torch ops.
+
+A record of a network reduces three kinds of tensors, each with one function here:
+
+* :func:`activation_stats`: every activation's input or output ``x`` (``n`` values) into
+  mean :math:`\bar x = \frac1n \sum x`, population variance :math:`\frac1n \sum (x - \bar x)^2`,
+  min, max, the number of exact zeros, of values :math:`\le` a saturation threshold, of "dead"
+  units (index along dim 1 never :math:`> 0` in the batch), and a histogram over fixed signed
+  bins with underflow (:math:`x < e_0`) and overflow (:math:`x \ge e_B`, and NaN) so that the
+  counts always sum to ``n``;
+* :func:`gradient_moments`: every gradient w.r.t. an activation's output into mean and
+  population variance;
+* :func:`weight_moments`: every weight matrix (rows = units, the incoming weights of a unit
+  along the row) into :math:`\sum_j \omega_j, \sum_j \omega_j^2, \sum_j \tau_j,
+  \sum_j \tau_j^2` over its units, with :math:`\omega_j = \sum_i w_{ji}` and
+  :math:`\tau_j = \sum_i w_{ji}^2` (the quantities of the SELU theory).
+
+Tensors of one shape are stacked into one reused buffer and reduced together, with a fixed
+number of torch operations whatever the number of layers; results stay on the tensors' device
+(nothing is read back to the host: the recorder does one transfer per flush). The same
+functions run on CPU and CUDA. :mod:`selfnorm.recording.kernel` is an opt-in implementation of
+:func:`activation_stats` and :func:`weight_moments` in C++ for float32 CPU tensors; it computes
+the same statistics (tests compare both).
+
+Example:
+    >>> import torch
+    >>> b = Binning(bins=4, low=-2.0, high=2.0)
+    >>> stats, hist = activation_stats([torch.tensor([[-3.0, 0.0, 0.5, 1.0]])], [-1.0], [True], b)
+    >>> stats[0, :4].tolist(), stats[0, 4:].tolist()  # mean, var, min, max; zeros, sat., dead
+    ([-0.375, 2.421875, -3.0, 1.0], [1.0, 1.0, 2.0])
+    >>> hist[0].tolist()  # [x < -2, [-2, -1), [-1, 0), [0, 1), [1, 2), x >= 2 or NaN]
+    [1, 0, 0, 2, 1, 0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "N_STATS",
+    "Binning",
+    "ReduceBuffers",
+    "activation_stats",
+    "gradient_moments",
+    "weight_matrix",
+    "weight_moments",
+]
+
+N_STATS = 7
+"""Columns of :func:`activation_stats`' first result: mean, var, min, max, #zeros,
+#saturated, #dead units."""
+
+
+@dataclass(frozen=True)
+class Binning:
+    """``bins`` equal, half-open bins over ``[low, high)``; a value goes to column
+    ``1 + floor((x - low) * bins / (high - low))`` of a histogram row, clamped to
+    ``[0 (underflow), bins + 1 (overflow)]``.
+
+    Example:
+        >>> Binning(64, -4.0, 4.0).columns
+        66
+    """
+
+    bins: int
+    low: float
+    high: float
+
+    @property
+    def columns(self) -> int:
+        """Histogram columns: underflow, the bins, overflow."""
+        return self.bins + 2
+
+    @property
+    def scale(self) -> float:
+        return self.bins / (self.high - self.low)
+
+    @property
+    def shift(self) -> float:
+        return 1.0 - self.low * self.scale
+
+
+class ReduceBuffers:
+    """Scratch buffers reused from one record to the next (keyed by shape, dtype, device), so
+    a record allocates nothing once the layout is known. One per recorder; not thread-safe."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype=None):
+        dtype = like.dtype if dtype is None else dtype
+        key = (name, shape, dtype, like.device)
+        buf = self._bufs.get(key)
+        if buf is None:
+            buf = self._bufs[key] = torch.empty(shape, dtype=dtype, device=like.device)
+        return buf
+
+
+def _groups(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
+    """Indices of ``tensors`` by (shape, dtype, device), in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
+    return groups
+
+
+def _stacked(ts: list[torch.Tensor], bufs: ReduceBuffers | None, name: str) -> torch.Tensor:
+    if len(ts) == 1:
+        return ts[0].unsqueeze(0)
+    shape = (len(ts), *ts[0].shape)
+    if bufs is None:
+        return torch.stack(ts)
+    return torch.stack(ts, out=bufs.get(name, shape, ts[0]))
+
+
+def activation_stats(
+    tensors: Sequence[torch.Tensor],
+    thresholds: Sequence[float],
+    dead: Sequence[bool],
+    binning: Binning,
+    buffers: ReduceBuffers | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Statistics and histogram of each tensor (float32 or float64, any shape, not empty).
+
+    Args:
+        tensors: the tensors to reduce (detached; they are not modified).
+        thresholds: per tensor, count the values :math:`\le` it as saturated (``-inf``: none).
+        dead: per tensor, whether to count dead units (else that column is 0).
+        binning: the histogram's bins.
+        buffers: scratch buffers to reuse between calls (default: fresh ones).
+
+    Returns:
+        ``stats`` float64 ``(n, 7)`` (mean, var, min, max, #zeros, #saturated, #dead units)
+        and ``hist`` int64 ``(n, bins + 2)``, on the tensors' device (the first tensor's).
+
+    Example:
+        >>> import torch
+        >>> s, h = activation_stats([torch.zeros(2, 3)], [-math.inf], [True], Binning(2, -1., 1.))
+        >>> s[0].tolist(), h[0].tolist()
+        ([0.0, 0.0, 0.0, 0.0, 6.0, 0.0, 3.0], [0, 0, 6, 0])
+    """
+    n = len(tensors)
+    if not (len(thresholds) == len(dead) == n):
+        raise ValueError(f"{n} tensors need {n} thresholds and dead flags")
+    device = tensors[0].device if n else torch.device("cpu")
+    stats = torch.empty((n, N_STATS), dtype=torch.float64, device=device)
+    hist = torch.empty((n, binning.columns), dtype=torch.int64, device=device)
+    bufs = buffers if buffers is not None else ReduceBuffers()
+    for (_, _, dev), idx in _groups(tensors).items():
+        x = _stacked([tensors[i] for i in idx], bufs, "act")
+        s, h = _reduce_group(x, [thresholds[i] for i in idx], [dead[i] for i in idx], binning, bufs)
+        where = torch.tensor(idx, device=dev) if len(idx) < n else slice(None)
+        stats[where] = s.to(device)
+        hist[where] = h.to(device)
+    return stats, hist
+
+
+def _reduce_group(
+    x: torch.Tensor, thr: list[float], dead: list[bool], binning: Binning, bufs: ReduceBuffers
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`activation_stats` of the rows of ``x`` ``(n, *shape)`` (one stacked shape)."""
+    n = x.shape[0]
+    x2 = x.reshape(n, -1)
+    numel = x2.shape[1]
+    lead = x.shape[1] if x.dim() >= 3 else 1  # the batch, when there is one
+    units = x.shape[2] if x.dim() >= 3 else numel
+    f64 = torch.float64
+    total = x2.sum(1, dtype=f64)
+    mean = total / numel
+    # two passes for the variance: accurate for any mean (float64 accumulation)
+    tmp = bufs.get("tmp", (n, numel), x2)
+    torch.sub(x2, mean.to(x2.dtype).unsqueeze(1), out=tmp)
+    var = torch.linalg.vector_norm(tmp, dim=1, dtype=f64).square_() / numel
+    # per-unit maxima over the batch and the unit's positions: max, and dead units
+    unit_max = x.reshape(n, lead, units, -1).amax(dim=(1, 3))
+    mx = unit_max.amax(1)
+    mn = x2.amin(1)
+    zeros = numel - torch.count_nonzero(x2, dim=1)
+    dead_t = torch.tensor(dead, device=x.device)
+    n_dead = torch.where(dead_t, (unit_max <= 0).sum(1), 0)
+    sat = torch.zeros(n, dtype=torch.int64, device=x.device)
+    rows = [i for i, t in enumerate(thr) if t > -math.inf]
+    if rows:
+        sel = _index(rows)
+        t = torch.tensor([thr[i] for i in rows], dtype=x2.dtype, device=x.device).unsqueeze(1)
+        sat[sel] = (x2[sel] <= t).sum(1)
+    stats = torch.stack(
+        [mean, var, mn.to(f64), mx.to(f64), zeros.to(f64), sat.to(f64), n_dead.to(f64)], 1
+    )
+    return stats, _histogram(x2, tmp, binning, bufs, total)
+
+
+def _index(rows: list[int]) -> slice | list[int]:
+    """``rows`` (increasing) as a slice where they are evenly spaced (a view, not a gather)."""
+    step = rows[1] - rows[0] if len(rows) > 1 else 1
+    if rows == list(range(rows[0], rows[-1] + 1, step)):
+        return slice(rows[0], rows[-1] + 1, step)
+    return rows
+
+
+def _histogram(
+    x2: torch.Tensor, tmp: torch.Tensor, b: Binning, bufs: ReduceBuffers, total: torch.Tensor
+) -> torch.Tensor:
+    """Counts ``(n, bins + 2)`` of each row of ``x2``: value -> column ``1 + floor((x - low) *
+    scale)`` clamped to ``[0, bins + 1]``, NaN -> overflow; one joint count for all rows."""
+    n, numel = x2.shape
+    nb = b.columns
+    torch.add(torch.tensor(b.shift, dtype=x2.dtype, device=x2.device), x2, alpha=b.scale, out=tmp)
+    tmp.clamp_(0.0, nb - 1.0)
+    # NaN survives the clamp and would break the integer index; on the CPU a look at the row
+    # sums (NaN there if anywhere, as inf - inf or inf) is cheaper than the pass that replaces it
+    if x2.device.type != "cpu" or not bool(torch.isfinite(total).all()):
+        tmp.nan_to_num_(nan=nb - 1.0)
+    # the CPU's bincount is fastest on int16 indices; CUDA's scatter_add_ takes int64
+    cpu = x2.device.type == "cpu"
+    idx_dtype = (torch.int16 if n * nb < 2**15 else torch.int32) if cpu else torch.int64
+    idx = bufs.get("idx", (n, numel), x2, idx_dtype)
+    idx.copy_(tmp)
+    if n > 1:
+        idx.add_(torch.arange(n, dtype=idx_dtype, device=x2.device).unsqueeze(1) * nb)
+    flat = idx.view(-1)
+    if cpu:
+        counts = torch.bincount(flat, minlength=n * nb)
+    else:  # CUDA's bincount reads the maximum back to the host: a sync per call
+        counts = torch.zeros(n * nb, dtype=torch.int64, device=x2.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))
+    return counts.view(n, nb)
+
+
+def gradient_moments(
+    tensors: Sequence[torch.Tensor], buffers: ReduceBuffers | None = None
+) -> torch.Tensor:
+    r"""Mean and population variance of each tensor: float64 ``(n, 2)`` on the first tensor's
+    device (two passes, float64 accumulation).
+
+    Example:
+        >>> import torch
+        >>> m = gradient_moments([torch.tensor([1.0, 3.0]), torch.tensor([[2.0], [2.0]])])
+        >>> m.round(decimals=12).tolist()
+        [[2.0, 1.0], [2.0, 0.0]]
+    """
+    n = len(tensors)
+    device = tensors[0].device if n else torch.device("cpu")
+    out = torch.empty((n, 2), dtype=torch.float64, device=device)
+    bufs = buffers if buffers is not None else ReduceBuffers()
+    for (_, _, dev), idx in _groups(tensors).items():
+        x2 = _stacked([tensors[i] for i in idx], bufs, "grad").reshape(len(idx), -1)
+        numel = x2.shape[1]
+        mean = x2.sum(1, dtype=torch.float64) / numel
+        tmp = bufs.get("gtmp", tuple(x2.shape), x2)
+        torch.sub(x2, mean.to(x2.dtype).unsqueeze(1), out=tmp)
+        var = torch.linalg.vector_norm(tmp, dim=1, dtype=torch.float64).square_() / numel
+        where = torch.tensor(idx, device=dev) if len(idx) < n else slice(None)
+        out[where] = torch.stack([mean, var], 1).to(device)
+    return out
+
+
+def weight_matrix(weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """A Linear/Conv weight as ``(units, fan_in)``: row ``j`` holds unit ``j``'s incoming
+    weights. ``transposed`` for ConvTranspose, whose weight is ``(in, out / groups, *kernel)``.
+
+    Example:
+        >>> import torch
+        >>> weight_matrix(torch.zeros(8, 3, 5, 5)).shape
+        torch.Size([8, 75])
+        >>> weight_matrix(torch.zeros(3, 8, 5), transposed=True).shape
+        torch.Size([8, 15])
+    """
+    w = weight.detach()
+    if transposed:
+        w = w.transpose(0, 1)
+    return w.reshape(w.shape[0], -1)
+
+
+def weight_moments(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    r"""Per ``(units, fan_in)`` matrix (see :func:`weight_matrix`) the sums over its units of
+    :math:`\omega_j, \omega_j^2, \tau_j, \tau_j^2`: float64 ``(W, 4)`` on the first matrix's
+    device (float32 sums per unit, as the matrices are float32 or wider, then float64).
+
+    Example:
+        >>> import torch
+        >>> weight_moments([torch.tensor([[1.0, 2.0], [0.0, -1.0]])]).round(decimals=12).tolist()
+        [[2.0, 10.0, 6.0, 26.0]]
+    """
+    if not weights:
+        return torch.zeros((0, 4), dtype=torch.float64)
+    device = weights[0].device
+    rows = []
+    for w in weights:
+        omega = w.sum(1, dtype=torch.float64)
+        tau = torch.linalg.vector_norm(w, dim=1, dtype=torch.float64).square_()
+        both = torch.stack([omega, tau])  # (2, units)
+        rows.append(torch.stack([both, both * both], 1).sum(2).view(4).to(device))
+    return torch.stack(rows)  # Σω, Σω², Στ, Στ²

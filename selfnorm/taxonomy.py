@@ -1,0 +1,360 @@
+r"""What kind of layer a module is, said once: activation families, weight layers, norms.
+
+Every part of selfnorm that asks "is this a SELU?", "which family is this activation?", "does
+this layer carry weights, and what is its fan-in?" asks here: the spec registry
+(:mod:`selfnorm.specs`), init (:mod:`selfnorm.init`), the audit, the recorder and its records,
+and the depth prediction. An :class:`ActivationKind` holds everything known about one family:
+its module types, how to build one, its proper init and dropout, whether dead units are
+counted, its SELU parameters, and its mean-field moments
+
+.. math::
+    E[f(z)],\; E[f(z)^2], \qquad z \sim \mathcal N(m, s^2),
+
+for the theory's layer-to-layer propagation (:func:`selfnorm.theory.propagate_layer`).
+:func:`register` adds a family; it is then built by ``selfnorm compare``, initialized, recorded,
+audited and predicted by ``selfnorm depth`` like the built-in ones.
+
+Example:
+    >>> from torch import nn
+    >>> activation_family(nn.LeakyReLU(0.2)), activation_family(nn.Sigmoid())
+    ('lrelu', 'other')
+    >>> is_weight_layer(nn.ConvTranspose2d(3, 8, 3)), weight_units(nn.ConvTranspose2d(3, 8, 3))
+    (True, 8)
+    >>> float(kind("relu").moments(0.0, 1.0, None)[1])  # E[relu(z)^2] = 1/2, z ~ N(0, 1)
+    0.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from selfnorm import theory
+from selfnorm.activations import SELU
+from selfnorm.constants import ALPHA_01, LAMBDA_01
+
+__all__ = [
+    "NONELEMENTWISE_TYPES",
+    "NORM_TYPES",
+    "WEIGHT_TYPES",
+    "ActivationKind",
+    "activation_family",
+    "activation_kind",
+    "activation_types",
+    "fan_in",
+    "is_activation",
+    "is_norm",
+    "is_selu",
+    "is_transposed",
+    "is_weight_layer",
+    "kind",
+    "kinds",
+    "register",
+    "saturation_value",
+    "selu_parameters",
+    "unregister",
+    "weight_units",
+]
+
+Moments = Callable[[np.ndarray, np.ndarray, "float | None"], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ActivationKind:
+    r"""One activation family and everything that belongs with it.
+
+    ``gain(param)`` is the std factor of the variance-scaling normal init
+    :math:`w \sim \mathcal N(0, \text{gain}^2 / n_{in})` (``init`` names it: ``lecun_normal``
+    for gain 1, ``he_normal``); ``glorot=True`` switches to
+    :math:`\mathcal N(0, 2 / (n_{in} + n_{out}))`. A kind without ``make`` is recognised
+    (recorded, audited) but cannot be chosen as a ``compare`` variant.
+    """
+
+    name: str
+    """The family's name in specs (``lrelu:0.2``) and in records."""
+    types: tuple[type[nn.Module], ...]
+    """Module types of this family (checked in registration order: subclasses first)."""
+    make: Callable[[float | None], nn.Module] | None = None
+    """A fresh module for a parameter (None: the default)."""
+    init: str = "he_normal"
+    gain: Callable[[float | None], float] = lambda _: math.sqrt(2.0)
+    glorot: bool = False
+    alpha_dropout: bool = False
+    """Alpha dropout (keeps mean and variance) instead of plain dropout."""
+    default_param: float | None = None
+    param_name: str | None = None
+    param_ok: Callable[[float], str | None] = lambda _: None
+    """The allowed range of the parameter: None if ``param`` is allowed, else its text."""
+    dead_units: bool = False
+    """Count units never > 0 in a batch (the ReLU family, whose units can die)."""
+    selu: Callable[[nn.Module], tuple[float, float]] | None = None
+    """``(alpha, scale)`` of a module of this family (SELU only)."""
+    moments: Moments | None = None
+    """``(m, s2, param) -> (E f(z), E f(z)^2)``, elementwise, for :mod:`selfnorm.depth`."""
+    param_of: Callable[[nn.Module], float | None] = lambda _: None
+    """The parameter a module of this family was built with (slope, alpha)."""
+    description: str = ""
+
+
+_KINDS: dict[str, ActivationKind] = {}
+
+
+def register(k: ActivationKind) -> ActivationKind:
+    """Add an activation family (its name must be new); returns it.
+
+    Example:
+        >>> from torch import nn
+        >>> k = register(ActivationKind("softsign", (nn.Softsign,), make=lambda _: nn.Softsign()))
+        >>> activation_family(nn.Softsign())
+        'softsign'
+        >>> unregister("softsign")
+    """
+    if not isinstance(k, ActivationKind):
+        raise TypeError(f"register takes an ActivationKind, got {type(k).__name__}")
+    if k.name in _KINDS or k.name == "other":
+        raise ValueError(f"an activation family named {k.name!r} exists already; pick a new name")
+    _KINDS[k.name] = k
+    _cache.clear()
+    return k
+
+
+def unregister(name: str) -> None:
+    """Remove a family added by :func:`register`."""
+    del _KINDS[name]
+    _cache.clear()
+
+
+def kinds() -> tuple[ActivationKind, ...]:
+    """Every registered family, in registration order (without ``other``)."""
+    return tuple(_KINDS.values())
+
+
+def kind(name: str) -> ActivationKind:
+    """The family named ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones).
+    """
+    k = _OTHER if name == "other" else _KINDS.get(name)
+    if k is None:
+        raise ValueError(f"unknown activation family {name!r}; registered: {', '.join(_KINDS)}")
+    return k
+
+
+_cache: dict[type, ActivationKind | None] = {}
+
+
+def activation_kind(module: nn.Module) -> ActivationKind | None:
+    """The family of ``module``, or None where it is not an activation selfnorm knows."""
+    t = type(module)
+    if t not in _cache:
+        _cache[t] = next((k for k in (*_KINDS.values(), _OTHER) if issubclass(t, k.types)), None)
+    return _cache[t]
+
+
+def activation_family(module: nn.Module) -> str:
+    """The family's name of an activation module; ``other`` for any other module."""
+    k = activation_kind(module)
+    return k.name if k is not None else "other"
+
+
+def activation_types() -> tuple[type[nn.Module], ...]:
+    """Every registered activation module type (what the recorder hooks by default)."""
+    return tuple(t for k in (*_KINDS.values(), _OTHER) for t in k.types)
+
+
+def selu_parameters(module: nn.Module) -> tuple[float, float] | None:
+    """``(alpha, scale)`` of a SELU-family module; None for other modules."""
+    k = activation_kind(module)
+    return k.selu(module) if k is not None and k.selu is not None else None
+
+
+def is_selu(module: nn.Module) -> bool:
+    """Whether ``module`` is a SELU (selfnorm's or PyTorch's, any parameters)."""
+    return selu_parameters(module) is not None
+
+
+def saturation_value(module: nn.Module) -> float | None:
+    r"""The value :math:`\alpha' = -\lambda\alpha` a SELU module saturates to; None for others.
+
+    Example:
+        >>> round(saturation_value(nn.SELU()), 4), saturation_value(nn.ReLU())
+        (-1.7581, None)
+    """
+    p = selu_parameters(module)
+    return None if p is None else -p[0] * p[1]
+
+
+# -- weight layers and norms ------------------------------------------------------------------
+
+WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
+"""Layers whose weight maps inputs to units: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d."""
+
+NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
+    t
+    for t in (
+        nn.modules.batchnorm._NormBase,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        getattr(nn, "RMSNorm", None),
+    )
+    if t is not None
+)
+"""Normalization layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm)."""
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is one of :data:`WEIGHT_TYPES` with a weight tensor."""
+    return isinstance(module, WEIGHT_TYPES) and isinstance(
+        getattr(module, "weight", None), torch.Tensor
+    )
+
+
+def is_transposed(module: nn.Module) -> bool:
+    """Whether the weight is ``(in, out / groups, *kernel)`` (ConvTranspose) rather than
+    ``(out, in / groups, *kernel)``."""
+    return bool(getattr(module, "transposed", False))
+
+
+def weight_units(module: nn.Module) -> int:
+    """Units of a weight layer: output features or channels (per group for ConvTranspose)."""
+    w = module.weight
+    return int(w.shape[1] if is_transposed(module) else w.shape[0])
+
+
+def fan_in(module: nn.Module) -> int:
+    r"""Incoming weights of one unit: ``in_features``, or ``in_channels / groups`` times the
+    kernel size (for ConvTranspose with stride 1 the same count; a stride spreads them)."""
+    w = module.weight
+    return int(w[:, 0].numel() if is_transposed(module) else w[0].numel())
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is one of :data:`NORM_TYPES`."""
+    return isinstance(module, NORM_TYPES)
+
+
+# -- the built-in families --------------------------------------------------------------------
+
+
+def _selu_params(module: nn.Module) -> tuple[float, float]:
+    if isinstance(module, SELU):
+        return module.alpha, module.scale
+    return ALPHA_01, LAMBDA_01  # torch.nn.SELU has the standard constants
+
+
+def _lrelu_gain(slope: float | None) -> float:
+    s = 0.01 if slope is None else slope
+    return math.sqrt(2.0 / (1.0 + s * s))
+
+
+def _slope(module: nn.Module) -> float | None:
+    return getattr(module, "negative_slope", None)
+
+
+for _k in (
+    ActivationKind(
+        "selu",
+        (SELU, nn.SELU),
+        make=lambda _: SELU(),
+        init="lecun_normal",
+        gain=lambda _: 1.0,
+        alpha_dropout=True,
+        selu=_selu_params,
+        moments=lambda m, s2, _: theory.elu_moments(m, s2, LAMBDA_01, ALPHA_01),
+        description="SELU + LeCun normal + alpha dropout (the SNN recipe)",
+    ),
+    ActivationKind(
+        "relu",
+        (nn.ReLU, nn.ReLU6),
+        make=lambda _: nn.ReLU(),
+        dead_units=True,
+        moments=lambda m, s2, _: theory.piecewise_linear_moments(m, s2, 0.0),
+        description="ReLU + He normal + dropout",
+    ),
+    ActivationKind(
+        "lrelu",
+        (nn.LeakyReLU, nn.PReLU, nn.RReLU),
+        make=lambda s: nn.LeakyReLU(s),
+        gain=_lrelu_gain,
+        default_param=0.01,
+        param_name="negative_slope",
+        param_ok=lambda s: None if 0 <= s < 1 else "[0, 1)",
+        dead_units=True,
+        moments=lambda m, s2, s: theory.piecewise_linear_moments(m, s2, 0.01 if s is None else s),
+        param_of=_slope,
+        description="Leaky ReLU (lrelu:SLOPE, default 0.01) + He normal + dropout",
+    ),
+    ActivationKind(
+        "elu",
+        (nn.ELU, nn.CELU),
+        make=lambda a: nn.ELU(a),
+        default_param=1.0,
+        param_name="alpha",
+        param_ok=lambda a: None if a > 0 else "> 0",
+        moments=lambda m, s2, a: theory.elu_moments(m, s2, 1.0, 1.0 if a is None else a),
+        param_of=lambda m: getattr(m, "alpha", None),
+        description="ELU (elu:ALPHA, default 1) + He normal + dropout",
+    ),
+    ActivationKind(
+        "gelu",
+        (nn.GELU,),
+        make=lambda _: nn.GELU(),
+        moments=lambda m, s2, _: theory.quadrature_moments(theory.gelu, m, s2),
+        description="GELU + He normal + dropout",
+    ),
+    ActivationKind(
+        "silu",
+        (nn.SiLU,),
+        make=lambda _: nn.SiLU(),
+        moments=lambda m, s2, _: theory.quadrature_moments(theory.silu, m, s2),
+        description="SiLU/Swish + He normal + dropout",
+    ),
+    ActivationKind(
+        "tanh",
+        (nn.Tanh,),
+        make=lambda _: nn.Tanh(),
+        init="glorot_normal",
+        gain=lambda _: 1.0,
+        glorot=True,
+        moments=lambda m, s2, _: theory.quadrature_moments(np.tanh, m, s2),
+        description="tanh + Glorot normal + dropout",
+    ),
+):
+    _KINDS[_k.name] = _k
+
+_OTHER = ActivationKind(
+    "other",
+    (
+        nn.Sigmoid,
+        nn.Softplus,
+        nn.Mish,
+        nn.Hardtanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.Softsign,
+        nn.Tanhshrink,
+        nn.LogSigmoid,
+        nn.Softshrink,
+        nn.Hardshrink,
+        nn.Threshold,
+    ),  # fmt: skip
+)
+"""Element-wise activations recognised (recorded, audited) but not offered as variants; checked
+after every registered family, so a family registered for one of these types takes it."""
+
+NONELEMENTWISE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.GLU,
+)  # fmt: skip
+"""Nonlinearities across units (not recorded per value; the audit treats them as activations)."""
+
+
+def is_activation(module: nn.Module) -> bool:
+    """Whether ``module`` is a nonlinearity: a known family, or one of
+    :data:`NONELEMENTWISE_TYPES`."""
+    return activation_kind(module) is not None or isinstance(module, NONELEMENTWISE_TYPES)
