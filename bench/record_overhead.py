@@ -12,8 +12,8 @@ numerics are identical and only the recording differs):
   tensorboard     the reference: ``SummaryWriter.add_histogram`` of every activation output
                   every step (forward hooks), as monitors built on TensorBoard do.
 
-The recorders use ``--backend`` (default ``auto``: the fused C++ kernel of
-``selfnorm.record_kernel`` on this CPU; ``torch`` measures the torch-ops path instead).
+The recorders use ``--backend``: ``torch`` (default, the torch-ops reductions of
+``selfnorm.recording.reduce``) or ``kernel`` (the opt-in C++ ones of ``selfnorm.recording.kernel``).
 A recorder flushes at the end of each of its blocks (``--block`` steps, default 600: one MNIST
 epoch, after which ``selfnorm compare`` flushes too) into NPZ chunks in a
 temporary folder, timed with the block; the TensorBoard way runs ``--tb-block`` steps (it is
@@ -24,7 +24,7 @@ cancels), and the median ms per step. With ``--json`` the last line is
 ``{"every_step": r, "every_50": r, "tensorboard_every_step": r}``.
 
     python bench/record_overhead.py [--rounds 20] [--block 600] [--tb-block 50] [--threads 2]
-                                    [--backend auto|kernel|torch] [--json]
+                                    [--backend torch|kernel] [--json]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--tb-block", type=int, default=50, help="TensorBoard steps per block")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--backend", choices=["auto", "kernel", "torch"], default="auto")
+    ap.add_argument("--backend", choices=["torch", "kernel"], default="torch")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.block % 50:
@@ -160,8 +160,7 @@ def main() -> None:
         rec.close()
     tb.writer.close()
     tmp.cleanup()
-    kernel = recorders["every_step"]._kernel is not None
-    print(f"backend {args.backend}: {'fused C++ kernel' if kernel else 'torch ops'}")
+    print(f"backend {args.backend}: {'C++ kernel' if args.backend == 'kernel' else 'torch ops'}")
     if args.json:
         print(
             json.dumps(

@@ -91,9 +91,8 @@ from typing import Literal
 import torch
 from scipy.special import chdtri
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
-from selfnorm.activations import SELU
+from selfnorm import taxonomy
 from selfnorm.constants import ALPHA_01, LAMBDA_01
 from selfnorm.dropout import AlphaDropout
 from selfnorm.theory import _THEOREM_DOMAINS, fixed_point, jacobian
@@ -146,19 +145,8 @@ _BIAS_WARNING_RMS = 0.1
 _BIAS_ERROR_RMS = 0.5
 _KEEP_PROB_RATE = 0.5
 
-_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what selfnorm.init_snn_ initializes
 _ALPHA_DROPOUT = (AlphaDropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _PLAIN_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-_NORMS = tuple(
-    t for t in (_NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None)) if t
-)
-_SELUS = (SELU, nn.SELU)
-_ACTIVATIONS = _SELUS + (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
-    nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.Hardshrink, nn.LogSigmoid, nn.Softmax,
-    nn.LogSoftmax, nn.Softmin, nn.Softmax2d, nn.GLU, nn.Threshold,
-)  # fmt: skip
 _SHAPE_ONLY = (
     nn.Identity, nn.Flatten, nn.Unflatten,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -350,7 +338,7 @@ def _run_trace(model: nn.Module, args: tuple) -> _Trace:
     try:
         for name, m in _leaves(model):
             handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(n, mod, a)))
-            if isinstance(m, _SELUS):
+            if taxonomy.is_selu(m):
                 handles.append(m.register_forward_hook(post))
         with _evaluating(model):
             model(*args)
@@ -376,7 +364,7 @@ def _first_line(exc: BaseException) -> str:
 def _infer(model: nn.Module, batch_size: int) -> tuple[tuple[int, ...] | None, str]:
     tried = []
     for m in model.modules():
-        if isinstance(m, _AFFINE) and not isinstance(m, nn.Linear) and not tried:
+        if taxonomy.is_weight_layer(m) and not isinstance(m, nn.Linear) and not tried:
             return None, "the first Linear/Conv is a Conv, whose spatial input size is unknown"
         if isinstance(m, nn.Linear) and m.in_features not in (t for t, _ in tried):
             try:
@@ -420,7 +408,7 @@ def _standard_gaussian(
 def _input_fixed_point(model: nn.Module) -> tuple[float, float]:
     """(mean, var) the input should have: the fixed point of the first SELU in registration
     order, (0, 1) for the standard SELU (and for a model without SELU)."""
-    first = next((m for m in model.modules() if isinstance(m, _SELUS)), None)
+    first = next((m for m in model.modules() if taxonomy.is_selu(m)), None)
     return (0.0, 1.0) if first is None else _selu_fixed_point(first)
 
 
@@ -441,14 +429,13 @@ def _neighbour(trace: _Trace, i: int, step: int, skip: tuple) -> int | None:
 
 
 def _is_activation(m: nn.Module) -> bool:
-    return isinstance(m, _ACTIVATIONS)
+    return taxonomy.is_activation(m)
 
 
 def _selu_params(m: nn.Module) -> tuple[float, float]:
     """(scale, alpha) of a SELU module."""
-    if isinstance(m, SELU):
-        return m.scale, m.alpha
-    return LAMBDA_01, ALPHA_01
+    alpha, scale = taxonomy.selu_parameters(m)
+    return scale, alpha
 
 
 def _selu_fixed_point(m: nn.Module) -> tuple[float, float]:
@@ -485,7 +472,7 @@ def _tau_band(n_weights: int, band: tuple[float, float] = _TAU_BAND) -> tuple[fl
 
 
 def _check_weight(name: str, m: nn.Module) -> Finding | None:
-    w = m.weight.detach().to(torch.float64).reshape(m.weight.shape[0], -1)
+    w = taxonomy.unit_weights(m).to(torch.float64)
     units, n = w.shape
     fan_out = units * math.prod(m.weight.shape[2:])
     tau = (w * w).sum(1)
@@ -594,7 +581,7 @@ def _check_dropout(trace: _Trace, i: int, name: str, m: nn.Module) -> list[Findi
     if act is None:
         return found
     am = trace.modules[act]
-    if not isinstance(am, _SELUS):
+    if not taxonomy.is_selu(am):
         found.append(
             Finding(
                 "error",
@@ -633,26 +620,26 @@ def _check_dropout(trace: _Trace, i: int, name: str, m: nn.Module) -> list[Findi
 
 
 def _is_selu(trace: _Trace, j: int) -> bool:
-    return isinstance(trace.modules[j], _SELUS)
+    return taxonomy.is_selu(trace.modules[j])
 
 
 def _static(trace: _Trace) -> list[Finding]:
     found: list[Finding] = []
     seen: set[str] = set()
     last_affine = max(
-        (i for i, m in enumerate(trace.modules) if isinstance(m, _AFFINE)), default=None
+        (i for i, m in enumerate(trace.modules) if taxonomy.is_weight_layer(m)), default=None
     )
     for i, (name, m) in enumerate(zip(trace.names, trace.modules, strict=True)):
         if name in seen:
             continue
         seen.add(name)
-        if isinstance(m, _AFFINE):
+        if taxonomy.is_weight_layer(m):
             nxt = _neighbour(trace, i, +1, _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT)
             if nxt is not None and _is_selu(trace, nxt):
                 found += [f for f in (_check_weight(name, m), _check_bias(name, m)) if f]
         elif isinstance(m, _ALPHA_DROPOUT + _PLAIN_DROPOUT):
             found += _check_dropout(trace, i, name, m)
-        elif isinstance(m, _NORMS):
+        elif taxonomy.is_norm(m):
             skip = _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT
             near = [j for j in (_neighbour(trace, i, -1, skip), _neighbour(trace, i, +1, skip))]
             selu = next((j for j in near if j is not None and _is_selu(trace, j)), None)
@@ -700,7 +687,7 @@ def _static(trace: _Trace) -> list[Finding]:
                     "recorded (activation recorders) and breaks backward hooks",
                 )
             )
-    if not any(isinstance(m, _SELUS) for m in trace.modules):
+    if not any(taxonomy.is_selu(m) for m in trace.modules):
         found.append(
             Finding(
                 "info",
@@ -761,7 +748,7 @@ def _variance_walk(trace: _Trace, order: list[int]) -> dict[int, float]:
         rho = float(jacobian(mean0, 0.0, var0, 1.0, lam, alpha)[1][1])
         a = rho * rho * (a + prev_rel_se**2)
         j = _neighbour(trace, i, -1, skip)
-        if j is not None and isinstance(trace.modules[j], _AFFINE):
+        if j is not None and taxonomy.is_weight_layer(trace.modules[j]):
             a += 2.0 / trace.modules[j].weight.numel()
         walk[i] = math.sqrt(a)
         prev_rel_se = _finite(trace.selu[i].se_var) / var0

@@ -27,7 +27,12 @@ else:  # pragma: no cover
 __all__ = [
     "PRESETS",
     "ExperimentConfig",
+    "CnnConfig",
+    "MODEL_KINDS",
+    "MlpConfig",
     "ModelConfig",
+    "model_from_dict",
+    "model_keys",
     "RecordConfig",
     "TrainConfig",
     "experiment_from_dict",
@@ -37,30 +42,105 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Architecture shared by every variant."""
+class MlpConfig:
+    """A fully connected network: ``depth`` hidden layers (``--model mlp``, the default).
 
-    kind: str = "mlp"
-    """``mlp`` (any data) or ``cnn`` (image data)."""
+    Example:
+        >>> MlpConfig(depth=2).kind, MlpConfig(depth=2).depth
+        ('mlp', 2)
+    """
+
+    kind: str = field(default="mlp", init=False)
+    """``mlp`` (fixed: the kind of this config)."""
     depth: int = 4
-    """Hidden layers of the MLP."""
+    """Hidden layers."""
     width: int = 512
     """Hidden units per layer (the first layer's for ``conic``)."""
     shape: str = "rect"
     """``rect`` (equal widths) or ``conic`` (geometrically shrinking)."""
-    channels: tuple[int, ...] = (32, 64, 128)
-    """Conv channels of the CNN."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mlp", "cnn"):
-            raise ValueError(f"model kind={self.kind!r}; choose 'mlp' or 'cnn'")
         _validate.positive_int("depth", self.depth)
         _validate.positive_int("width", self.width)
         if self.shape not in ("rect", "conic"):
             raise ValueError(f"shape={self.shape!r}; choose 'rect' or 'conic'")
+
+
+@dataclass(frozen=True)
+class CnnConfig:
+    """A small convolutional network for image data (``--model cnn``): one conv block per entry
+    of ``channels``, then a linear classifier.
+
+    Example:
+        >>> CnnConfig(channels=(8, 16)).kind
+        'cnn'
+    """
+
+    kind: str = field(default="cnn", init=False)
+    """``cnn`` (fixed: the kind of this config)."""
+    channels: tuple[int, ...] = (32, 64, 128)
+    """Conv channels, one block each."""
+
+    def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
+        if not self.channels:
+            raise ValueError("channels is empty; pass e.g. --channels 32,64")
         for c in self.channels:
             _validate.positive_int("channels", c)
+
+
+ModelConfig = MlpConfig | CnnConfig
+"""The architecture shared by every variant: one config per model kind."""
+
+MODEL_KINDS: dict[str, type] = {"mlp": MlpConfig, "cnn": CnnConfig}
+
+
+def model_keys(kind: str) -> tuple[str, ...]:
+    """The settings of a model kind (``kind`` itself excluded).
+
+    Example:
+        >>> model_keys("mlp"), model_keys("cnn")
+        (('depth', 'width', 'shape'), ('channels',))
+    """
+    return tuple(f.name for f in dataclasses.fields(_model_class(kind)) if f.init)
+
+
+def _model_class(kind: Any) -> type:
+    cls = MODEL_KINDS.get(kind)
+    if cls is None:
+        raise ValueError(f"model kind={kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    return cls
+
+
+def model_from_dict(section: Mapping[str, Any]) -> ModelConfig:
+    """The model config of a ``[model]`` table: its ``kind`` (default ``mlp``) picks the class;
+    a key of another kind is an error naming the key and the kind.
+
+    Example:
+        >>> model_from_dict({"kind": "cnn", "channels": [8]})
+        CnnConfig(kind='cnn', channels=(8,))
+        >>> model_from_dict({"kind": "cnn", "depth": 3})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: [model] depth does not apply to model kind 'cnn' (its settings: channels); ...
+    """
+    section = dict(section)
+    kind = section.pop("kind", "mlp")
+    cls = _model_class(kind)
+    keys = model_keys(kind)
+    for key in section:
+        if key in keys:
+            continue
+        owner = next((k for k in MODEL_KINDS if key in model_keys(k)), None)
+        if owner is None:
+            raise ValueError(f"unknown key {key!r} in [model]; valid keys: kind, {', '.join(keys)}")
+        raise ValueError(
+            f"[model] {key} does not apply to model kind {kind!r} (its settings: "
+            f'{", ".join(keys)}); drop it or use kind = "{owner}"'
+        )
+    if "channels" in section:
+        section["channels"] = tuple(section["channels"])
+    return cls(**section)
 
 
 @dataclass(frozen=True)
@@ -131,7 +211,10 @@ class RecordConfig:
     """Record activation statistics during training (``--no-record`` turns it off)."""
     every: int | None = None
     """Record every N optimizer steps (step 0, N, 2N, ...); ``--record-every N``. None (auto):
-    :meth:`resolve_every`, a quarter epoch but at most 50 steps (the overhead budget)."""
+    :meth:`resolve_every`, a quarter epoch but at most 50 steps (the overhead budget). Every
+    record holds every activation statistic, histogram and gradient std; the weight sums
+    (ω, τ) are taken at least every 50 steps (on every record for N >= 50, else on every
+    ``ceil(50 / N)``-th: :data:`selfnorm.recording.recorder.WEIGHT_STEPS`), NaN on the others."""
     bins: int = 64
     """Histogram bins over ``range``; values outside are counted as underflow/overflow."""
     range: tuple[float, float] = (-4.0, 4.0)
@@ -193,7 +276,7 @@ class ExperimentConfig:
     """A whole comparison: data, model, training, the variants and the seeds."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=MlpConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     activations: tuple[str, ...] = ("selu", "relu", "lrelu")
     """Variants to compare: names from the activation registry (``selu``, ``relu+bn``, ...)."""
@@ -207,6 +290,8 @@ class ExperimentConfig:
     """Activation recording during training (statistics and histograms per layer)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, (MlpConfig, CnnConfig)):
+            raise TypeError(f"model must be an MlpConfig or CnnConfig, got {self.model!r}")
         acts = tuple(a.strip().lower() for a in self.activations)
         if not acts:
             raise ValueError("activations is empty; name at least one, e.g. selu,relu")
@@ -255,7 +340,6 @@ def _plain(obj: Any) -> Any:
 
 _SECTIONS = {
     "data": DataConfig,
-    "model": ModelConfig,
     "train": TrainConfig,
     "record": RecordConfig,
 }
@@ -281,13 +365,15 @@ def experiment_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
     _check_keys("the experiment config", d, ExperimentConfig)
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
-        if key in _SECTIONS:
+        if key == "model":
+            if not isinstance(value, Mapping):
+                raise ValueError(f"[model] must be a table of settings, got {value!r}")
+            kwargs[key] = model_from_dict(value)
+        elif key in _SECTIONS:
             if not isinstance(value, Mapping):
                 raise ValueError(f"[{key}] must be a table of settings, got {value!r}")
             _check_keys(f"[{key}]", value, _SECTIONS[key])
             section = dict(value)
-            if key == "model" and "channels" in section:
-                section["channels"] = tuple(section["channels"])
             if key == "record" and "range" in section:
                 section["range"] = tuple(section["range"])
             kwargs[key] = _SECTIONS[key](**section)
@@ -304,9 +390,18 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     Example:
         >>> merge({"train": {"lr": 1, "epochs": 2}}, {"train": {"lr": 3}})
         {'train': {'lr': 3, 'epochs': 2}}
+    A ``model`` table that names another kind than the one below it replaces that table (the
+    settings of one kind do not apply to another):
+
+        >>> merge({"model": {"kind": "mlp", "depth": 2}}, {"model": {"kind": "cnn"}})
+        {'model': {'kind': 'cnn'}}
     """
     out = dict(base)
     for k, v in override.items():
+        if k == "model" and isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            if v.get("kind", out[k].get("kind", "mlp")) != out[k].get("kind", "mlp"):
+                out[k] = dict(v)
+                continue
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = merge(out[k], v)
         else:

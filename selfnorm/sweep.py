@@ -49,7 +49,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from selfnorm._io import atomic_write_json, atomic_write_text
-from selfnorm.config import ExperimentConfig, experiment_from_dict, load_toml, merge
+from selfnorm.config import (
+    MODEL_KINDS,
+    ExperimentConfig,
+    experiment_from_dict,
+    load_toml,
+    merge,
+    model_keys,
+)
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
 from selfnorm.storage import slug
 
@@ -302,6 +309,16 @@ def sweep_from_dict(d: Mapping[str, Any]) -> SweepSpec:
     if "seeds" in grid and "seeds" in sweep_keys:
         raise ValueError("seeds are given twice: top-level `seeds` and grid.seeds; keep one")
     seeds = grid.pop("seeds", sweep_keys.get("seeds", [0]))
+    model = base.get("model", {})
+    kind = model.get("kind", "mlp") if isinstance(model, Mapping) else "mlp"
+    if kind in MODEL_KINDS:
+        for key in grid:
+            section, name = GRID_KEYS.get(key, (None, key))
+            if section == "model" and name not in model_keys(kind):
+                raise ValueError(
+                    f"grid.{key} does not apply to model kind {kind!r} (its settings: "
+                    f'{", ".join(model_keys(kind))}); drop it from [grid] or use kind = "mlp"'
+                )
     if isinstance(seeds, int):
         seeds = [seeds]
     kwargs: dict[str, Any] = {

@@ -57,6 +57,7 @@ __all__ = [
     "register",
     "saturation_value",
     "selu_parameters",
+    "unit_weights",
     "unregister",
     "weight_units",
 ]
@@ -225,6 +226,21 @@ def weight_units(module: nn.Module) -> int:
     """Units of a weight layer: output features or channels (per group for ConvTranspose)."""
     w = module.weight
     return int(w.shape[1] if is_transposed(module) else w.shape[0])
+
+
+def unit_weights(module: nn.Module) -> torch.Tensor:
+    """A weight layer's weight, detached, as ``(units, fan_in)``: row ``j`` holds unit ``j``'s
+    incoming weights (for ConvTranspose, whose weight is ``(in, out / groups, *kernel)``, the
+    first two dims swapped).
+
+    Example:
+        >>> unit_weights(nn.Conv2d(3, 8, 5)).shape, unit_weights(nn.ConvTranspose1d(3, 8, 5)).shape
+        (torch.Size([8, 75]), torch.Size([8, 15]))
+    """
+    w = module.weight.detach()
+    if is_transposed(module):
+        w = w.transpose(0, 1)
+    return w.reshape(w.shape[0], -1)
 
 
 def fan_in(module: nn.Module) -> int:

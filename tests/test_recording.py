@@ -355,6 +355,23 @@ def test_omega_and_tau_are_the_per_unit_weight_sums(kind):
             np.testing.assert_allclose(r.weights[key][0, j], want[key].item(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize(("every", "weighed"), [(1, [0, 50, 100]), (7, [0, 56, 112]), (60, None)])
+def test_weight_sums_are_taken_at_least_every_50_steps(every, weighed):
+    net = nn.Sequential(nn.Linear(4, 8), nn.SELU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with ActivationRecorder(net, RecordConfig(every=every)) as rec:
+        for _ in range(120):
+            rec.step()
+            net(torch.randn(16, 4)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        r = rec.records()
+    have = np.isfinite(r.weights["tau_mean"]).all(1)
+    assert r.steps[have].tolist() == (weighed if weighed is not None else r.steps.tolist())
+    assert np.isnan(r.weights["omega_std"][~have]).all()
+    assert np.isfinite(r.post["mean"]).all() and np.isfinite(r.grad_std).all()  # all the rest
+
+
 def test_cnn_units_are_channels_and_layers_of_different_shapes_are_all_recorded():
     g = torch.Generator().manual_seed(0)
     net = build_cnn((1, 12, 12), 4, "relu", channels=(4, 8), generator=g)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
+from selfnorm.config import ExperimentConfig, MlpConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
 from selfnorm.records import read_records
 from selfnorm.storage import RunDir, read_jsonl
@@ -155,7 +155,7 @@ def test_config_validation_names_the_value():
     with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
         ExperimentConfig(dropout=1.5)
     with pytest.raises(ValueError, match="depth=0"):
-        ModelConfig(depth=0)
+        MlpConfig(depth=0)
     with pytest.raises(ValueError, match="unknown key"):
         experiment_from_dict({"train": {"learning_rate": 1}})
 

@@ -118,6 +118,7 @@ def resolve_compare_config(args: argparse.Namespace):
     if "dropout" in flags and "dropout_by_activation" not in flags:
         merged.pop("dropout_by_activation", None)  # one rate on the command line means one rate
     merged = merge(merged, flags)
+    _check_model_flags(flags.get("model", {}), merged.get("model", {}).get("kind", "mlp"))
     # per-variant rates a preset or file set for variants that are not compared now
     if "dropout_by_activation" in merged and "activations" in flags:
         chosen = {a.strip().lower() for a in merged["activations"]}
@@ -125,6 +126,21 @@ def resolve_compare_config(args: argparse.Namespace):
             k: v for k, v in merged["dropout_by_activation"].items() if k in chosen
         }
     return experiment_from_dict(merged)
+
+
+def _check_model_flags(given: dict, kind: str) -> None:
+    """A model flag of another kind than the one that trains is refused, not ignored."""
+    from selfnorm.config import MODEL_KINDS, model_keys
+
+    if kind not in MODEL_KINDS:
+        return  # the config names the valid kinds
+    keys = model_keys(kind)
+    for key in given:
+        if key != "kind" and key not in keys:
+            own = ", ".join(f"--{k}" for k in keys)
+            raise CliError(
+                f"--{key} does not apply to --model {kind} (its options: {own}); drop --{key}"
+            )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -205,7 +221,7 @@ def register(sub) -> None:
         type=int,
         metavar="N",
         help="record activation statistics every N optimizer steps (default: a quarter epoch, "
-        "at most 50)",
+        "at most 50); weight sums (omega, tau) are taken at least every 50 steps",
     )
     g.add_argument("--no-record", action="store_true", help="do not record activation statistics")
     g.add_argument(

@@ -48,7 +48,13 @@ from selfnorm.recording import reduce
 from selfnorm.recording.reduce import N_STATS, Binning, ReduceBuffers
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, concat_records
 
-__all__ = ["SATURATION_RTOL", "ActivationRecorder"]
+__all__ = ["SATURATION_RTOL", "WEIGHT_STEPS", "ActivationRecorder"]
+
+WEIGHT_STEPS = 50
+"""The weight sums (ω, τ) of a record are taken at least every this many steps: on every record
+when ``every >= 50``, else on every ``ceil(50 / every)``-th (the steps that are multiples of
+``every * ceil(50 / every)``); the other records have NaN there. Weights change slowly, and
+reading every weight matrix costs as much as the activations of a dense record."""
 
 SATURATION_RTOL = 0.05
 r"""An output :math:`y` of a SELU-family layer counts as saturated when
@@ -63,7 +69,7 @@ class _Pending:
     rows: np.ndarray  # (R,) row ids of stats/hist
     stats: torch.Tensor  # (R, 7) float64
     hist: torch.Tensor  # (R, bins + 2) int64
-    weights: torch.Tensor  # (W, 4) float64: Σω, Σω², Στ, Στ²
+    weights: torch.Tensor | None  # (W, 4) float64: Σω, Σω², Στ, Στ² (None: not taken)
     numel: np.ndarray  # (R,) values of each row's tensor
     units: np.ndarray  # (R,) units (dim 1) of each row's tensor
     grad_slots: np.ndarray | None = None  # (G,) slots of grad
@@ -172,6 +178,7 @@ class ActivationRecorder:
         self.binning = Binning(self.config.bins, lo, hi)
         self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
         self._impl = _implementation(self.config.backend, model)
+        self._weigh_every = self.config.every * math.ceil(WEIGHT_STEPS / self.config.every)
         self._bufs = ReduceBuffers()
 
         # layout: slots in call order, fixed by the first captured pass
@@ -415,9 +422,9 @@ class ActivationRecorder:
                 dev = _device(self.model)
                 stats = torch.zeros((0, N_STATS), dtype=torch.float64, device=dev)
                 hist = torch.zeros((0, self.binning.columns), dtype=torch.int64, device=dev)
-            weights = self._impl.weight_moments(
-                [reduce.weight_matrix(m.weight, taxonomy.is_transposed(m)) for m in self._wmods]
-            )
+            weights = None
+            if step % self._weigh_every == 0:
+                weights = self._impl.weight_moments([taxonomy.unit_weights(m) for m in self._wmods])
         numel = np.array([t.numel() for t in tensors], dtype=np.float64)
         units = np.array([t.shape[1] if t.dim() >= 2 else t.numel() for t in tensors], dtype=float)
         self._open = _Pending(
@@ -459,7 +466,9 @@ class ActivationRecorder:
             return Records.empty()
         parts = []
         for p in pending:
-            parts += [p.stats.view(-1), p.hist.view(-1).double(), p.weights.view(-1)]
+            parts += [p.stats.view(-1), p.hist.view(-1).double()]
+            if p.weights is not None:
+                parts.append(p.weights.view(-1))
             if p.grad is not None:
                 parts.append(p.grad.view(-1))
         dev = parts[0].device
@@ -487,7 +496,7 @@ class ActivationRecorder:
         stats = np.full((s, 2 * nl, N_STATS), np.nan)
         hist = np.zeros((s, 2 * nl, nb), dtype=np.int64)
         grad = np.full((s, nl, 2), np.nan)
-        wsum = np.zeros((s, nw, 4))
+        wsum = np.full((s, nw, 4), np.nan)
         pos = 0
 
         def take(count: int) -> np.ndarray:
@@ -499,7 +508,8 @@ class ActivationRecorder:
             r = len(p.rows)
             stats[k, p.rows] = take(r * N_STATS).reshape(r, N_STATS)
             hist[k, p.rows] = np.rint(take(r * nb)).astype(np.int64).reshape(r, nb)
-            wsum[k] = take(nw * 4).reshape(nw, 4)
+            if p.weights is not None:
+                wsum[k] = take(nw * 4).reshape(nw, 4)
             if p.grad is not None:
                 g = len(p.grad_slots)
                 grad[k, p.grad_slots] = take(g * 2).reshape(g, 2)

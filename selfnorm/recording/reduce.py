@@ -26,8 +26,10 @@ Example:
     >>> import torch
     >>> b = Binning(bins=4, low=-2.0, high=2.0)
     >>> stats, hist = activation_stats([torch.tensor([[-3.0, 0.0, 0.5, 1.0]])], [-1.0], [True], b)
-    >>> stats[0, :4].tolist(), stats[0, 4:].tolist()  # mean, var, min, max; zeros, sat., dead
-    ([-0.375, 2.421875, -3.0, 1.0], [1.0, 1.0, 2.0])
+    >>> stats[0, :4].round(decimals=6).tolist()  # mean, var, min, max (float32 sums)
+    [-0.375, 2.421875, -3.0, 1.0]
+    >>> stats[0, 4:].tolist()  # zeros, saturated (<= -1), dead units (dim 1 never > 0)
+    [1.0, 1.0, 2.0]
     >>> hist[0].tolist()  # [x < -2, [-2, -1), [-1, 0), [0, 1), [1, 2), x >= 2 or NaN]
     [1, 0, 0, 2, 1, 0]
 """
@@ -46,7 +48,6 @@ __all__ = [
     "ReduceBuffers",
     "activation_stats",
     "gradient_moments",
-    "weight_matrix",
     "weight_moments",
 ]
 
@@ -85,11 +86,21 @@ class Binning:
 
 
 class ReduceBuffers:
-    """Scratch buffers reused from one record to the next (keyed by shape, dtype, device), so
-    a record allocates nothing once the layout is known. One per recorder; not thread-safe."""
+    """Scratch buffers and small constant tensors reused from one record to the next (keyed by
+    shape or values, dtype, device), so a record allocates and uploads nothing once the layout
+    is known. One per recorder; not thread-safe."""
 
     def __init__(self) -> None:
         self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def const(self, values: tuple, like: torch.Tensor, dtype=None) -> torch.Tensor:
+        """``torch.tensor(values)`` on ``like``'s device, made once."""
+        dtype = like.dtype if dtype is None else dtype
+        key = ("const", values, dtype, like.device)
+        t = self._bufs.get(key)
+        if t is None:
+            t = self._bufs[key] = torch.tensor(values, dtype=dtype, device=like.device)
+        return t
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype=None):
         dtype = like.dtype if dtype is None else dtype
@@ -150,10 +161,10 @@ def activation_stats(
     stats = torch.empty((n, N_STATS), dtype=torch.float64, device=device)
     hist = torch.empty((n, binning.columns), dtype=torch.int64, device=device)
     bufs = buffers if buffers is not None else ReduceBuffers()
-    for (_, _, dev), idx in _groups(tensors).items():
+    for idx in _groups(tensors).values():
         x = _stacked([tensors[i] for i in idx], bufs, "act")
         s, h = _reduce_group(x, [thresholds[i] for i in idx], [dead[i] for i in idx], binning, bufs)
-        where = torch.tensor(idx, device=dev) if len(idx) < n else slice(None)
+        where = bufs.const(tuple(idx), x, torch.int64) if len(idx) < n else slice(None)
         stats[where] = s.to(device)
         hist[where] = h.to(device)
     return stats, hist
@@ -169,28 +180,32 @@ def _reduce_group(
     lead = x.shape[1] if x.dim() >= 3 else 1  # the batch, when there is one
     units = x.shape[2] if x.dim() >= 3 else numel
     f64 = torch.float64
-    total = x2.sum(1, dtype=f64)
+    # float32 sums (torch's cascade summation), two passes for the variance: accurate for any mean
+    total = x2.sum(1)
     mean = total / numel
-    # two passes for the variance: accurate for any mean (float64 accumulation)
     tmp = bufs.get("tmp", (n, numel), x2)
-    torch.sub(x2, mean.to(x2.dtype).unsqueeze(1), out=tmp)
-    var = torch.linalg.vector_norm(tmp, dim=1, dtype=f64).square_() / numel
+    torch.sub(x2, mean.unsqueeze(1), out=tmp)
+    var = torch.linalg.vector_norm(tmp, dim=1).double().square_() / numel
     # per-unit maxima over the batch and the unit's positions: max, and dead units
     unit_max = x.reshape(n, lead, units, -1).amax(dim=(1, 3))
     mx = unit_max.amax(1)
     mn = x2.amin(1)
-    zeros = numel - torch.count_nonzero(x2, dim=1)
-    dead_t = torch.tensor(dead, device=x.device)
-    n_dead = torch.where(dead_t, (unit_max <= 0).sum(1), 0)
-    sat = torch.zeros(n, dtype=torch.int64, device=x.device)
+    # counts as sums of 0/1 floats (faster than bool tensors on the CPU); the per-sample partial
+    # sums stay exact integers in float32, their total is taken in float64
+    torch.eq(x2, 0, out=tmp)
+    zeros = tmp.view(n, lead, -1).sum(2).sum(1, dtype=f64)
+    n_dead = (unit_max <= 0).sum(1)
+    if not all(dead):
+        n_dead = torch.where(bufs.const(tuple(dead), x, torch.bool), n_dead, 0)
+    sat = torch.zeros(n, dtype=f64, device=x.device)
     rows = [i for i, t in enumerate(thr) if t > -math.inf]
     if rows:
-        sel = _index(rows)
-        t = torch.tensor([thr[i] for i in rows], dtype=x2.dtype, device=x.device).unsqueeze(1)
-        sat[sel] = (x2[sel] <= t).sum(1)
-    stats = torch.stack(
-        [mean, var, mn.to(f64), mx.to(f64), zeros.to(f64), sat.to(f64), n_dead.to(f64)], 1
-    )
+        sel, k = _index(rows), len(rows)
+        t = bufs.const(tuple((thr[i],) for i in rows), x2)
+        torch.le(x2[sel], t, out=tmp[:k])
+        sat[sel] = tmp[:k].view(k, lead, -1).sum(2).sum(1, dtype=f64)
+    head = torch.stack([mean, mn, mx], 1).double()
+    stats = torch.stack([head[:, 0], var, head[:, 1], head[:, 2], zeros, sat, n_dead.double()], 1)
     return stats, _histogram(x2, tmp, binning, bufs, total)
 
 
@@ -209,7 +224,7 @@ def _histogram(
     scale)`` clamped to ``[0, bins + 1]``, NaN -> overflow; one joint count for all rows."""
     n, numel = x2.shape
     nb = b.columns
-    torch.add(torch.tensor(b.shift, dtype=x2.dtype, device=x2.device), x2, alpha=b.scale, out=tmp)
+    torch.add(bufs.const(b.shift, x2), x2, alpha=b.scale, out=tmp)
     tmp.clamp_(0.0, nb - 1.0)
     # NaN survives the clamp and would break the integer index; on the CPU a look at the row
     # sums (NaN there if anywhere, as inf - inf or inf) is cheaper than the pass that replaces it
@@ -221,7 +236,7 @@ def _histogram(
     idx = bufs.get("idx", (n, numel), x2, idx_dtype)
     idx.copy_(tmp)
     if n > 1:
-        idx.add_(torch.arange(n, dtype=idx_dtype, device=x2.device).unsqueeze(1) * nb)
+        idx.add_(bufs.const(tuple((k * nb,) for k in range(n)), x2, idx_dtype))
     flat = idx.view(-1)
     if cpu:
         counts = torch.bincount(flat, minlength=n * nb)
@@ -235,64 +250,58 @@ def gradient_moments(
     tensors: Sequence[torch.Tensor], buffers: ReduceBuffers | None = None
 ) -> torch.Tensor:
     r"""Mean and population variance of each tensor: float64 ``(n, 2)`` on the first tensor's
-    device (two passes, float64 accumulation).
+    device (float32 sums, two passes).
 
     Example:
         >>> import torch
         >>> m = gradient_moments([torch.tensor([1.0, 3.0]), torch.tensor([[2.0], [2.0]])])
-        >>> m.round(decimals=12).tolist()
+        >>> m.round(decimals=6).tolist()
         [[2.0, 1.0], [2.0, 0.0]]
     """
     n = len(tensors)
     device = tensors[0].device if n else torch.device("cpu")
     out = torch.empty((n, 2), dtype=torch.float64, device=device)
     bufs = buffers if buffers is not None else ReduceBuffers()
-    for (_, _, dev), idx in _groups(tensors).items():
+    for idx in _groups(tensors).values():
         x2 = _stacked([tensors[i] for i in idx], bufs, "grad").reshape(len(idx), -1)
         numel = x2.shape[1]
-        mean = x2.sum(1, dtype=torch.float64) / numel
+        mean = x2.sum(1) / numel
         tmp = bufs.get("gtmp", tuple(x2.shape), x2)
-        torch.sub(x2, mean.to(x2.dtype).unsqueeze(1), out=tmp)
-        var = torch.linalg.vector_norm(tmp, dim=1, dtype=torch.float64).square_() / numel
-        where = torch.tensor(idx, device=dev) if len(idx) < n else slice(None)
-        out[where] = torch.stack([mean, var], 1).to(device)
+        torch.sub(x2, mean.unsqueeze(1), out=tmp)
+        var = torch.linalg.vector_norm(tmp, dim=1).double().square_() / numel
+        where = bufs.const(tuple(idx), x2, torch.int64) if len(idx) < n else slice(None)
+        out[where] = torch.stack([mean.double(), var], 1).to(device)
     return out
 
 
-def weight_matrix(weight: torch.Tensor, transposed: bool = False) -> torch.Tensor:
-    """A Linear/Conv weight as ``(units, fan_in)``: row ``j`` holds unit ``j``'s incoming
-    weights. ``transposed`` for ConvTranspose, whose weight is ``(in, out / groups, *kernel)``.
-
-    Example:
-        >>> import torch
-        >>> weight_matrix(torch.zeros(8, 3, 5, 5)).shape
-        torch.Size([8, 75])
-        >>> weight_matrix(torch.zeros(3, 8, 5), transposed=True).shape
-        torch.Size([8, 15])
-    """
-    w = weight.detach()
-    if transposed:
-        w = w.transpose(0, 1)
-    return w.reshape(w.shape[0], -1)
-
-
 def weight_moments(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    r"""Per ``(units, fan_in)`` matrix (see :func:`weight_matrix`) the sums over its units of
-    :math:`\omega_j, \omega_j^2, \tau_j, \tau_j^2`: float64 ``(W, 4)`` on the first matrix's
-    device (float32 sums per unit, as the matrices are float32 or wider, then float64).
+    r"""Per ``(units, fan_in)`` matrix (:func:`selfnorm.taxonomy.unit_weights`) the sums over
+    its units of :math:`\omega_j, \omega_j^2, \tau_j, \tau_j^2`: float64 ``(W, 4)`` on the
+    first matrix's device (per-unit float32 sums of float32 matrices, added up in float64).
 
     Example:
         >>> import torch
-        >>> weight_moments([torch.tensor([[1.0, 2.0], [0.0, -1.0]])]).round(decimals=12).tolist()
+        >>> weight_moments([torch.tensor([[1.0, 2.0], [0.0, -1.0]])]).round(decimals=5).tolist()
         [[2.0, 10.0, 6.0, 26.0]]
     """
     if not weights:
         return torch.zeros((0, 4), dtype=torch.float64)
     device = weights[0].device
-    rows = []
-    for w in weights:
-        omega = w.sum(1, dtype=torch.float64)
-        tau = torch.linalg.vector_norm(w, dim=1, dtype=torch.float64).square_()
-        both = torch.stack([omega, tau])  # (2, units)
-        rows.append(torch.stack([both, both * both], 1).sum(2).view(4).to(device))
-    return torch.stack(rows)  # Σω, Σω², Στ, Στ²
+    omega = [w.sum(1).to(device) for w in weights]
+    root_tau = [torch.linalg.vector_norm(w, dim=1).to(device) for w in weights]
+    v = torch.cat(omega + root_tau).double()  # ω of every unit, then sqrt(τ) of every unit
+    half = len(v) // 2
+    v[half:].square_()
+    sizes = tuple(len(o) for o in omega)
+    seg = _segments.get((sizes, device))
+    if seg is None:  # unit -> its sum: ω of layer j -> j, τ of layer j -> W + j
+        counts = torch.tensor(sizes * 2, device=device)
+        seg = torch.repeat_interleave(torch.arange(2 * len(sizes), device=device), counts)
+        _segments[(sizes, device)] = seg
+    moments = torch.stack([v, v * v])  # (power, unit)
+    sums = moments.new_zeros((2, 2 * len(sizes))).index_add_(1, seg, moments)
+    # (power, ω|τ, layer) -> (layer, [Σω, Σω², Στ, Στ²])
+    return sums.view(2, 2, len(sizes)).permute(2, 1, 0).reshape(len(sizes), 4)
+
+
+_segments: dict[tuple, torch.Tensor] = {}
