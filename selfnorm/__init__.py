@@ -1,7 +1,7 @@
 """selfnorm: Self-Normalizing Neural Networks (Klambauer et al., NIPS 2017) done right."""
 
 from selfnorm.activations import SELU
-from selfnorm.audit import audit  # selfnorm.audit(model) -> findings; the module stays importable
+from selfnorm.auditing import audit  # selfnorm.audit(model) -> findings (module: auditing)
 from selfnorm.constants import ALPHA_01, LAMBDA_01, SATURATION_01
 from selfnorm.dropout import AlphaDropout, FeatureAlphaDropout
 from selfnorm.init import init_snn_, lecun_normal_

@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,7 +42,9 @@ from selfnorm.data import (
     read_csv,
     stratified_split,
 )
+from selfnorm.summary import mean_std
 from selfnorm.sweep import (
+    Executor,
     Job,
     Progress,
     SweepSpec,
@@ -195,9 +196,10 @@ def rank_methods(fold_scores: Mapping[str, Sequence[float | None]]) -> dict[str,
     out: dict[str, dict[str, Any]] = {}
     for name, scores in fold_scores.items():
         vals = [float(s) for s in scores if s is not None]
+        mean, std = mean_std(vals)
         out[name] = {
-            "mean": statistics.fmean(vals) if vals else None,
-            "std": statistics.stdev(vals) if len(vals) > 1 else None,
+            "mean": mean,
+            "std": std,
             "rank": None,
             "p_value": None,
             "complete": len(vals) == len(scores),
@@ -450,10 +452,7 @@ def benchmark(
     folds: int = 10,
     metric: str | None = None,
     baselines: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    use_ray: bool = False,
-    threads: int | None = None,
+    executor: Executor | None = None,
     keep_checkpoints: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -466,8 +465,7 @@ def benchmark(
         folds: outer folds, >= 2. Default: 10.
         metric: ``auc`` or ``accuracy``; None: AUC for two classes, accuracy for more.
         baselines: name -> scikit-learn grid (:data:`BASELINES`, the default); ``{}``: none.
-        workers, ray_address, use_ray, threads, keep_checkpoints, progress: see
-            :func:`selfnorm.sweep.run_jobs`.
+        executor, keep_checkpoints, progress: see :func:`selfnorm.sweep.run_jobs`.
 
     Returns:
         The benchmark.json dict: ``{"metric", "methods": {NAME: {"mean", "std", "rank",
@@ -491,10 +489,7 @@ def benchmark(
     records = run_jobs(
         jobs,
         out,
-        workers=workers,
-        ray_address=ray_address,
-        use_ray=use_ray,
-        threads=threads,
+        executor=executor,
         keep_checkpoints=keep_checkpoints,
         progress=progress,
     )

@@ -385,14 +385,13 @@ def experiment_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge two nested config dicts; ``override`` wins.
+    """Deep-merge two nested config dicts; ``override`` wins. A ``model`` table that names
+    another kind than the one below it replaces that table (the settings of one kind do not
+    apply to another).
 
     Example:
         >>> merge({"train": {"lr": 1, "epochs": 2}}, {"train": {"lr": 3}})
         {'train': {'lr': 3, 'epochs': 2}}
-    A ``model`` table that names another kind than the one below it replaces that table (the
-    settings of one kind do not apply to another):
-
         >>> merge({"model": {"kind": "mlp", "depth": 2}}, {"model": {"kind": "cnn"}})
         {'model': {'kind': 'cnn'}}
     """

@@ -20,9 +20,12 @@ METRICS = (
 
 
 def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> dict:
-    """The numbers of one run, from its result and its per-epoch history.
+    """The numbers of one run, from its ``result.json`` and its per-epoch history
+    (``metrics.jsonl``): the one definition used by ``compare``, ``sweep`` and the report.
 
-    ``epochs_to_97`` is the first epoch whose validation accuracy reaches 97% of the run's best.
+    ``final_*`` are the last epoch's (the model whose test score is reported); ``epochs_to_97``
+    is the first epoch whose validation accuracy reaches 97% of the run's best;
+    ``epoch_seconds`` is the median epoch time (the only number that is not deterministic).
 
     Example:
         >>> h = [{"val_accuracy": a, "epoch_seconds": 1.0} for a in (0.5, 0.9, 0.95, 0.93)]
@@ -31,27 +34,42 @@ def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
         (0.95, 0.93, 3)
     """
     accs = [row["val_accuracy"] for row in history]
+    losses = [row["val_loss"] for row in history if "val_loss" in row]
     best = max(accs) if accs else None
+    last = history[-1] if history else {}
     return {
         "test_accuracy": result.get("test_accuracy"),
         "test_loss": result.get("test_loss"),
         "best_val_accuracy": best,
         "final_val_accuracy": accs[-1] if accs else None,
+        "final_val_loss": last.get("val_loss"),
+        "min_val_loss": min(losses) if losses else None,
+        "final_train_loss": last.get("train_loss"),
         "epochs_to_97": next(i for i, a in enumerate(accs, 1) if a >= 0.97 * best)
         if accs
         else None,
         "epoch_seconds": statistics.median(r["epoch_seconds"] for r in history)
         if history
         else None,
+        "epochs_completed": result.get("epochs_completed", len(history)),
         "diverged": bool(result.get("diverged")),
+        "diverged_reason": result.get("diverged_reason"),
     }
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values that are not None; the std is
+    None for fewer than two values (one seed has no spread to show), both None for none.
+    The one convention of compare, sweep, benchmark and the report.
+
+    Example:
+        >>> mean_std([1.0, 3.0, None]), mean_std([2.0]), mean_std([])
+        ((2.0, 1.4142135623730951), (2.0, None), (None, None))
+    """
     vals = [float(v) for v in values if v is not None]
     if not vals:
         return None, None
-    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None
 
 
 def summarize(
@@ -70,13 +88,10 @@ def summarize(
         entry: dict[str, Any] = {}
         for key in METRICS:
             ok = [m[key] for m in per_run if not m["diverged"]]
-            entry[key], entry[f"{key}_std"] = _mean_std(ok)
+            entry[key], entry[f"{key}_std"] = mean_std(ok)
         entry["diverged"] = sum(m["diverged"] for m in per_run) / len(per_run)
         entry["seeds"] = [r["seed"] for r in runs]
-        entry["runs"] = [
-            {"seed": r["seed"], "diverged_reason": r.get("diverged_reason"), **m}
-            for r, m in zip(runs, per_run, strict=True)
-        ]
+        entry["runs"] = [{"seed": r["seed"], **m} for r, m in zip(runs, per_run, strict=True)]
         variants[name] = entry
     ranked = sorted(
         (n for n in variants if variants[n]["test_accuracy"] is not None),
@@ -100,6 +115,8 @@ def summarize(
 def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> str:
     if mean is None:
         return "—"
+    if std is None:  # one value: no spread to show
+        return f"{mean * scale:{fmt}}"
     return f"{mean * scale:{fmt}} ± {std * scale:{fmt}}"
 
 

@@ -39,7 +39,6 @@ import json
 import math
 import os
 import socket
-import statistics
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -59,9 +58,13 @@ from selfnorm.config import (
 )
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
 from selfnorm.storage import slug
+from selfnorm.summary import mean_std, run_metrics
 
 __all__ = [
     "GRID_KEYS",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
     "SELECT_MODES",
     "Job",
     "JobTask",
@@ -110,6 +113,65 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (macOS, Windows)
         return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """Jobs in ``workers`` local processes (default: the cores), each with ``threads`` torch
+    threads (default: cores // workers).
+
+    Example:
+        >>> LocalExecutor(workers=2, threads=1).describe()
+        '2 local worker process(es) x 1 torch thread(s)'
+    """
+
+    workers: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}={v!r} must be an integer >= 1, e.g. 2")
+
+    def resolved(self) -> tuple[int, int]:
+        """``(workers, threads)`` with the defaults filled in."""
+        workers = available_cores() if self.workers is None else self.workers
+        return workers, max(
+            1, available_cores() // workers
+        ) if self.threads is None else self.threads
+
+    def describe(self) -> str:
+        workers, threads = self.resolved()
+        return f"{workers} local worker process(es) x {threads} torch thread(s)"
+
+
+@dataclass(frozen=True)
+class RayExecutor:
+    """Jobs as Ray tasks (``pip install selfnorm[ray]``), each reserving ``threads`` CPUs and
+    running that many torch threads. ``address``: ``"auto"`` (the cluster this machine belongs
+    to), ``"ray://HOST:10001"`` or ``"HOST:6379"``; None starts a local Ray instance, or uses
+    the connection of a process that called ``ray.init`` already.
+
+    Example:
+        >>> RayExecutor("ray://head:10001").describe()
+        'Ray tasks on Ray cluster ray://head:10001, 1 torch thread(s) and CPU(s) per job'
+    """
+
+    address: str | None = None
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _check_threads(self.threads)
+
+    def describe(self) -> str:
+        where = "a local Ray instance" if self.address is None else f"Ray cluster {self.address}"
+        return f"Ray tasks on {where}, {self.threads} torch thread(s) and CPU(s) per job"
+
+
+Executor = LocalExecutor | RayExecutor
+"""Where the jobs of a sweep or benchmark run: one value passed through run_jobs, run_sweep,
+benchmark and the CLI."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,9 +529,10 @@ def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) ->
         resume = (job_dir / "config.json").exists()
         compare(job.config, str(job_dir), resume=resume, progress=False, dataset=ds)
         metrics = run_numbers(paths.root)
+        epoch_seconds = metrics.pop("epoch_seconds")  # timings are kept apart from the numbers
         if job.task is not None:
             metrics.update(job.task.extra_metrics(job, ds, paths.root))
-        record.update(status="ok", metrics=metrics, epoch_seconds=_epoch_seconds(paths.root))
+        record.update(status="ok", metrics=metrics, epoch_seconds=epoch_seconds)
     except Exception as exc:  # recorded, never swallowed: job.json + error.txt + the summary
         record["error"] = f"{type(exc).__name__}: {exc}"
         atomic_write_text(job_dir / "error.txt", traceback.format_exc())
@@ -481,35 +544,11 @@ def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) ->
 
 
 def run_numbers(run_root: Path) -> dict[str, Any]:
-    """Deterministic numbers of one finished run (``result.json`` + ``metrics.jsonl``).
-
-    ``final_*`` are the last epoch's, the model whose test score is reported; timings are left
-    out (``job.json`` has them under ``seconds`` and ``epoch_seconds``).
-    """
+    """:func:`selfnorm.summary.run_metrics` of one finished run, read from its folder."""
     from selfnorm.storage import read_jsonl
 
     result = json.loads((run_root / "result.json").read_text(encoding="utf-8"))
-    rows = read_jsonl(run_root / "metrics.jsonl")
-    last = rows[-1] if rows else {}
-    return {
-        "epochs_completed": result["epochs_completed"],
-        "diverged": result["diverged"],
-        "diverged_reason": result["diverged_reason"],
-        "final_val_accuracy": last.get("val_accuracy"),
-        "final_val_loss": last.get("val_loss"),
-        "best_val_accuracy": max((r["val_accuracy"] for r in rows), default=None),
-        "min_val_loss": min((r["val_loss"] for r in rows), default=None),
-        "final_train_loss": last.get("train_loss"),
-        "test_accuracy": result["test_accuracy"],
-        "test_loss": result["test_loss"],
-    }
-
-
-def _epoch_seconds(run_root: Path) -> float | None:
-    from selfnorm.storage import read_jsonl
-
-    rows = read_jsonl(run_root / "metrics.jsonl")
-    return statistics.median(r["epoch_seconds"] for r in rows) if rows else None
+    return run_metrics(result, read_jsonl(run_root / "metrics.jsonl"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,10 +562,7 @@ def run_jobs(
     jobs: Sequence[Job],
     root: str | os.PathLike,
     *,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    use_ray: bool = False,
-    threads: int | None = None,
+    executor: Executor | None = None,
     keep_checkpoints: bool = False,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
@@ -535,14 +571,7 @@ def run_jobs(
     Args:
         jobs: from :meth:`SweepSpec.jobs`.
         root: the sweep folder; job ``j`` writes ``root/jobs/<j.name>/``.
-        workers: local worker processes (default: the cores); only without Ray.
-        ray_address: with ``use_ray``: ``"auto"`` (the cluster this machine belongs to),
-            ``"ray://HOST:10001"`` or ``"HOST:6379"``; None starts a local Ray instance. A
-            process already connected to Ray (``ray.init`` called) must pass None and uses that
-            connection.
-        use_ray: run the jobs as Ray tasks (``pip install selfnorm[ray]``).
-        threads: torch threads per job (default: cores // workers locally, 1 with Ray, where
-            each task reserves this many CPUs).
+        executor: :class:`LocalExecutor` (the default: every core) or :class:`RayExecutor`.
         keep_checkpoints: keep each finished run's ``checkpoint.pt`` (default: delete it).
         progress: called after every finished job with ``{"done", "total", "skipped",
             "record", "elapsed", "eta"}`` (``eta`` in seconds, None before the first job ends).
@@ -553,12 +582,11 @@ def run_jobs(
     root = Path(root).resolve()
     if len({j.name for j in jobs}) != len(jobs):
         raise ValueError("two jobs have the same name (the same config twice); remove duplicates")
-    if use_ray:
-        if workers is not None:
-            raise ValueError("workers is for the local executor; Ray places tasks by CPUs")
-        _ray(ray_address)
-    elif ray_address is not None:
-        raise ValueError(f"ray_address={ray_address!r} is given but use_ray is False")
+    executor = LocalExecutor() if executor is None else executor
+    if not isinstance(executor, (LocalExecutor, RayExecutor)):
+        raise TypeError(f"executor must be a LocalExecutor or RayExecutor, got {executor!r}")
+    if isinstance(executor, RayExecutor):
+        _ray(executor.address)
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -571,16 +599,12 @@ def run_jobs(
             todo.append(job)
     tracker = _Tracker(len(jobs), len(records), progress)
     if todo:
-        if use_ray:
-            threads = 1 if threads is None else threads
-            _check_threads(threads)
-            done = _run_ray(todo, root, threads, keep_checkpoints, ray_address, tracker)
+        if isinstance(executor, RayExecutor):
+            done = _run_ray(
+                todo, root, executor.threads, keep_checkpoints, executor.address, tracker
+            )
         else:
-            workers = available_cores() if workers is None else workers
-            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-                raise ValueError(f"workers={workers!r} must be an integer >= 1, e.g. 2")
-            threads = max(1, available_cores() // workers) if threads is None else threads
-            _check_threads(threads)
+            workers, threads = executor.resolved()
             done = _run_local(todo, root, workers, threads, keep_checkpoints, tracker)
         records.update(done)
     return [records[j.name] for j in jobs]
@@ -765,13 +789,11 @@ def _run_ray(
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.fmean(vals) if vals else None
+    return mean_std(values)[0]
 
 
 def _std(values: Sequence[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+    return mean_std(values)[1]
 
 
 def _point_key(rec: Mapping[str, Any]) -> str:
@@ -955,14 +977,11 @@ def run_sweep(
     spec: SweepSpec,
     out_dir: str | os.PathLike,
     *,
-    workers: int | None = None,
-    ray_address: str | None = None,
-    use_ray: bool = False,
-    threads: int | None = None,
+    executor: Executor | None = None,
     keep_checkpoints: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run a sweep (see :func:`run_jobs` for the executor arguments) and write its summary.
+    """Run a sweep (see :func:`run_jobs` for the executor) and write its summary.
 
     Writes ``out_dir/spec.json`` first, then one folder per job under ``out_dir/jobs/``, and at
     the end ``out_dir/sweep.json`` (:func:`summarize_sweep`) and ``out_dir/summary.md``. Calling
@@ -978,10 +997,7 @@ def run_sweep(
     records = run_jobs(
         spec.jobs(),
         out,
-        workers=workers,
-        ray_address=ray_address,
-        use_ray=use_ray,
-        threads=threads,
+        executor=executor,
         keep_checkpoints=keep_checkpoints,
         progress=progress,
     )

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from selfnorm._io import atomic_write_json
-from selfnorm.audit import audit
+from selfnorm.auditing import audit
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import Dataset, load_dataset
 from selfnorm.models import build_cnn, build_mlp

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from selfnorm import SELU, AlphaDropout, FeatureAlphaDropout, init_snn_
-from selfnorm.audit import KINDS, Finding, audit, infer_input_shape
+from selfnorm.auditing import KINDS, Finding, audit, infer_input_shape
 from selfnorm.cli import main
 from selfnorm.models import build_cnn, build_mlp
 from selfnorm.theory import g, solve_selu_parameters

@@ -22,6 +22,7 @@ from selfnorm.benchmark import (
 )
 from selfnorm.cli import main
 from selfnorm.data import read_csv
+from selfnorm.sweep import LocalExecutor
 
 # 2 variants x depth {1, 2} x 3 folds = 12 network jobs; tiny baselines
 GRID = {
@@ -78,7 +79,7 @@ def csvs(tmp_path_factory):
 def cancer(csvs, tmp_path_factory):
     spec, baselines = benchmark_spec(f"csv:{csvs['breast-cancer']}", GRID)
     out = tmp_path_factory.mktemp("bench")
-    result = benchmark(spec, out, folds=3, baselines=baselines, workers=2, threads=1)
+    result = benchmark(spec, out, folds=3, baselines=baselines, executor=LocalExecutor(2, 1))
     return out, result, spec
 
 
@@ -137,7 +138,9 @@ def test_running_again_reuses_every_job(cancer):
     out, result, spec = cancer
     events = []
     _, baselines = benchmark_spec(spec.datasets[0], GRID)
-    again = benchmark(spec, out, folds=3, baselines=baselines, workers=2, progress=events.append)
+    again = benchmark(
+        spec, out, folds=3, baselines=baselines, executor=LocalExecutor(2), progress=events.append
+    )
     assert events == [] and again == result
 
 

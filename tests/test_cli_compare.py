@@ -14,12 +14,13 @@ def test_compare_prints_table_and_writes_summary(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["compare", *FAST, "--activations", "selu,relu+bn", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "relu+bn" in text and "test acc %" in text
+    assert "relu+bn" in text and "test acc %" in text and "±" not in text
     summary = json.loads((out / "summary.json").read_text())
     for name in ("selu", "relu+bn"):
         v = summary["variants"][name]
         for key in ("test_accuracy", "test_loss", "best_val_accuracy", "epoch_seconds"):
-            assert isinstance(v[key], float) and isinstance(v[f"{key}_std"], float)
+            # one seed: a mean, and no spread to show (std None, the table prints no "±")
+            assert isinstance(v[key], float) and v[f"{key}_std"] is None
         assert v["diverged"] == 0.0
     assert summary["dataset"]["name"] == "digits"
 
@@ -195,3 +196,45 @@ def test_batchnorm_with_a_last_batch_of_one(tmp_path):
             "--width", "8", "--epochs", "1", "--seeds", "0", "--quiet",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "cnn", "--depth", "3"], "--depth does not apply to --model cnn (its options: "
+         "--channels); drop --depth"),
+        (["--model", "cnn", "--shape", "conic"], "--shape does not apply to --model cnn"),
+        (["--channels", "8,16"], "--channels does not apply to --model mlp (its options: "
+         "--depth, --width, --shape); drop --channels"),
+    ],
+)  # fmt: skip
+def test_a_model_flag_of_another_kind_is_refused(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    base = ["--epochs", "1", "--seeds", "0", "--quiet", "--out", str(out)]
+    assert main(["compare", *args, *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_model_kind_from_a_file_and_a_flag(tmp_path, capsys):
+    from selfnorm.cli import build_parser
+    from selfnorm.cli.compare import resolve_compare_config
+    from selfnorm.config import CnnConfig, MlpConfig
+
+    parse = build_parser().parse_args
+    # a flag of another kind replaces the preset's model table (depth, width are not a CNN's)
+    cfg = resolve_compare_config(parse(["compare", "--preset", "seed-keras", "--model", "cnn"]))
+    assert cfg.model == CnnConfig()
+    cfg = resolve_compare_config(parse(["compare", "--preset", "seed-keras", "--depth", "3"]))
+    assert cfg.model == MlpConfig(depth=3, width=512)
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\nkind = "cnn"\ndepth = 3\n')
+    out = tmp_path / "never"
+    assert main(["compare", "--config", str(toml), "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "[model] depth does not apply to model kind 'cnn' (its settings: channels)" in err
+    toml.write_text('[model]\nkind = "cnn"\n')
+    assert main(["compare", "--config", str(toml), "--depth", "3", "--out", str(out)]) == 2
+    assert "--depth does not apply to --model cnn" in capsys.readouterr().err
+    assert not out.exists()

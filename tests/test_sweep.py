@@ -9,6 +9,8 @@ from selfnorm.cli import main
 from selfnorm.data import load_dataset
 from selfnorm.storage import RunDir, read_jsonl
 from selfnorm.sweep import (
+    LocalExecutor,
+    RayExecutor,
     SweepSpec,
     load_sweep,
     run_sweep,
@@ -54,7 +56,7 @@ def local(spec, tmp_path_factory):
     """The sweep run once on 2 local worker processes, 1 torch thread each."""
     out = tmp_path_factory.mktemp("local")
     events = []
-    summary = run_sweep(spec, out, workers=2, threads=1, progress=events.append)
+    summary = run_sweep(spec, out, executor=LocalExecutor(2, 1), progress=events.append)
     return out, summary, events
 
 
@@ -164,11 +166,11 @@ def test_local_sweep_writes_job_dirs_and_picks_best_on_validation(local, spec):
 
 def test_ray_executor_gives_the_same_numbers(local, spec, ray_instance, tmp_path):
     _, expected, _ = local
-    summary = run_sweep(spec, tmp_path, use_ray=True, threads=1)
+    summary = run_sweep(spec, tmp_path, executor=RayExecutor(threads=1))
     assert _metrics(summary) == _metrics(expected)  # exact: same seeds, same thread count
     assert summary["best"] == expected["best"]
     with pytest.raises(ValueError, match="already connected to Ray"):
-        run_sweep(spec, tmp_path, use_ray=True, ray_address="auto")
+        run_sweep(spec, tmp_path, executor=RayExecutor("auto"))
 
 
 def test_cli_ray_local_uses_the_connection(local, ray_instance, tmp_path, capsys):
@@ -214,7 +216,7 @@ def test_resume_skips_finished_and_completes_unfinished(local, spec, tmp_path):
     before = untouched.stat().st_mtime_ns
 
     events = []
-    summary = run_sweep(spec, out, workers=2, threads=1, progress=events.append)
+    summary = run_sweep(spec, out, executor=LocalExecutor(2, 1), progress=events.append)
     assert [e["skipped"] for e in events] == [5, 5, 5] and events[-1]["done"] == 8
     assert {e["record"]["name"] for e in events} == {j.name for j in jobs[:3]}
     assert untouched.stat().st_mtime_ns == before
@@ -224,7 +226,7 @@ def test_resume_skips_finished_and_completes_unfinished(local, spec, tmp_path):
 
     # nothing left to do: no job runs, the summary is rebuilt from the job files
     events.clear()
-    again = run_sweep(spec, out, workers=2, threads=1, progress=events.append)
+    again = run_sweep(spec, out, executor=LocalExecutor(2, 1), progress=events.append)
     assert events == [] and _metrics(again) == _metrics(expected)
 
 
@@ -288,5 +290,10 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("[grid]\ndepth = [0]\n")
     assert main(["sweep", str(tmp_path / "bad.toml")]) == 2
     assert "depth=0 must be an integer >= 1" in capsys.readouterr().err
+    # a grid over a setting the model kind does not have would train identical models
+    (tmp_path / "cnn.toml").write_text('[model]\nkind = "cnn"\n[grid]\ndepth = [2, 4]\n')
+    assert main(["sweep", str(tmp_path / "cnn.toml"), "--out", str(tmp_path / "o")]) == 2
+    assert "grid.depth does not apply to model kind 'cnn'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -164,7 +164,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     import torch
     from torch import nn
 
-    from selfnorm.audit import audit, infer_input_shape
+    from selfnorm.auditing import audit, infer_input_shape
 
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
     factory = load_factory(args.target)

@@ -128,6 +128,38 @@ def resolve_compare_config(args: argparse.Namespace):
     return experiment_from_dict(merged)
 
 
+def describe(config, out: str, resume: bool = False) -> str:
+    """What a comparison trains and where it writes, in plain words (the first lines printed).
+
+    Example:
+        >>> from selfnorm.config import ExperimentConfig
+        >>> print(describe(ExperimentConfig(), "runs/x"))
+        selfnorm compare: selu, relu, lrelu on digits, 3 seeds (0, 1, 2) each
+          model: MLP, 4 hidden layers of 512 (rect); adam lr 0.001, batch 128, 30 epochs; dropout 0
+          writing runs/x (the full configuration: runs/x/config.json, or --print-config)
+    """
+    m, t = config.model, config.train
+    if m.kind == "mlp":
+        model = f"MLP, {m.depth} hidden layers of {m.width} ({m.shape})"
+    else:
+        model = f"CNN, conv channels {', '.join(map(str, m.channels))}"
+    rates = {a: config.dropout_for(a) for a in config.activations}
+    if len(set(rates.values())) == 1:
+        dropout = f"dropout {config.dropout:g}"
+    else:
+        dropout = "dropout " + ", ".join(f"{a} {p:g}" for a, p in rates.items())
+    seeds = ", ".join(map(str, config.seeds))
+    n = len(config.seeds)
+    verb = "resuming" if resume else "writing"
+    return (
+        f"selfnorm compare: {', '.join(config.activations)} on {config.data.dataset}, "
+        f"{n} seed{'s' if n > 1 else ''} ({seeds}) each\n"
+        f"  model: {model}; {t.optimizer} lr {t.lr:g}, batch {t.batch_size}, "
+        f"{t.epochs} epochs; {dropout}\n"
+        f"  {verb} {out} (the full configuration: {Path(out) / 'config.json'}, or --print-config)"
+    )
+
+
 def _check_model_flags(given: dict, kind: str) -> None:
     """A model flag of another kind than the one that trains is refused, not ignored."""
     from selfnorm.config import MODEL_KINDS, model_keys
@@ -157,9 +189,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = str(
             Path("runs") / f"{config.data.dataset.replace(':', '_').replace('/', '_')}-{stamp}"
         )
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
     if not args.quiet:
-        print(f"selfnorm compare -> {out}")
-        print(json.dumps(config.to_dict(), separators=(", ", ": ")))
+        print(describe(config, out, resume=bool(args.resume)), flush=True)
     summary = compare(
         config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
     )
@@ -242,4 +275,7 @@ def register(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     g.add_argument("--quiet", action="store_true", help="no progress bars or config echo")
+    g.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration (JSON) first"
+    )
     p.set_defaults(func=cmd_compare)

@@ -14,26 +14,16 @@ from selfnorm.cli.common import print_json as _print_json
 MAX_PRINTED_JOBS = 100
 
 
-def _executor(args: argparse.Namespace) -> dict[str, Any]:
-    """The executor keyword arguments of run_sweep/benchmark, and a one-line description."""
-    from selfnorm.sweep import available_cores
+def _executor(args: argparse.Namespace):
+    """The one executor value of ``--workers``, ``--threads`` and ``--ray``."""
+    from selfnorm.sweep import LocalExecutor, RayExecutor
 
     if args.ray is not None:
         if args.workers is not None:
             raise CliError("--workers is for local processes; with --ray, Ray places the jobs")
         address = None if args.ray == "local" else args.ray
-        threads = args.threads or 1
-        where = "a local Ray instance" if address is None else f"Ray cluster {address}"
-        return {
-            "kwargs": {"use_ray": True, "ray_address": address, "threads": args.threads},
-            "text": f"Ray tasks on {where}, {threads} torch thread(s) and CPU(s) per job",
-        }
-    workers = args.workers or available_cores()
-    threads = args.threads or max(1, available_cores() // workers)
-    return {
-        "kwargs": {"workers": args.workers, "threads": args.threads},
-        "text": f"{workers} local worker process(es) x {threads} torch thread(s)",
-    }
+        return RayExecutor(address, 1 if args.threads is None else args.threads)
+    return LocalExecutor(args.workers, args.threads)
 
 
 def _hms(seconds: float) -> str:
@@ -80,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(
             f"selfnorm sweep {args.sweep} -> {out}: {n_jobs} jobs ({len(spec.datasets)} "
             f"dataset(s) x {len(spec.activations)} variant(s) x grid x {len(spec.seeds)} "
-            f"seed(s)); {executor['text']}",
+            f"seed(s)); {executor.describe()}",
             file=sys.stderr,
         )
     t0 = time.perf_counter()
@@ -89,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         out,
         keep_checkpoints=args.keep_checkpoints,
         progress=_progress(args.quiet),
-        **executor["kwargs"],
+        executor=executor,
     )
     if args.json:
         _print_json(summary)
@@ -145,7 +135,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         n_jobs = len(spec.jobs()) * args.folds
         print(
             f"selfnorm benchmark {args.dataset} -> {out}: {args.folds} folds, "
-            f"{len(spec.activations)} network variant(s) ({n_jobs} jobs; {executor['text']}), "
+            f"{len(spec.activations)} network variant(s) ({n_jobs} jobs; {executor.describe()}), "
             f"baselines: {', '.join(baselines) or 'none'}",
             file=sys.stderr,
         )
@@ -157,7 +147,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         baselines=baselines,
         keep_checkpoints=args.keep_checkpoints,
         progress=_progress(args.quiet),
-        **executor["kwargs"],
+        executor=executor,
     )
     if args.json:
         _print_json(result)
