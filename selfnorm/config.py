@@ -212,9 +212,9 @@ class RecordConfig:
     every: int | None = None
     """Record every N optimizer steps (step 0, N, 2N, ...); ``--record-every N``. None (auto):
     :meth:`resolve_every`, a quarter epoch but at most 50 steps (the overhead budget). Every
-    record holds every activation statistic, histogram and gradient std; the weight sums
-    (ω, τ) are taken at least every 50 steps (on every record for N >= 50, else on every
-    ``ceil(50 / N)``-th: :data:`selfnorm.recording.recorder.WEIGHT_STEPS`), NaN on the others."""
+    record holds every activation statistic, histogram, gradient std and the weight sums (ω, τ),
+    except that dense recording (N = 1) takes ω and τ every 10th step only
+    (:data:`selfnorm.recording.recorder.DENSE_WEIGHT_STEPS`; NaN on the other records)."""
     bins: int = 64
     """Histogram bins over ``range``; values outside are counted as underflow/overflow."""
     range: tuple[float, float] = (-4.0, 4.0)

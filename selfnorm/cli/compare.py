@@ -254,7 +254,7 @@ def register(sub) -> None:
         type=int,
         metavar="N",
         help="record activation statistics every N optimizer steps (default: a quarter epoch, "
-        "at most 50); weight sums (omega, tau) are taken at least every 50 steps",
+        "at most 50); with 1, the weight sums (omega, tau) every 10th step only",
     )
     g.add_argument("--no-record", action="store_true", help="do not record activation statistics")
     g.add_argument(

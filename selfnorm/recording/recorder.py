@@ -48,13 +48,13 @@ from selfnorm.recording import reduce
 from selfnorm.recording.reduce import N_STATS, Binning, ReduceBuffers
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, concat_records
 
-__all__ = ["SATURATION_RTOL", "WEIGHT_STEPS", "ActivationRecorder"]
+__all__ = ["DENSE_WEIGHT_STEPS", "SATURATION_RTOL", "ActivationRecorder"]
 
-WEIGHT_STEPS = 50
-"""The weight sums (ω, τ) of a record are taken at least every this many steps: on every record
-when ``every >= 50``, else on every ``ceil(50 / every)``-th (the steps that are multiples of
-``every * ceil(50 / every)``); the other records have NaN there. Weights change slowly, and
-reading every weight matrix costs as much as the activations of a dense record."""
+DENSE_WEIGHT_STEPS = 10
+"""Dense recording (``every=1``) takes the weight sums (ω, τ) on every 10th record (steps 0, 10,
+20, ...; NaN on the others); any other cadence takes them on every record. Weights change
+slowly, and reading every weight matrix after each optimizer step costs about a third of what
+the activations of a record cost."""
 
 SATURATION_RTOL = 0.05
 r"""An output :math:`y` of a SELU-family layer counts as saturated when
@@ -178,7 +178,7 @@ class ActivationRecorder:
         self.binning = Binning(self.config.bins, lo, hi)
         self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
         self._impl = _implementation(self.config.backend, model)
-        self._weigh_every = self.config.every * math.ceil(WEIGHT_STEPS / self.config.every)
+        self._weigh_every = DENSE_WEIGHT_STEPS if self.config.every == 1 else self.config.every
         self._bufs = ReduceBuffers()
 
         # layout: slots in call order, fixed by the first captured pass
