@@ -285,7 +285,7 @@ class CvFold:
         import torch
 
         from selfnorm.storage import RunPaths
-        from selfnorm.training import build_model
+        from selfnorm.training import build_model, logit_batches
 
         result = json.loads((run_root / "result.json").read_text(encoding="utf-8"))
         if result["diverged"]:
@@ -306,12 +306,9 @@ class CvFold:
                 f"{run_root.parent.parent.parent} and run the benchmark again"
             )
         model.load_state_dict(ckpt["model"])
-        model.eval()
 
-        @torch.no_grad()
         def probs(x: np.ndarray) -> np.ndarray:
-            batches = [torch.from_numpy(x[i : i + 4096]) for i in range(0, len(x), 4096)]
-            logits = torch.cat([model(b) for b in batches])
+            logits = torch.cat([out for _, out in logit_batches(model, torch.from_numpy(x))])
             return torch.softmax(logits.double(), dim=1).numpy()
 
         return {

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -122,13 +122,26 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def logit_batches(model: nn.Module, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, logits)`` of ``x`` in batches of :data:`EVAL_BATCH`, in eval mode without
+    gradients: the one way selfnorm evaluates a model (:func:`evaluate`, the benchmark's scores).
+
+    Example:
+        >>> net = torch.nn.Linear(3, 2)
+        >>> [(i, tuple(o.shape)) for i, o in logit_batches(net, torch.zeros(5, 3))]
+        [(0, (5, 2))]
+    """
+    model.eval()
+    for i in range(0, len(x), EVAL_BATCH):
+        yield i, model(x[i : i + EVAL_BATCH])
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy in eval mode, in large batches."""
-    model.eval()
     loss = torch.zeros((), device=x.device, dtype=torch.float64)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    for i in range(0, len(x), EVAL_BATCH):
-        out = model(x[i : i + EVAL_BATCH])
+    for i, out in logit_batches(model, x):
         yb = y[i : i + EVAL_BATCH]
         loss += F.cross_entropy(out, yb, reduction="sum").double()
         correct += (out.argmax(1) == yb).sum()
