@@ -53,6 +53,7 @@ from selfnorm.sweep import (
     run_jobs,
     sweep_from_dict,
 )
+from selfnorm.tables import mean_std_cell, render
 
 __all__ = [
     "BASELINES",
@@ -554,18 +555,15 @@ def format_benchmark_table(result: Mapping[str, Any]) -> str:
     """Methods by rank: mean ± std, rank, p-value against the best, kind (Markdown)."""
     methods = result["methods"]
     order = sorted(methods, key=lambda n: (methods[n]["rank"] is None, methods[n]["rank"] or 0))
-    lines = [
-        f"| method | {result['metric']} mean ± std | rank | p (Wilcoxon vs best) | kind |",
-        "|---|---|---|---|---|",
-    ]
+    header = ["method", f"{result['metric']} mean ± std", "rank", "p (Wilcoxon vs best)", "kind"]
+    rows = []
     for n in order:
         m = methods[n]
-        mean = "—" if m["mean"] is None else f"{m['mean']:.4f} ± {m['std'] or 0.0:.4f}"
         rank = "—" if m["rank"] is None else str(m["rank"])
         p = "—" if m["p_value"] is None else f"{m['p_value']:.3g}"
         p = "best" if n == result["best"] else p
-        lines.append(f"| {n} | {mean} | {rank} | {p} | {m['kind']} |")
-    return "\n".join(lines)
+        rows.append([n, mean_std_cell(m["mean"], m["std"], ".4f"), rank, p, m["kind"]])
+    return render(header, rows, "markdown")
 
 
 def benchmark_markdown(result: Mapping[str, Any]) -> str:

@@ -40,6 +40,7 @@ from selfnorm.models import build_mlp
 from selfnorm.report.html import figure, figures_html, render_page
 from selfnorm.report.plots import figure1_figure
 from selfnorm.specs import get_spec
+from selfnorm.tables import render
 from selfnorm.training import (
     batch_bounds,
     compare,
@@ -226,18 +227,31 @@ def _figure1_report(result: dict, out: Path) -> None:
         if (cfg["lr"], cfg["epochs"], cfg["train_samples"]) != (1e-5, 2000, None)
         else "Run with the paper's settings (lr 1e-5, 2000 epochs, all training images)."
     )
-    rows = "".join(
-        f"<tr><td>{k}</td><td>{_fmt(c['roughness'], '.4f')}</td>"
-        f"<td>{_fmt(c['mean_log_loss'], '.3f')}</td><td>{_fmt(c['final_loss'], '.4f')}</td>"
-        f"<td>{c['seconds']:.1f}</td></tr>"
-        for k, c in curves.items()
+    table = render(
+        [
+            "curve",
+            "roughness (std of step-to-step change of log loss)",
+            "mean log loss",
+            "final loss (last 10% of steps)",
+            "seconds",
+        ],
+        [
+            [
+                k,
+                _fmt(c["roughness"], ".4f"),
+                _fmt(c["mean_log_loss"], ".3f"),
+                _fmt(c["final_loss"], ".4f"),
+                f"{c['seconds']:.1f}",
+            ]
+            for k, c in curves.items()
+        ],
+        "html",
+        html_id="comparison",
     )
     verdict = _figure1_verdict(curves)
     body = (
         f"<p class=intro>{changed}</p>"
-        "<table id=comparison><thead><tr><th>curve</th><th>roughness (std of step-to-step "
-        "change of log loss)</th><th>mean log loss</th><th>final loss (last 10% of steps)"
-        f"</th><th>seconds</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"{table}"
         f"<p class=verdict id=verdict>{verdict}</p><h2>Figures</h2>{figures_html([fig])}"
     )
     sub = (

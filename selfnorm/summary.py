@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["METRICS", "format_table", "run_metrics", "summarize"]
+__all__ = ["METRICS", "mean_std", "run_metrics", "summarize"]
 
 METRICS = (
     "test_accuracy",
@@ -110,57 +110,3 @@ def summarize(
         "ranking": ranked,
         "variants": variants,
     }
-
-
-def _pm(mean: float | None, std: float | None, fmt: str, scale: float = 1.0) -> str:
-    if mean is None:
-        return "—"
-    if std is None:  # one value: no spread to show
-        return f"{mean * scale:{fmt}}"
-    return f"{mean * scale:{fmt}} ± {std * scale:{fmt}}"
-
-
-def format_table(summary: Mapping[str, Any]) -> str:
-    """The comparison table as aligned text (accuracies in %), best test accuracy first.
-
-    Example:
-        >>> s = {"ranking": ["selu"], "variants": {"selu": {
-        ...     "test_accuracy": 0.97, "test_accuracy_std": 0.01, "best_val_accuracy": 0.98,
-        ...     "best_val_accuracy_std": 0.0, "final_val_accuracy": 0.975,
-        ...     "final_val_accuracy_std": 0.0, "epochs_to_97": 3.0, "epochs_to_97_std": 1.0,
-        ...     "epoch_seconds": 0.5, "epoch_seconds_std": 0.1, "diverged": 0.0}}}
-        >>> print(format_table(s))  # doctest: +NORMALIZE_WHITESPACE
-        variant  test acc %    best val %    final val %   epochs to 97%  s/epoch        diverged
-        selu     97.00 ± 1.00  98.00 ± 0.00  97.50 ± 0.00  3.0 ± 1.0      0.500 ± 0.100  0/1
-    """
-    header = (
-        "variant",
-        "test acc %",
-        "best val %",
-        "final val %",
-        "epochs to 97%",
-        "s/epoch",
-        "diverged",
-    )
-    names = list(summary["ranking"]) + [
-        n for n in summary["variants"] if n not in summary["ranking"]
-    ]
-    rows = [header]
-    for n in names:
-        v = summary["variants"][n]
-        n_runs = len(v.get("runs", [])) or 1
-        rows.append(
-            (
-                n,
-                _pm(v["test_accuracy"], v["test_accuracy_std"], ".2f", 100),
-                _pm(v["best_val_accuracy"], v["best_val_accuracy_std"], ".2f", 100),
-                _pm(v["final_val_accuracy"], v["final_val_accuracy_std"], ".2f", 100),
-                _pm(v["epochs_to_97"], v["epochs_to_97_std"], ".1f"),
-                _pm(v["epoch_seconds"], v["epoch_seconds_std"], ".3f"),
-                f"{round(v['diverged'] * n_runs)}/{n_runs}",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )

@@ -59,6 +59,7 @@ from selfnorm.config import (
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
 from selfnorm.storage import slug
 from selfnorm.summary import mean_std, run_metrics
+from selfnorm.tables import mean_std_cell, render
 
 __all__ = [
     "GRID_KEYS",
@@ -885,12 +886,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def format_best_table(summary: Mapping[str, Any]) -> str:
     """The best grid point per dataset and variant, as a Markdown table."""
     varied = summary["varied"]
@@ -918,12 +913,11 @@ def format_best_table(summary: Mapping[str, Any]) -> str:
                     str(len(b["seeds"])),
                     _fmt(b["val_accuracy"]),
                     _fmt(b["val_loss"]),
-                    _fmt(b["test_accuracy"])
-                    + (f" ± {b['test_accuracy_std']:.4f}" if len(b["seeds"]) > 1 else ""),
+                    mean_std_cell(b["test_accuracy"], b["test_accuracy_std"], ".4f"),
                     _fmt(b["test_loss"]),
                 ]
             )
-    return _md_table(header, rows)
+    return render(header, rows, "markdown")
 
 
 def format_jobs_table(summary: Mapping[str, Any]) -> str:
@@ -947,7 +941,7 @@ def format_jobs_table(summary: Mapping[str, Any]) -> str:
                 _fmt(r["seconds"], 1),
             ]
         )
-    return _md_table(header, rows)
+    return render(header, rows, "markdown")
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:

@@ -99,6 +99,7 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_bytes()) == json.loads(before)
 
 
+@pytest.mark.slow
 def test_cnn_variant_on_image_data(tmp_path):
     out = tmp_path / "cnn"
     args = ["compare", "--model", "cnn", "--channels", "8,16", "--activations", "selu,relu",

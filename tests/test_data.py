@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED
 from sklearn.preprocessing import StandardScaler
 
 from selfnorm.data import (
@@ -30,7 +31,7 @@ from selfnorm.data import (
 from selfnorm.datasets.formats import parse_cifar10_archive, parse_idx
 from selfnorm.datasets.registry import DEBIAN_FASHION_MNIST_DIR, MNIST_FILES
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_DIR = SHARED / "data" / "mnist"
 MNIST_NAMES = [f.name for f in MNIST_FILES]
 
 

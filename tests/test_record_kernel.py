@@ -8,13 +8,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_recording import STAT_KEYS, Spy, batch, hand_hist, hand_stats, mixed_net, near_edges
+from conftest import Spy, batch, hand_hist, hand_stats, mixed_net, near_edges
 from torch import nn
 from torch.nn import functional as F
 
 from selfnorm.config import RecordConfig
 from selfnorm.recording import ActivationRecorder, kernel, reduce
-from selfnorm.records import WEIGHT_KEYS
+from selfnorm.records import (
+    STAT_KEYS,
+    WEIGHT_KEYS,
+)
 from selfnorm.taxonomy import activation_family
 
 needs_kernel = pytest.mark.skipif(

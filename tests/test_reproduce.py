@@ -7,6 +7,7 @@ from selfnorm.cli import main
 from selfnorm.reproduce import roughness
 
 
+@pytest.mark.slow
 def test_seed_tf_bugs_trains_both_and_audits_the_bugs(tmp_path, capsys):
     out = tmp_path / "bugs"
     args = ["reproduce", "seed-tf-bugs", "--dataset", "digits", "--epochs", "2", "--quiet",

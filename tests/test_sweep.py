@@ -164,6 +164,7 @@ def test_local_sweep_writes_job_dirs_and_picks_best_on_validation(local, spec):
     assert "## Best configuration per variant" in md and md.count("| digits-") == 8
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_same_numbers(local, spec, ray_instance, tmp_path):
     _, expected, _ = local
     summary = run_sweep(spec, tmp_path, executor=RayExecutor(threads=1))

@@ -194,6 +194,7 @@ def _run_cli(args):
     return done.returncode, done.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_gives_exactly_the_uninterrupted_metrics(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     code, err = _run_cli([*RESUME_ARGS, "--out", str(full)])

@@ -176,7 +176,7 @@ def _check_model_flags(given: dict, kind: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from selfnorm.summary import format_table
+    from selfnorm.tables import comparison_table
     from selfnorm.training import compare
 
     config = resolve_compare_config(args)
@@ -202,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
-        print(format_table(summary))
+        print(comparison_table(summary, "text"))
         print(f"wrote {Path(out) / 'summary.json'}, {html_path} and summary.md")
     return 0
 

@@ -39,9 +39,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-        from selfnorm.summary import format_table
+        from selfnorm.tables import comparison_table
 
-        print(format_table(summary))
+        print(comparison_table(summary, "text"))
     else:
         over = {
             k: v

@@ -25,6 +25,7 @@ from selfnorm._io import atomic_write_text
 from selfnorm.records import read_records
 from selfnorm.report import plots
 from selfnorm.storage import RunDir, read_jsonl
+from selfnorm.tables import comparison_table
 
 __all__ = [
     "DRIFT_THRESHOLD",
@@ -237,58 +238,6 @@ font-size:.8rem}
 """
 
 
-def _pm(v: Mapping, key: str, scale: float, fmt: str) -> str:
-    mean, std = v.get(key), v.get(f"{key}_std")
-    if mean is None:
-        return "—"
-    return f"{mean * scale:{fmt}} ± {(std or 0.0) * scale:{fmt}}"
-
-
-_COLUMNS = (
-    ("test acc %", "test_accuracy", 100.0, ".2f"),
-    ("test loss", "test_loss", 1.0, ".4f"),
-    ("best val acc %", "best_val_accuracy", 100.0, ".2f"),
-    ("final val acc %", "final_val_accuracy", 100.0, ".2f"),
-    ("epochs to 97% of best", "epochs_to_97", 1.0, ".1f"),
-    ("s / epoch", "epoch_seconds", 1.0, ".3f"),
-)
-
-
-def _ordered(summary: Mapping) -> list[str]:
-    ranking = list(summary.get("ranking", []))
-    return ranking + [n for n in summary["variants"] if n not in ranking]
-
-
-def _html_table(summary: Mapping) -> str:
-    head = "".join(f"<th>{html.escape(c[0])}</th>" for c in _COLUMNS)
-    rows = []
-    ranking = summary.get("ranking", [])
-    for name in _ordered(summary):
-        v = summary["variants"][name]
-        cells = "".join(f"<td>{_pm(v, key, sc, fmt)}</td>" for _, key, sc, fmt in _COLUMNS)
-        n_runs = len(v.get("runs", [])) or 1
-        div = f"{round(v['diverged'] * n_runs)}/{n_runs}"
-        cls = ' class="best"' if ranking and name == ranking[0] else ""
-        rows.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}<td>{div}</td></tr>")
-    return (
-        f'<table id="comparison"><thead><tr><th>variant</th>{head}<th>diverged</th></tr>'
-        f"</thead><tbody>{''.join(rows)}</tbody></table>"
-    )
-
-
-def _md_table(summary: Mapping) -> str:
-    cols = ["variant", *(c[0] for c in _COLUMNS), "diverged"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for name in _ordered(summary):
-        v = summary["variants"][name]
-        n_runs = len(v.get("runs", [])) or 1
-        cells = [_pm(v, key, sc, fmt) for _, key, sc, fmt in _COLUMNS]
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {round(v['diverged'] * n_runs)}/{n_runs} |"
-        )
-    return "\n".join(lines)
-
-
 def render_page(title: str, subtitle: str, body_html: str) -> str:
     """A complete, self-contained HTML page with the report's style."""
     return (
@@ -393,7 +342,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     findings = _optional_json(rd.root / "audit.json")
     body = (
         (f"<p class=intro>{html.escape(intro)}</p>" if intro else "")
-        + f"{_html_table(summary)}<p class=verdict id=verdict>{html.escape(text)}</p>"
+        + f"{comparison_table(summary, 'html')}<p class=verdict id=verdict>{html.escape(text)}</p>"
         + f"<h2>Figures</h2>{fig_html}"
         + (_audit_html(findings) if findings else "")
         + "<h2>Configuration</h2>"
@@ -402,7 +351,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     html_path = atomic_write_text(rd.root / "report.html", render_page(title, sub, body))
     md = (
         f"# {title}\n\n{sub}\n\n{intro + chr(10) + chr(10) if intro else ''}"
-        f"{_md_table(summary)}\n\n{text}\n\n"
+        f"{comparison_table(summary, 'markdown')}\n\n{text}\n\n"
         f"Figures: see report.html ({', '.join(f.key for f in figures)}).\n\n"
         + (_audit_md(findings) if findings else "")
         + f"## Configuration\n\n```json\n{json.dumps(config, indent=2)}\n```\n"
