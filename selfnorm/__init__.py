@@ -1,4 +1,20 @@
-"""selfnorm: Self-Normalizing Neural Networks (Klambauer et al., NIPS 2017) done right."""
+"""selfnorm: Self-Normalizing Neural Networks (Klambauer et al., NIPS 2017) done right.
+
+The layout, in the direction imports point:
+
+* building blocks: :mod:`~selfnorm.constants`, :mod:`~selfnorm.functional`,
+  :mod:`~selfnorm.activations`, :mod:`~selfnorm.dropout`, :mod:`~selfnorm.theory`,
+  :mod:`~selfnorm.taxonomy` (what kind of layer a module is, said once), :mod:`~selfnorm.init`,
+  :mod:`~selfnorm.specs`, :mod:`~selfnorm.linear`, :mod:`~selfnorm.models`;
+* measuring: :mod:`selfnorm.recording` (recorder, pure reductions, the opt-in C++ kernel),
+  :mod:`~selfnorm.records` (the stored format), :mod:`~selfnorm.sinks`;
+* experiments: :mod:`~selfnorm.config`, :mod:`~selfnorm.data`, :mod:`~selfnorm.training`,
+  :mod:`~selfnorm.storage`, :mod:`~selfnorm.summary`, :mod:`~selfnorm.depth`,
+  :mod:`~selfnorm.auditing`, :mod:`~selfnorm.sweep`, :mod:`~selfnorm.benchmark`,
+  :mod:`~selfnorm.reproduce`;
+* presenting: :mod:`~selfnorm.tables`, :mod:`selfnorm.report` (from saved files only);
+* interface: :mod:`selfnorm.cli`.
+"""
 
 from selfnorm.activations import SELU
 from selfnorm.auditing import audit  # selfnorm.audit(model) -> findings (module: auditing)

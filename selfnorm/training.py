@@ -37,6 +37,10 @@ from selfnorm.summary import summarize
 __all__ = ["DeviceData", "compare", "make_optimizer", "resolve_device", "train_run"]
 
 EVAL_BATCH = 4096
+CHECKPOINT_SECONDS = 10.0
+"""A run checkpoints after an epoch once this many seconds passed since its last checkpoint,
+and after its last epoch: a crash loses at most this much training (resumed exactly), and
+short epochs (digits: ~0.1 s) do not spend a quarter of their time writing checkpoints."""
 AUDIT_BATCH = 512
 
 
@@ -227,12 +231,16 @@ def train_run(
     seed: int,
     paths: RunPaths,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict[str, Any]:
     """Train one (variant, seed) run to the end, resuming from its checkpoint if there is one.
 
-    Appends one metrics row per epoch to ``paths.metrics``, checkpoints after every epoch and
-    writes ``paths.result`` at the end. A non-finite training loss stops the run with
-    ``diverged: true`` and the reason. With ``config.record.enabled`` an
+    Appends one metrics row per epoch to ``paths.metrics``, checkpoints after an epoch when
+    ``checkpoint_seconds`` (default :data:`CHECKPOINT_SECONDS`; 0: every epoch) have passed
+    since the last checkpoint and after the last epoch, and writes ``paths.result`` at the
+    end. A resumed run continues from its checkpoint, drops the metrics and records of later
+    epochs and takes them again, with the same numbers. A non-finite training loss stops the
+    run with ``diverged: true`` and the reason. With ``config.record.enabled`` an
     :class:`~selfnorm.recording.ActivationRecorder` records every ``config.record.every``
     steps; each epoch's records become one chunk in ``paths.records`` (and TensorBoard events
     in ``paths.tensorboard`` with ``config.record.tensorboard``), written before the checkpoint.
@@ -240,6 +248,8 @@ def train_run(
     Returns:
         The result dict (also written to ``result.json``).
     """
+    if not (isinstance(checkpoint_seconds, (int, float)) and checkpoint_seconds >= 0):
+        raise ValueError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number >= 0")
     device = data.x_train.device
     cfg = config.train
     model = build_model(
@@ -274,6 +284,7 @@ def train_run(
     start_step = (start_epoch - 1) * steps_per_epoch
     recorder = _recorder(model, config, paths, start_step, steps_per_epoch)
     diverged_reason = None
+    last_save = time.perf_counter()
     with recorder if recorder is not None else nullcontext():
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -298,14 +309,17 @@ def train_run(
             }
             paths.append_metrics(row)
             history.append(row)
-            paths.save_checkpoint(
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(device),
-                }
-            )
+            now = time.perf_counter()
+            if epoch == cfg.epochs or now - last_save >= checkpoint_seconds:
+                paths.save_checkpoint(
+                    {
+                        "epoch": epoch,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": _rng_state(device),
+                    }
+                )
+                last_save = now
             if on_epoch:
                 on_epoch(row)
 
@@ -353,6 +367,7 @@ def compare(
     overwrite: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> dict[str, Any]:
     """Train every variant for every seed, one after another in this process; write summary.
 
@@ -420,7 +435,9 @@ def compare(
                     bar.update(1)
                     bar.set_postfix(seed=seed, val_acc=f"{row['val_accuracy']:.4f}")
 
-                result = train_run(data, config, activation, seed, paths, on_epoch)
+                result = train_run(
+                    data, config, activation, seed, paths, on_epoch, checkpoint_seconds
+                )
                 if result["diverged"]:
                     bar.update(config.train.epochs - result["epochs_completed"])
             results.setdefault(activation, []).append(result)

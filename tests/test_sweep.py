@@ -206,7 +206,7 @@ def test_resume_skips_finished_and_completes_unfinished(local, spec, tmp_path):
     try:
         with pytest.raises(KeyboardInterrupt):
             train_run(data, j0.config, j0.activation, j0.seed, RunDir(d0).run(j0.activation, 0),
-                      stop_after_first)  # fmt: skip
+                      stop_after_first, checkpoint_seconds=0)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     assert RunDir(d0).run(j0.activation, 0).checkpoint.exists()

@@ -202,7 +202,17 @@ def test_resume_after_kill_9_gives_exactly_the_uninterrupted_metrics(tmp_path):
     # Start again and kill -9 once the second variant's first run is mid-way.
     target = cut / "runs" / "relu" / "seed0" / "metrics.jsonl"
     with subprocess.Popen(
-        [sys.executable, "-m", "selfnorm", *RESUME_ARGS, "--out", str(cut)],
+        # checkpoints after every epoch, so the kill lands between checkpoints of one run
+        [
+            sys.executable,
+            "-m",
+            "selfnorm",
+            *RESUME_ARGS,
+            "--checkpoint-seconds",
+            "0",
+            "--out",
+            str(cut),
+        ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as p:
@@ -226,3 +236,26 @@ def test_resume_after_kill_9_gives_exactly_the_uninterrupted_metrics(tmp_path):
     s_cut = json.loads((cut / "summary.json").read_text())
     for name in ("selu", "relu"):
         assert s_full["variants"][name]["test_accuracy"] == s_cut["variants"][name]["test_accuracy"]
+
+
+def test_checkpoints_follow_the_clock_and_the_last_epoch(tmp_path, digits, monkeypatch):
+    from selfnorm import storage
+
+    saved = []
+    real = storage.RunPaths.save_checkpoint
+
+    def spy(self, state):
+        saved.append(state["epoch"])
+        real(self, state)
+
+    monkeypatch.setattr(storage.RunPaths, "save_checkpoint", spy)
+    cfg = small_config(activations=["selu"], seeds=[0])
+    compare(cfg, str(tmp_path / "slow"), progress=False, dataset=digits)  # default: 10 s
+    assert saved == [3]  # 3 short epochs: only the last one is checkpointed
+    saved.clear()
+    compare(cfg, str(tmp_path / "every"), progress=False, dataset=digits, checkpoint_seconds=0)
+    assert saved == [1, 2, 3]
+    ckpt = RunDir(tmp_path / "slow").run("selu", 0).load_checkpoint(torch.device("cpu"))
+    assert ckpt["epoch"] == 3
+    with pytest.raises(ValueError, match="checkpoint_seconds=-1 must be a number >= 0"):
+        compare(cfg, str(tmp_path / "bad"), progress=False, dataset=digits, checkpoint_seconds=-1)

@@ -177,7 +177,7 @@ def _check_model_flags(given: dict, kind: str) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from selfnorm.tables import comparison_table
-    from selfnorm.training import compare
+    from selfnorm.training import CHECKPOINT_SECONDS, compare
 
     config = resolve_compare_config(args)
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
@@ -193,8 +193,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
     if not args.quiet:
         print(describe(config, out, resume=bool(args.resume)), flush=True)
+    if args.checkpoint_seconds is not None and not args.checkpoint_seconds >= 0:
+        raise CliError(
+            f"--checkpoint-seconds {args.checkpoint_seconds}: pass a number of seconds >= 0 "
+            "(0 checkpoints after every epoch)"
+        )
     summary = compare(
-        config, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
+        config,
+        out,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        checkpoint_seconds=(
+            CHECKPOINT_SECONDS if args.checkpoint_seconds is None else args.checkpoint_seconds
+        ),
     )
     from selfnorm.report.html import build_report
 
@@ -275,6 +287,13 @@ def register(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     g.add_argument("--json", action="store_true", help="print summary.json instead of the table")
     g.add_argument("--quiet", action="store_true", help="no progress bars or config echo")
+    g.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        metavar="S",
+        help="checkpoint a run after an epoch once S seconds passed since its last checkpoint, "
+        "and after its last epoch (default 10; 0: every epoch); --resume continues from it",
+    )
     g.add_argument(
         "--print-config", action="store_true", help="print the resolved configuration (JSON) first"
     )

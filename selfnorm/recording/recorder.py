@@ -43,8 +43,8 @@ import torch
 from torch import nn
 
 from selfnorm import taxonomy
-from selfnorm.config import RecordConfig
 from selfnorm.recording import reduce
+from selfnorm.recording.config import RecordConfig
 from selfnorm.recording.reduce import N_STATS, Binning, ReduceBuffers
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, concat_records
 
@@ -88,8 +88,8 @@ class ActivationRecorder:
     Args:
         model: any ``nn.Module``. Call it as ``model(x)``: ``model.forward(x)`` skips hooks.
         config: bins, range, ``every`` and the backend; default
-            :class:`~selfnorm.config.RecordConfig`. With ``enabled=False`` :meth:`step` never
-            arms.
+            :class:`~selfnorm.recording.config.RecordConfig`. With ``enabled=False``
+            :meth:`step` never arms.
         sinks: objects with ``write(records)`` and ``close()`` (:mod:`selfnorm.sinks`); ``None``
             (default) keeps the records in memory for :meth:`records`.
         start_step: global step of the first :meth:`step` call (a resumed run passes the step
