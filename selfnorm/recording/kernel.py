@@ -191,6 +191,11 @@ def activation_stats(
             binning.scale,
             binning.shift,
         )
+        # the kernel gives mean and variance; the contract is the sums (see reduce)
+        rows = torch.tensor(mine)
+        count = meta[rows, 0].double()
+        stats[rows, 0] *= count
+        stats[rows, 1] = (stats[rows, 1] * count).sqrt()
         for i in mine:
             if not dead[i]:
                 stats[i, 6] = 0.0  # the torch ops' convention: 0 where not counted

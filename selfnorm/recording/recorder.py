@@ -67,13 +67,14 @@ class _Pending:
 
     step: int
     rows: np.ndarray  # (R,) row ids of stats/hist
-    stats: torch.Tensor  # (R, 7) float64
+    stats: torch.Tensor  # (R, 7): see selfnorm.recording.reduce.activation_stats
     hist: torch.Tensor  # (R, bins + 2) int64
     weights: torch.Tensor | None  # (W, 4) float64: Σω, Σω², Στ, Στ² (None: not taken)
     numel: np.ndarray  # (R,) values of each row's tensor
     units: np.ndarray  # (R,) units (dim 1) of each row's tensor
     grad_slots: np.ndarray | None = None  # (G,) slots of grad
-    grad: torch.Tensor | None = None  # (G, 2) float64 mean, var
+    grad: torch.Tensor | None = None  # (G, 2) float64 sum, sqrt(sum of squared deviations)
+    grad_numel: np.ndarray | None = None  # (G,) values of each gradient
 
 
 class ActivationRecorder:
@@ -445,6 +446,7 @@ class ActivationRecorder:
                 with torch.no_grad():
                     rec.grad = reduce.gradient_moments(grads, self._bufs)
                 rec.grad_slots = np.asarray(slots, dtype=np.int64)
+                rec.grad_numel = np.array([g.numel() for g in grads], dtype=np.float64)
         self._pending.append(rec)
 
     # -- out of the hot loop ---------------------------------------------------------------
@@ -466,11 +468,11 @@ class ActivationRecorder:
             return Records.empty()
         parts = []
         for p in pending:
-            parts += [p.stats.view(-1), p.hist.view(-1).double()]
+            parts += [p.stats.view(-1).double(), p.hist.view(-1).double()]
             if p.weights is not None:
                 parts.append(p.weights.view(-1))
             if p.grad is not None:
-                parts.append(p.grad.view(-1))
+                parts.append(p.grad.view(-1).double())
         dev = parts[0].device
         host = torch.cat([t.to(dev) for t in parts]).cpu().numpy()  # the one transfer
         records = self._decode(pending, host)
@@ -495,7 +497,8 @@ class ActivationRecorder:
         nw = len(self._weights)
         stats = np.full((s, 2 * nl, N_STATS), np.nan)
         hist = np.zeros((s, 2 * nl, nb), dtype=np.int64)
-        grad = np.full((s, nl, 2), np.nan)
+        grad = np.full((s, nl, 2), np.nan)  # sum, sqrt of the sum of squared deviations
+        grad_n = np.full((s, nl), np.nan)
         wsum = np.full((s, nw, 4), np.nan)
         pos = 0
 
@@ -513,6 +516,7 @@ class ActivationRecorder:
             if p.grad is not None:
                 g = len(p.grad_slots)
                 grad[k, p.grad_slots] = take(g * 2).reshape(g, 2)
+                grad_n[k, p.grad_slots] = p.grad_numel
         assert pos == len(host)
         numel, units = self._shapes(pending)
         family = tuple(self._slot_family)
@@ -520,19 +524,17 @@ class ActivationRecorder:
         sat_ok = np.array([t > -math.inf for t in self._thresholds[1::2]], dtype=bool)
         out = []
         for kind in (0, 1):
-            st = stats[:, kind::2]
-            mean, var = st[..., 0], st[..., 1]
+            st, n_ = stats[:, kind::2], numel[:, kind::2]
             with np.errstate(invalid="ignore", divide="ignore"):
+                mean, var = st[..., 0] / n_, st[..., 1] ** 2 / n_  # from the sums
                 d = {
                     "mean": mean,
-                    "std": np.sqrt(np.maximum(var, 0.0)),
+                    "std": np.sqrt(var),
                     "min": st[..., 2],
                     "max": st[..., 3],
-                    "zero_frac": st[..., 4] / numel[:, kind::2],
+                    "zero_frac": st[..., 4] / n_,
                     "dead_frac": np.where(dead_ok, st[..., 6] / units[:, kind::2], np.nan),
-                    "saturation_frac": np.where(
-                        sat_ok & (kind == 1), st[..., 5] / numel[:, kind::2], np.nan
-                    ),
+                    "saturation_frac": np.where(sat_ok & (kind == 1), st[..., 5] / n_, np.nan),
                     "fp_distance": np.sqrt(mean**2 + (var - 1.0) ** 2),
                 }
             out.append({key: d[key] for key in STAT_KEYS})
@@ -556,7 +558,7 @@ class ActivationRecorder:
             hist_pre=hist[:, 0::2],
             post=out[1],
             pre=out[0],
-            grad_std=np.sqrt(grad[..., 1]),
+            grad_std=grad[..., 1] / np.sqrt(grad_n),
             weight_layers=tuple(n for n, _ in self._weights),
             weights=weights,
         )

@@ -26,7 +26,8 @@ Example:
     >>> import torch
     >>> b = Binning(bins=4, low=-2.0, high=2.0)
     >>> stats, hist = activation_stats([torch.tensor([[-3.0, 0.0, 0.5, 1.0]])], [-1.0], [True], b)
-    >>> stats[0, :4].round(decimals=6).tolist()  # mean, var, min, max (float32 sums)
+    >>> n = 4  # mean, population variance, min, max (float32 sums)
+    >>> [round(float(v), 6) for v in (stats[0, 0] / n, stats[0, 1] ** 2 / n, *stats[0, 2:4])]
     [-0.375, 2.421875, -3.0, 1.0]
     >>> stats[0, 4:].tolist()  # zeros, saturated (<= -1), dead units (dim 1 never > 0)
     [1.0, 1.0, 2.0]
@@ -137,6 +138,10 @@ def activation_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Statistics and histogram of each tensor (float32 or float64, any shape, not empty).
 
+    The moments come as sums, so that no division runs on the device: the mean is
+    ``stats[:, 0] / n`` and the population variance ``stats[:, 1] ** 2 / n`` (column 1 is
+    :math:`\sqrt{\sum (x - \bar x)^2}`, two passes: accurate for any mean).
+
     Args:
         tensors: the tensors to reduce (detached; they are not modified).
         thresholds: per tensor, count the values :math:`\le` it as saturated (``-inf``: none).
@@ -145,8 +150,10 @@ def activation_stats(
         buffers: scratch buffers to reuse between calls (default: fresh ones).
 
     Returns:
-        ``stats`` float64 ``(n, 7)`` (mean, var, min, max, #zeros, #saturated, #dead units)
-        and ``hist`` int64 ``(n, bins + 2)``, on the tensors' device (the first tensor's).
+        ``stats`` ``(n, 7)`` (:math:`\sum x`, :math:`\sqrt{\sum (x - \bar x)^2}`, min, max,
+        #zeros, #saturated, #dead units), in the tensors' dtype (float64 where they are, or
+        where a count reaches :math:`2^{24}`), and ``hist`` int64 ``(n, bins + 2)``, on the
+        tensors' device (the first tensor's).
 
     Example:
         >>> import torch
@@ -157,56 +164,66 @@ def activation_stats(
     n = len(tensors)
     if not (len(thresholds) == len(dead) == n):
         raise ValueError(f"{n} tensors need {n} thresholds and dead flags")
-    device = tensors[0].device if n else torch.device("cpu")
+    bufs = buffers if buffers is not None else ReduceBuffers()
+    groups = list(_groups(tensors).values())
+    if len(groups) == 1:  # one shape (the usual MLP): no gather or scatter
+        return _reduce_group(_stacked(list(tensors), bufs, "act"), thresholds, dead, binning, bufs)
+    device = tensors[0].device
     stats = torch.empty((n, N_STATS), dtype=torch.float64, device=device)
     hist = torch.empty((n, binning.columns), dtype=torch.int64, device=device)
-    bufs = buffers if buffers is not None else ReduceBuffers()
-    for idx in _groups(tensors).values():
+    for idx in groups:
         x = _stacked([tensors[i] for i in idx], bufs, "act")
         s, h = _reduce_group(x, [thresholds[i] for i in idx], [dead[i] for i in idx], binning, bufs)
-        where = bufs.const(tuple(idx), x, torch.int64) if len(idx) < n else slice(None)
-        stats[where] = s.to(device)
+        where = bufs.const(tuple(idx), x, torch.int64)
+        stats[where] = s.to(device, stats.dtype)
         hist[where] = h.to(device)
     return stats, hist
 
 
 def _reduce_group(
-    x: torch.Tensor, thr: list[float], dead: list[bool], binning: Binning, bufs: ReduceBuffers
+    x: torch.Tensor, thr: Sequence[float], dead: Sequence[bool], b: Binning, bufs: ReduceBuffers
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`activation_stats` of the rows of ``x`` ``(n, *shape)`` (one stacked shape)."""
+    """:func:`activation_stats` of the rows of ``x`` ``(n, *shape)`` (one stacked shape), in
+    a fixed number of operations (about 20) whatever ``n``."""
     n = x.shape[0]
     x2 = x.reshape(n, -1)
     numel = x2.shape[1]
     lead = x.shape[1] if x.dim() >= 3 else 1  # the batch, when there is one
     units = x.shape[2] if x.dim() >= 3 else numel
-    f64 = torch.float64
-    # float32 sums (torch's cascade summation), two passes for the variance: accurate for any mean
-    total = x2.sum(1)
-    mean = total / numel
+    total = x2.sum(1)  # torch's cascade summation, in the tensor's dtype
     tmp = bufs.get("tmp", (n, numel), x2)
-    torch.sub(x2, mean.unsqueeze(1), out=tmp)
-    var = torch.linalg.vector_norm(tmp, dim=1).double().square_() / numel
+    torch.sub(x2, total.unsqueeze(1), alpha=1.0 / numel, out=tmp)  # x - mean
+    spread = torch.linalg.vector_norm(tmp, dim=1)  # sqrt(sum of squared deviations)
     # per-unit maxima over the batch and the unit's positions: max, and dead units
     unit_max = x.reshape(n, lead, units, -1).amax(dim=(1, 3))
     mx = unit_max.amax(1)
     mn = x2.amin(1)
-    # counts as sums of 0/1 floats (faster than bool tensors on the CPU); the per-sample partial
-    # sums stay exact integers in float32, their total is taken in float64
+    # counts as sums of 0/1 floats (faster than bool tensors on the CPU): the per-sample partial
+    # sums are exact integers; so is their float32 total below 2^24 values (else float64)
+    wide = torch.float64 if numel >= 2**24 else None
     torch.eq(x2, 0, out=tmp)
-    zeros = tmp.view(n, lead, -1).sum(2).sum(1, dtype=f64)
-    n_dead = (unit_max <= 0).sum(1)
-    if not all(dead):
-        n_dead = torch.where(bufs.const(tuple(dead), x, torch.bool), n_dead, 0)
-    sat = torch.zeros(n, dtype=f64, device=x.device)
+    zeros = tmp.view(n, lead, -1).sum(2).sum(1, dtype=wide)
+    none = bufs.const((0.0,) * n, x2)
+    n_dead = none
+    if any(dead):
+        n_dead = (unit_max <= 0).sum(1)
+        if not all(dead):
+            n_dead = torch.where(bufs.const(tuple(dead), x, torch.bool), n_dead, 0)
+    sat = none
     rows = [i for i, t in enumerate(thr) if t > -math.inf]
     if rows:
         sel, k = _index(rows), len(rows)
         t = bufs.const(tuple((thr[i],) for i in rows), x2)
         torch.le(x2[sel], t, out=tmp[:k])
-        sat[sel] = tmp[:k].view(k, lead, -1).sum(2).sum(1, dtype=f64)
-    head = torch.stack([mean, mn, mx], 1).double()
-    stats = torch.stack([head[:, 0], var, head[:, 1], head[:, 2], zeros, sat, n_dead.double()], 1)
-    return stats, _histogram(x2, tmp, binning, bufs, total)
+        counted = tmp[:k].view(k, lead, -1).sum(2).sum(1, dtype=wide)
+        if k == n:
+            sat = counted
+        else:
+            sat = counted.new_zeros(n)
+            sat[sel] = counted
+    # one (n, 7) tensor in the tensors' dtype (float64 where a count needs it)
+    stats = torch.stack([total, spread, mn, mx, zeros, sat, n_dead], 1)
+    return stats, _histogram(x2, tmp, b, bufs)
 
 
 def _index(rows: list[int]) -> slice | list[int]:
@@ -217,19 +234,14 @@ def _index(rows: list[int]) -> slice | list[int]:
     return rows
 
 
-def _histogram(
-    x2: torch.Tensor, tmp: torch.Tensor, b: Binning, bufs: ReduceBuffers, total: torch.Tensor
-) -> torch.Tensor:
+def _histogram(x2: torch.Tensor, tmp: torch.Tensor, b: Binning, bufs: ReduceBuffers):
     """Counts ``(n, bins + 2)`` of each row of ``x2``: value -> column ``1 + floor((x - low) *
     scale)`` clamped to ``[0, bins + 1]``, NaN -> overflow; one joint count for all rows."""
     n, numel = x2.shape
     nb = b.columns
     torch.add(bufs.const(b.shift, x2), x2, alpha=b.scale, out=tmp)
     tmp.clamp_(0.0, nb - 1.0)
-    # NaN survives the clamp and would break the integer index; on the CPU a look at the row
-    # sums (NaN there if anywhere, as inf - inf or inf) is cheaper than the pass that replaces it
-    if x2.device.type != "cpu" or not bool(torch.isfinite(total).all()):
-        tmp.nan_to_num_(nan=nb - 1.0)
+    tmp.nan_to_num_(nan=nb - 1.0)  # NaN survives the clamp and would break the integer index
     # the CPU's bincount is fastest on int16 indices; CUDA's scatter_add_ takes int64
     cpu = x2.device.type == "cpu"
     idx_dtype = (torch.int16 if n * nb < 2**15 else torch.int32) if cpu else torch.int64
@@ -249,28 +261,31 @@ def _histogram(
 def gradient_moments(
     tensors: Sequence[torch.Tensor], buffers: ReduceBuffers | None = None
 ) -> torch.Tensor:
-    r"""Mean and population variance of each tensor: float64 ``(n, 2)`` on the first tensor's
-    device (float32 sums, two passes).
+    r"""Per tensor :math:`\sum g` and :math:`\sqrt{\sum (g - \bar g)^2}` (sums in the tensors'
+    dtype, two passes): ``(n, 2)`` on the first tensor's device; the mean is column 0 over the
+    number of values, the population variance column 1 squared over it.
 
     Example:
-        >>> import torch
         >>> m = gradient_moments([torch.tensor([1.0, 3.0]), torch.tensor([[2.0], [2.0]])])
-        >>> m.round(decimals=6).tolist()
-        [[2.0, 1.0], [2.0, 0.0]]
+        >>> (m[:, 0] / 2).tolist(), (m[:, 1] ** 2 / 2).round(decimals=6).tolist()
+        ([2.0, 2.0], [1.0, 0.0])
     """
     n = len(tensors)
-    device = tensors[0].device if n else torch.device("cpu")
-    out = torch.empty((n, 2), dtype=torch.float64, device=device)
     bufs = buffers if buffers is not None else ReduceBuffers()
-    for idx in _groups(tensors).values():
+    groups = list(_groups(tensors).values())
+    out = None
+    if len(groups) != 1:
+        device = tensors[0].device if n else torch.device("cpu")
+        out = torch.empty((n, 2), dtype=torch.float64, device=device)
+    for idx in groups:
         x2 = _stacked([tensors[i] for i in idx], bufs, "grad").reshape(len(idx), -1)
-        numel = x2.shape[1]
-        mean = x2.sum(1) / numel
+        total = x2.sum(1)
         tmp = bufs.get("gtmp", tuple(x2.shape), x2)
-        torch.sub(x2, mean.unsqueeze(1), out=tmp)
-        var = torch.linalg.vector_norm(tmp, dim=1).double().square_() / numel
-        where = bufs.const(tuple(idx), x2, torch.int64) if len(idx) < n else slice(None)
-        out[where] = torch.stack([mean.double(), var], 1).to(device)
+        torch.sub(x2, total.unsqueeze(1), alpha=1.0 / x2.shape[1], out=tmp)
+        both = torch.stack([total, torch.linalg.vector_norm(tmp, dim=1)], 1)
+        if out is None:
+            return both
+        out[bufs.const(tuple(idx), x2, torch.int64)] = both.to(out.device, out.dtype)
     return out
 
 
