@@ -231,8 +231,9 @@ table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums}
 th,td{padding:.35rem .7rem;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 table.findings td,table.findings th{text-align:left;font-size:.85rem}
-tr.best td{font-weight:600}.verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;
-padding:.7rem 1rem}figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
+tr.best td{font-weight:600}#comparison td{white-space:nowrap}
+.verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.7rem 1rem}
+figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem}pre{background:#f6f6f6;padding:1rem;overflow:auto;
 font-size:.8rem}
 """
