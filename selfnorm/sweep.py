@@ -451,11 +451,10 @@ class Job:
         task: JobTask | None = None,
     ) -> Job:
         act, seed = config.activations[0], config.seeds[0]
-        params = {
-            key: getattr(config, name)
-            if section is None
-            else getattr(getattr(config, section), name)
+        params = {  # the grid keys this config has (a CNN has no depth, width or shape)
+            key: getattr(config if section is None else getattr(config, section), name)
             for key, (section, name) in GRID_KEYS.items()
+            if hasattr(config if section is None else getattr(config, section), name)
         }
         key = json.dumps(
             {"config": config.to_dict(), "task": task.to_dict() if task else None},

@@ -79,7 +79,8 @@ class ActivationKind:
     name: str
     """The family's name in specs (``lrelu:0.2``) and in records."""
     types: tuple[type[nn.Module], ...]
-    """Module types of this family (checked in registration order: subclasses first)."""
+    """Module types of this family (a module belongs to the family of the nearest of its
+    classes: ``nn.ReLU6``, a ``nn.Hardtanh``, is ``relu``; a registered subclass wins)."""
     make: Callable[[float | None], nn.Module] | None = None
     """A fresh module for a parameter (None: the default)."""
     init: str = "he_normal"
@@ -153,8 +154,14 @@ _cache: dict[type, ActivationKind | None] = {}
 def activation_kind(module: nn.Module) -> ActivationKind | None:
     """The family of ``module``, or None where it is not an activation selfnorm knows."""
     t = type(module)
-    if t not in _cache:
-        _cache[t] = next((k for k in (*_KINDS.values(), _OTHER) if issubclass(t, k.types)), None)
+    if t not in _cache:  # the family of the nearest class in the module's MRO (ReLU6 -> relu)
+        mro = t.__mro__
+        best = None
+        for k in (*_KINDS.values(), _OTHER):
+            for base in k.types:
+                if base in mro and (best is None or mro.index(base) < best[0]):
+                    best = (mro.index(base), k)
+        _cache[t] = best[1] if best is not None else None
     return _cache[t]
 
 

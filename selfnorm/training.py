@@ -224,6 +224,13 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+def _check_checkpoint_seconds(value: Any) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
+        raise ValueError(
+            f"checkpoint_seconds={value!r} must be a number >= 0 (0: after every epoch)"
+        )
+
+
 def train_run(
     data: DeviceData,
     config: ExperimentConfig,
@@ -248,8 +255,7 @@ def train_run(
     Returns:
         The result dict (also written to ``result.json``).
     """
-    if not (isinstance(checkpoint_seconds, (int, float)) and checkpoint_seconds >= 0):
-        raise ValueError(f"checkpoint_seconds={checkpoint_seconds!r} must be a number >= 0")
+    _check_checkpoint_seconds(checkpoint_seconds)
     device = data.x_train.device
     cfg = config.train
     model = build_model(
@@ -379,6 +385,7 @@ def compare(
     """
     from tqdm.auto import tqdm
 
+    _check_checkpoint_seconds(checkpoint_seconds)  # before anything is written
     run_dir = RunDir(out_dir)
     device = resolve_device(config.train.device)
     if config.record.enabled and config.record.tensorboard:

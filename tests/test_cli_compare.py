@@ -238,4 +238,7 @@ def test_model_kind_from_a_file_and_a_flag(tmp_path, capsys):
     toml.write_text('[model]\nkind = "cnn"\n')
     assert main(["compare", "--config", str(toml), "--depth", "3", "--out", str(out)]) == 2
     assert "--depth does not apply to --model cnn" in capsys.readouterr().err
+    toml.write_text('model = "cnn"\n')  # a value where a table belongs: an error, no traceback
+    assert main(["compare", "--config", str(toml), "--out", str(out)]) == 2
+    assert "[model] must be a table" in capsys.readouterr().err
     assert not out.exists()

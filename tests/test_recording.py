@@ -693,3 +693,33 @@ def test_cuda_records_equal_cpu_records_and_recording_steps_never_sync():
     np.testing.assert_array_equal(a.hist_pre.sum(-1), b.hist_pre.sum(-1))
     # counts may differ only by values that float differences moved across an edge
     assert np.abs(a.hist_post - b.hist_post).sum() <= 0.001 * a.hist_post.sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_get_exact_counts(dtype):
+    # counts of 0/1 values summed in float16 overflow at 65504 and round in bfloat16
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 512), nn.ReLU()).to(dtype)
+    x = torch.randn(256, 64, generator=g).to(dtype)
+    with ActivationRecorder(net, RecordConfig(every=1), record_eval=True) as rec:
+        rec.step()
+        with torch.no_grad():
+            out = net(x)
+        r = rec.records()
+    want = float((out == 0).double().mean())
+    assert r.post["zero_frac"][0, 0] == pytest.approx(want, abs=1e-12)
+    assert int(r.hist_post[0, 0].sum()) == out.numel()
+    np.testing.assert_allclose(r.post["mean"][0, 0], float(out.double().mean()), rtol=1e-5)
+
+
+def test_a_pass_armed_by_hand_takes_the_weight_sums():
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    with ActivationRecorder(net, RecordConfig(every=3), record_eval=True) as rec:
+        for _ in range(2):
+            rec.step()
+            net(torch.randn(5, 4))
+        rec.arm()  # step 1, not a multiple of every
+        net(torch.randn(5, 4))
+        r = rec.records()
+    assert r.steps.tolist() == [0, 1]
+    assert np.isfinite(r.weights["tau_mean"]).all()

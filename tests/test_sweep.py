@@ -296,5 +296,13 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["sweep", str(tmp_path / "cnn.toml"), "--out", str(tmp_path / "o")]) == 2
     assert "grid.depth does not apply to model kind 'cnn'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # a CNN sweep over what a CNN has: its jobs carry the CNN's settings, no MLP ones
+    cnn = sweep_from_dict(
+        {"activations": ["selu"], "model": {"kind": "cnn", "channels": [4]},
+         "grid": {"lr": [1e-3, 1e-2]}}
+    )  # fmt: skip
+    jobs = cnn.jobs()
+    assert len(jobs) == 2 and {j.params["lr"] for j in jobs} == {1e-3, 1e-2}
+    assert "depth" not in jobs[0].params and jobs[0].config.model.channels == (4,)
     assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -147,3 +147,17 @@ def test_norm_layers():
     for m in (nn.BatchNorm1d(4), nn.LayerNorm(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4)):
         assert taxonomy.is_norm(m)
     assert not taxonomy.is_norm(nn.Linear(2, 2))
+
+
+def test_a_family_registered_for_a_subclass_of_a_builtin_takes_it():
+    class CappedReLU(nn.ReLU):
+        pass
+
+    assert taxonomy.activation_family(CappedReLU()) == "relu"  # nearest known class
+    taxonomy.register(taxonomy.ActivationKind("capped", (CappedReLU,)))
+    try:
+        assert taxonomy.activation_family(CappedReLU()) == "capped"
+        assert taxonomy.activation_family(nn.ReLU()) == "relu"
+    finally:
+        taxonomy.unregister("capped")
+    assert taxonomy.activation_family(CappedReLU()) == "relu"

@@ -257,5 +257,7 @@ def test_checkpoints_follow_the_clock_and_the_last_epoch(tmp_path, digits, monke
     assert saved == [1, 2, 3]
     ckpt = RunDir(tmp_path / "slow").run("selu", 0).load_checkpoint(torch.device("cpu"))
     assert ckpt["epoch"] == 3
-    with pytest.raises(ValueError, match="checkpoint_seconds=-1 must be a number >= 0"):
-        compare(cfg, str(tmp_path / "bad"), progress=False, dataset=digits, checkpoint_seconds=-1)
+    for bad in (-1, True, "10"):
+        with pytest.raises(ValueError, match="must be a number >= 0"):
+            compare(cfg, str(tmp_path / "bad"), progress=False, dataset=digits,
+                    checkpoint_seconds=bad)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from selfnorm.cli.common import CliError, csv_list
@@ -118,7 +119,9 @@ def resolve_compare_config(args: argparse.Namespace):
     if "dropout" in flags and "dropout_by_activation" not in flags:
         merged.pop("dropout_by_activation", None)  # one rate on the command line means one rate
     merged = merge(merged, flags)
-    _check_model_flags(flags.get("model", {}), merged.get("model", {}).get("kind", "mlp"))
+    model = merged.get("model", {})
+    if isinstance(model, Mapping):  # else experiment_from_dict says what [model] must be
+        _check_model_flags(flags.get("model", {}), model.get("kind", "mlp"))
     # per-variant rates a preset or file set for variants that are not compared now
     if "dropout_by_activation" in merged and "activations" in flags:
         chosen = {a.strip().lower() for a in merged["activations"]}

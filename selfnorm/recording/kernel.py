@@ -208,7 +208,7 @@ def activation_stats(
             binning,
             buffers,
         )
-        stats[rest], hist[rest] = s.cpu(), h.cpu()
+        stats[rest], hist[rest] = s.to("cpu", stats.dtype), h.cpu()
     return stats, hist
 
 

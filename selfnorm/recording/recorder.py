@@ -179,7 +179,7 @@ class ActivationRecorder:
         self.binning = Binning(self.config.bins, lo, hi)
         self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
         self._impl = _implementation(self.config.backend, model)
-        self._weigh_every = DENSE_WEIGHT_STEPS if self.config.every == 1 else self.config.every
+        self._dense = self.config.every == 1
         self._bufs = ReduceBuffers()
 
         # layout: slots in call order, fixed by the first captured pass
@@ -424,7 +424,7 @@ class ActivationRecorder:
                 stats = torch.zeros((0, N_STATS), dtype=torch.float64, device=dev)
                 hist = torch.zeros((0, self.binning.columns), dtype=torch.int64, device=dev)
             weights = None
-            if step % self._weigh_every == 0:
+            if not self._dense or step % DENSE_WEIGHT_STEPS == 0:
                 weights = self._impl.weight_moments([taxonomy.unit_weights(m) for m in self._wmods])
         numel = np.array([t.numel() for t in tensors], dtype=np.float64)
         units = np.array([t.shape[1] if t.dim() >= 2 else t.numel() for t in tensors], dtype=float)

@@ -121,6 +121,10 @@ def _groups(tensors: Sequence[torch.Tensor]) -> dict[tuple, list[int]]:
 
 
 def _stacked(ts: list[torch.Tensor], bufs: ReduceBuffers | None, name: str) -> torch.Tensor:
+    """The tensors (one shape) as ``(n, *shape)``; float16/bfloat16 as float32, whose sums and
+    counts are exact where the half formats' are not."""
+    if ts[0].dtype in (torch.float16, torch.bfloat16):
+        return torch.stack([t.float() for t in ts])
     if len(ts) == 1:
         return ts[0].unsqueeze(0)
     shape = (len(ts), *ts[0].shape)
@@ -136,7 +140,8 @@ def activation_stats(
     binning: Binning,
     buffers: ReduceBuffers | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Statistics and histogram of each tensor (float32 or float64, any shape, not empty).
+    r"""Statistics and histogram of each tensor (any floating dtype, reduced in float32 or
+    float64; any shape, not empty).
 
     The moments come as sums, so that no division runs on the device: the mean is
     ``stats[:, 0] / n`` and the population variance ``stats[:, 1] ** 2 / n`` (column 1 is
