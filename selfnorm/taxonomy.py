@@ -98,8 +98,6 @@ class ActivationKind:
     """``(alpha, scale)`` of a module of this family (SELU only)."""
     moments: Moments | None = None
     """``(m, s2, param) -> (E f(z), E f(z)^2)``, elementwise, for :mod:`selfnorm.depth`."""
-    param_of: Callable[[nn.Module], float | None] = lambda _: None
-    """The parameter a module of this family was built with (slope, alpha)."""
     description: str = ""
 
 
@@ -276,10 +274,6 @@ def _lrelu_gain(slope: float | None) -> float:
     return math.sqrt(2.0 / (1.0 + s * s))
 
 
-def _slope(module: nn.Module) -> float | None:
-    return getattr(module, "negative_slope", None)
-
-
 for _k in (
     ActivationKind(
         "selu",
@@ -310,7 +304,6 @@ for _k in (
         param_ok=lambda s: None if 0 <= s < 1 else "[0, 1)",
         dead_units=True,
         moments=lambda m, s2, s: theory.piecewise_linear_moments(m, s2, 0.01 if s is None else s),
-        param_of=_slope,
         description="Leaky ReLU (lrelu:SLOPE, default 0.01) + He normal + dropout",
     ),
     ActivationKind(
@@ -321,7 +314,6 @@ for _k in (
         param_name="alpha",
         param_ok=lambda a: None if a > 0 else "> 0",
         moments=lambda m, s2, a: theory.elu_moments(m, s2, 1.0, 1.0 if a is None else a),
-        param_of=lambda m: getattr(m, "alpha", None),
         description="ELU (elu:ALPHA, default 1) + He normal + dropout",
     ),
     ActivationKind(
