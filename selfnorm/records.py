@@ -31,7 +31,6 @@ import numpy as np
 from selfnorm._io import atomic_write_bytes
 
 __all__ = [
-    "FAMILY_NAMES",
     "STAT_KEYS",
     "WEIGHT_KEYS",
     "Records",
@@ -56,9 +55,6 @@ STAT_KEYS = (
 WEIGHT_KEYS = ("omega_mean", "omega_std", "tau_mean", "tau_std")
 """Keys of :attr:`Records.weights`."""
 
-FAMILY_NAMES = ("selu", "relu", "lrelu", "elu", "gelu", "silu", "tanh", "other")
-"""Values of :attr:`Records.family`."""
-
 FORMAT = 1
 _CHUNK = re.compile(r"^chunk-(\d{6,})\.npz$")
 
@@ -73,7 +69,8 @@ class Records:
         epochs: ``float64 (S,)`` fractional epoch, ``step / steps_per_epoch`` (NaN if unknown).
         layers: ``(L,)`` activation module names in forward order, e.g. ``("act1", "act2")``.
         depth: ``int64 (L,)`` 1-based position of each layer in that order.
-        family: ``(L,)`` one of :data:`FAMILY_NAMES`.
+        family: ``(L,)`` each layer's family name in :mod:`selfnorm.taxonomy` (``other`` for
+            an activation no family claims).
         bin_edges: ``float64 (B+1,)`` histogram edges; bins are half-open ``[e_i, e_i+1)``.
         hist_post, hist_pre: ``int64 (S, L, B+2)`` counts ``[underflow, B bins, overflow]``
             of the activation's output and input; underflow is ``x < e_0``, overflow

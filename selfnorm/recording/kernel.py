@@ -196,10 +196,10 @@ def activation_stats(
         count = meta[rows, 0].double()
         stats[rows, 0] *= count
         stats[rows, 1] = (stats[rows, 1] * count).sqrt()
-        for i in mine:
-            if not dead[i]:
-                stats[i, 6] = 0.0  # the torch ops' convention: 0 where not counted
-    rest = [i for i in range(n) if i not in set(mine)]
+        uncounted = [i for i in mine if not dead[i]]
+        stats[uncounted, 6] = 0.0  # the torch ops' convention: 0 where not counted
+    taken = set(mine)
+    rest = [i for i in range(n) if i not in taken]
     if rest:
         s, h = reduce.activation_stats(
             [tensors[i] for i in rest],

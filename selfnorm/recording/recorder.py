@@ -1,7 +1,7 @@
 r"""``ActivationRecorder``: per-layer activation statistics and histograms during training.
 
 Wrap any ``nn.Module``; every activation module (ReLU, SELU, GELU, ..., see
-:data:`selfnorm.taxonomy.ACTIVATION_TYPES`) is recorded by name, before (pre-activation: the
+:func:`selfnorm.taxonomy.activation_types`) is recorded by name, before (pre-activation: the
 module's input) and after (post-activation: its output), together with the gradient of the
 loss w.r.t. its output and the weights of every weight layer. Per layer and record:
 
@@ -174,7 +174,6 @@ class ActivationRecorder:
         # version counters on the first pass for those that do not say so)
         self._inplace = [bool(getattr(m, "inplace", False)) for _, m in self._acts]
         self._weights = [(n, m) for n, m in model.named_modules() if taxonomy.is_weight_layer(m)]
-        self._wmods = [m for _, m in self._weights]
         lo, hi = self.config.range
         self.binning = Binning(self.config.bins, lo, hi)
         self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
@@ -425,7 +424,9 @@ class ActivationRecorder:
                 hist = torch.zeros((0, self.binning.columns), dtype=torch.int64, device=dev)
             weights = None
             if not self._dense or step % DENSE_WEIGHT_STEPS == 0:
-                weights = self._impl.weight_moments([taxonomy.unit_weights(m) for m in self._wmods])
+                weights = self._impl.weight_moments(
+                    [taxonomy.unit_weights(m) for _, m in self._weights]
+                )
         numel = np.array([t.numel() for t in tensors], dtype=np.float64)
         units = np.array([t.shape[1] if t.dim() >= 2 else t.numel() for t in tensors], dtype=float)
         self._open = _Pending(
@@ -565,7 +566,7 @@ class ActivationRecorder:
 
     def _shapes(self, pending: list[_Pending]) -> tuple[np.ndarray, np.ndarray]:
         """Numbers of values and of units of each record's rows ``(S, 2L)`` (NaN: not taken),
-        from the histogram sums (every value is counted) and the recorded shapes."""
+        from the shapes recorded with each record."""
         numel = np.full((len(pending), 2 * len(self._slot_names)), np.nan)
         units = numel.copy()
         for k, p in enumerate(pending):
