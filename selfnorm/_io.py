@@ -1,4 +1,10 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash leaves the old one."""
+"""Durable, atomic file writes: a reader never sees a half-written file; a crash, a kill -9 or
+a power loss leaves either the old or the new version.
+
+Every write goes to a temporary file in the same folder, is flushed and ``fsync``-ed, renamed
+over the target (``os.replace``), and then the folder itself is ``fsync``-ed so the rename is on
+disk too (without that, a power loss can undo the rename on ext4 or XFS).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +20,48 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """``fsync`` a folder, so that the files created or renamed in it survive a power loss."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def make_dirs(directory: str | os.PathLike) -> Path:
+    """``mkdir -p`` whose new folders are durable (each parent ``fsync``-ed)."""
+    directory = Path(directory)
+    missing = []
+    p = directory
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for d in reversed(missing):
+        fsync_dir(d.parent)
+    return directory
+
+
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, fsync: bool = True, keep: str | os.PathLike | None = None
+) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    ``fsync=False`` still survives a killed process (the page cache outlives it), not a power
-    loss; it is for large files rewritten often, such as per-epoch checkpoints.
+    Args:
+        fsync: ``False`` skips both fsyncs (survives a killed process, not a power loss); only
+            for files that can be rebuilt.
+        keep: a path the previous version of ``path`` is renamed to once the new one is
+            complete on disk (a checkpoint keeps its predecessor): at every moment at least one
+            complete version exists under ``path`` or ``keep``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
@@ -30,10 +70,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        if keep is not None and path.exists():
+            os.replace(path, keep)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
     return path
 
 

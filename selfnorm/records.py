@@ -34,7 +34,9 @@ __all__ = [
     "STAT_KEYS",
     "WEIGHT_KEYS",
     "Records",
+    "chunk_paths",
     "concat_records",
+    "read_chunk",
     "read_records",
     "truncate_records",
     "write_chunk",
@@ -255,7 +257,7 @@ def write_chunk(directory: str | os.PathLike, index: int, records: Records) -> P
     return atomic_write_bytes(Path(directory) / f"chunk-{index:06d}.npz", buf.getvalue())
 
 
-def _read_chunk(path: Path) -> Records:
+def read_chunk(path: Path) -> Records:
     with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
         if int(z["format"]) != FORMAT:
             raise ValueError(f"{path}: record format {int(z['format'])}, this reader knows 1")
@@ -279,7 +281,7 @@ def _read_chunk(path: Path) -> Records:
 
 def _try_read(path: Path) -> Records | None:
     try:
-        return _read_chunk(path)
+        return read_chunk(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         warnings.warn(
             f"skipping unreadable record chunk {path} ({type(exc).__name__}: {exc})",

@@ -8,22 +8,31 @@ Layout::
       runs/<variant>/seed<k>/
         metrics.jsonl                  one JSON line per epoch, appended as it happens
         checkpoint.pt                  model + optimizer + RNG state after the last epoch
+        checkpoint.prev.pt             the checkpoint before it, kept until the new one is on disk
         records/chunk-<k>.npz          activation statistics, one chunk per epoch (records.py)
         result.json                    final numbers; its presence marks the run complete
       tensorboard/<variant>/seed<k>/   TensorBoard event files (``--tensorboard``)
 
-Appends are flushed and fsync'ed; whole-file writes are atomic (temporary file + rename), so a
-``kill -9`` at any moment leaves either the old or the new version of every file. On resume the
-metrics and records beyond the checkpoint are dropped before training continues.
+Appends are flushed and fsync'ed; whole-file writes are atomic and durable (temporary file,
+fsync, rename, fsync of the folder: :mod:`selfnorm._io`), so a ``kill -9`` or a power loss at
+any moment leaves either the old or the new version of every file. A checkpoint carries a
+SHA-256 digest of its contents: one damaged on disk is detected on load, and the run falls back
+to the previous checkpoint with a warning. On resume the metrics and records beyond the
+checkpoint are dropped before training continues. ``docs/run-directory.md`` lists what survives
+which fault.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +40,60 @@ from typing import Any
 
 import torch
 
-from selfnorm._io import atomic_write_bytes, atomic_write_json
-from selfnorm.records import truncate_records
+from selfnorm._io import atomic_write_bytes, atomic_write_json, fsync_dir, make_dirs
+from selfnorm.locking import LOCK_NAME
+from selfnorm.records import chunk_paths, read_chunk, truncate_records
 
-__all__ = ["RunDir", "RunPaths", "read_jsonl"]
+__all__ = ["RunDir", "RunDirError", "RunPaths", "config_digest", "read_json", "read_jsonl"]
+
+
+class RunDirError(ValueError):
+    """A file of a run directory is damaged or inconsistent: one line naming it and the fix."""
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """``json.loads`` of a file, with an error that names the file (and ``what`` it should be)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(
+            f"{path} is not valid JSON ({exc}){'; ' + what if what else ''}"
+        ) from None
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A short digest of a resolved config dict: each run stores the digest of the config it
+    was trained with, so an edited ``config.json`` is caught on resume.
+
+    Example:
+        >>> config_digest({"a": 1}) == config_digest({"a": 1}) != config_digest({"a": 2})
+        True
+    """
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _state_digest(obj: Any, h: Any = None) -> str:
+    """SHA-256 over a checkpoint's contents (tensor bytes, dtypes, shapes and plain values),
+    in a fixed order: what :meth:`RunPaths.load_checkpoint` checks a loaded file against."""
+    top = h is None
+    h = hashlib.sha256() if top else h
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _state_digest(obj[k], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d" % len(obj))
+        for v in obj:
+            _state_digest(v, h)
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest() if top else ""
 
 
 def slug(name: str) -> str:
@@ -43,15 +102,33 @@ def slug(name: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read complete JSON lines; a torn last line (crash mid-write) is ignored."""
+    """Read complete JSON lines; a torn last line (crash mid-write) is ignored.
+
+    Raises:
+        RunDirError: a line before the last is not a JSON object (the file was edited or
+            damaged: not something a crash leaves).
+    """
     if not path.exists():
         return []
+    lines = path.read_bytes().split(b"\n")
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+            ok = isinstance(row, dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            if i == len(lines) - 1:  # the torn end of an interrupted append
+                break
+            raise RunDirError(
+                f"{path} line {i + 1} is not a JSON object ({line[:40]!r}); the file was "
+                f"edited or damaged: restore it, or delete {path.parent} and resume to train "
+                "that run again"
+            )
+        rows.append(row)
     return rows
 
 
@@ -72,27 +149,44 @@ class RunPaths:
         return self.root / "checkpoint.pt"
 
     @property
+    def previous_checkpoint(self) -> Path:
+        return self.root / "checkpoint.prev.pt"
+
+    @property
     def result(self) -> Path:
         return self.root / "result.json"
+
+    def read_result(self) -> dict[str, Any]:
+        """The finished run's ``result.json``, checked to be a JSON object."""
+        fix = f"delete {self.root} and resume to train this run again"
+        result = read_json(self.result, fix)
+        if not isinstance(result, dict):
+            kind = type(result).__name__
+            raise RunDirError(f"{self.result} holds a {kind}, not a JSON object; {fix}")
+        return result
 
     @property
     def records(self) -> Path:
         return self.root / "records"
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
+        new = not self.metrics.exists()
         with self.metrics.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if new:
+            fsync_dir(self.root)
 
     def truncate_metrics(self, epochs: int) -> list[dict[str, Any]]:
         """Keep the first ``epochs`` rows (those covered by the checkpoint) and return them."""
         rows = read_jsonl(self.metrics)[:epochs]
         if len(rows) < epochs:
-            raise RuntimeError(
+            raise RunDirError(
                 f"{self.metrics} has {len(rows)} complete rows but the checkpoint is at epoch "
-                f"{epochs}; the run directory was edited by hand: start it again with --overwrite"
+                f"{epochs}; the file was edited or damaged: delete {self.root} and resume to "
+                "train this run again"
             )
         text = "".join(json.dumps(r) + "\n" for r in rows)
         atomic_write_bytes(self.metrics, text.encode("utf-8"))
@@ -104,18 +198,67 @@ class RunPaths:
         truncate_records(self.records, before_step)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write ``state`` (with its digest) as ``checkpoint.pt``, durably; the one it replaces
+        becomes ``checkpoint.prev.pt`` once the new one is complete on disk."""
         buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint, buf.getvalue(), fsync=False)
+        torch.save({**state, "digest": _state_digest(state)}, buf)
+        atomic_write_bytes(self.checkpoint, buf.getvalue(), keep=self.previous_checkpoint)
 
     def load_checkpoint(self, device: torch.device) -> dict[str, Any] | None:
-        if not self.checkpoint.exists():
-            return None
-        return torch.load(self.checkpoint, map_location=device, weights_only=True)
+        """The newest good checkpoint, or None when the run has none.
+
+        A damaged ``checkpoint.pt`` (truncated, garbled, or with contents that do not match
+        its digest) falls back to ``checkpoint.prev.pt`` with a one-line ``RuntimeWarning``.
+
+        Raises:
+            RunDirError: there are checkpoints but none of them is good.
+        """
+        problems = []
+        for path in (self.checkpoint, self.previous_checkpoint):
+            if not path.exists():
+                continue
+            state, problem = _load_state(path, device)
+            if state is not None:
+                if problems:  # set the damaged file aside (kept for a look), warn once
+                    os.replace(self.checkpoint, self.checkpoint.with_name("checkpoint.damaged.pt"))
+                    fsync_dir(self.root)
+                    warnings.warn(
+                        f"{problems[0]}; resuming from the previous one, {path.name} "
+                        f"(epoch {state['epoch']}); the damaged file is now checkpoint.damaged.pt",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                return state
+            problems.append(f"{path} is damaged ({problem})")
+        if problems:
+            raise RunDirError(
+                f"{'; '.join(problems)}; no good checkpoint is left for this run: delete "
+                f"{self.root} and resume to train it again (the other runs are kept)"
+            )
+        return None
+
+    def check_records(self, before_step: int) -> None:
+        """Every record chunk a resume keeps (steps before ``before_step``) must be readable.
+
+        Raises:
+            RunDirError: naming the chunk, with the choice: accept a gap or retrain the run.
+        """
+        for _, path in chunk_paths(self.records):
+            try:
+                rec = read_chunk(path)
+            except Exception as exc:  # noqa: BLE001 - any failure to read is damage
+                raise RunDirError(
+                    f"{path} is damaged ({type(exc).__name__}: {exc}); delete that file to "
+                    f"resume with a gap in the records, or delete {self.root} to train this "
+                    "run again"
+                ) from None
+            if len(rec.steps) and rec.steps.min() >= before_step:
+                break
 
     def reset(self) -> None:
         """Delete everything a previous attempt of this run wrote."""
-        for p in (self.metrics, self.checkpoint, self.result):
+        damaged = self.checkpoint.with_name("checkpoint.damaged.pt")
+        for p in (self.metrics, self.checkpoint, self.previous_checkpoint, damaged, self.result):
             p.unlink(missing_ok=True)
         for d in (self.records, self.tensorboard):
             if d is not None and d.exists():
@@ -143,7 +286,8 @@ class RunDir:
         )
 
     def exists(self) -> bool:
-        return self.root.exists() and any(self.root.iterdir())
+        """The folder holds anything but a lock (see :mod:`selfnorm.locking`)."""
+        return self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir())
 
     def is_run_dir(self) -> bool:
         return self.config.exists()
@@ -172,7 +316,12 @@ class RunDir:
                         f"--resume: {self.root} holds no config.json, so it is not a selfnorm "
                         "run directory; pass the directory of an earlier run"
                     )
-                stored = json.loads(self.config.read_text(encoding="utf-8"))
+                stored = read_json(self.config)
+                if not isinstance(stored, dict):
+                    raise RunDirError(
+                        f"{self.config} holds a {type(stored).__name__}, not a JSON object; "
+                        "restore it from the run's report (Configuration) or start again"
+                    )
                 if normalize is not None:
                     stored = normalize(stored)
                 if stored != config:
@@ -192,10 +341,12 @@ class RunDir:
                     f"--overwrite: {self.root} is not empty and holds no config.json; refusing "
                     "to delete a folder that is not a selfnorm run, choose another --out"
                 )
-            shutil.rmtree(self.root)
+            for p in self.root.iterdir():  # all but the lock this process holds
+                if p.name != LOCK_NAME:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         elif resume:
             raise ValueError(f"--resume: {self.root} does not exist; nothing to resume")
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         atomic_write_json(self.config, config)
 
 
@@ -205,3 +356,17 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
             if a.get(k) != b.get(k):
                 return _diff(a.get(k), b.get(k), f"{prefix}{k}.")
     return f"{prefix.rstrip('.')}: stored {a!r}, now {b!r}"
+
+
+def _load_state(path: Path, device: torch.device) -> tuple[dict[str, Any] | None, str]:
+    """``(state, "")`` for a good checkpoint file, ``(None, what is wrong)`` otherwise."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "rng"} <= set(state):
+        return None, "not a selfnorm checkpoint"
+    digest = state.pop("digest", None)
+    if digest is not None and digest != _state_digest(state):
+        return None, "its contents do not match their digest"
+    return state, ""

@@ -38,12 +38,8 @@ import itertools
 import json
 import math
 import os
-import socket
-import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,8 +53,20 @@ from selfnorm.config import (
     model_keys,
 )
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
+from selfnorm.executors import (
+    Executor,
+    LocalExecutor,
+    Progress,
+    RayExecutor,
+    available_cores,
+    check_executor,
+    run_job,
+    run_jobs,
+)
+from selfnorm.interrupts import graceful_stop
+from selfnorm.locking import RunLock
 from selfnorm.storage import slug
-from selfnorm.summary import mean_std, run_metrics
+from selfnorm.summary import mean_std
 from selfnorm.tables import mean_std_cell, render
 
 __all__ = [
@@ -106,73 +114,6 @@ validation loss), or lowest mean final-epoch validation loss."""
 _FLOAT_KEYS = ("lr", "momentum", "weight_decay", "dropout")
 _SWEEP_KEYS = ("datasets", "activations", "seeds", "select", "grid")
 _SHORT = {"depth": "d", "width": "w", "lr": "lr", "dropout": "p", "epochs": "e", "shape": ""}
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (macOS, Windows)
-        return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class LocalExecutor:
-    """Jobs in ``workers`` local processes (default: the cores), each with ``threads`` torch
-    threads (default: cores // workers).
-
-    Example:
-        >>> LocalExecutor(workers=2, threads=1).describe()
-        '2 local worker process(es) x 1 torch thread(s)'
-    """
-
-    workers: int | None = None
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("workers", "threads"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}={v!r} must be an integer >= 1, e.g. 2")
-
-    def resolved(self) -> tuple[int, int]:
-        """``(workers, threads)`` with the defaults filled in."""
-        workers = available_cores() if self.workers is None else self.workers
-        return workers, max(
-            1, available_cores() // workers
-        ) if self.threads is None else self.threads
-
-    def describe(self) -> str:
-        workers, threads = self.resolved()
-        return f"{workers} local worker process(es) x {threads} torch thread(s)"
-
-
-@dataclass(frozen=True)
-class RayExecutor:
-    """Jobs as Ray tasks (``pip install selfnorm[ray]``), each reserving ``threads`` CPUs and
-    running that many torch threads. ``address``: ``"auto"`` (the cluster this machine belongs
-    to), ``"ray://HOST:10001"`` or ``"HOST:6379"``; None starts a local Ray instance, or uses
-    the connection of a process that called ``ray.init`` already.
-
-    Example:
-        >>> RayExecutor("ray://head:10001").describe()
-        'Ray tasks on Ray cluster ray://head:10001, 1 torch thread(s) and CPU(s) per job'
-    """
-
-    address: str | None = None
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        _check_threads(self.threads)
-
-    def describe(self) -> str:
-        where = "a local Ray instance" if self.address is None else f"Ray cluster {self.address}"
-        return f"Ray tasks on {where}, {self.threads} torch thread(s) and CPU(s) per job"
-
-
-Executor = LocalExecutor | RayExecutor
-"""Where the jobs of a sweep or benchmark run: one value passed through run_jobs, run_sweep,
-benchmark and the CLI."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,302 +428,6 @@ def _dataset_label(name: str) -> str:
     return Path(name[len(CSV_PREFIX) :]).stem if name.startswith(CSV_PREFIX) else name
 
 
-@lru_cache(maxsize=8)
-def _load(data: DataConfig, task: JobTask | None) -> Dataset:
-    """The data of a job, loaded once per process (a worker runs many jobs on the same data)."""
-    from selfnorm.data import load_dataset
-
-    return task.dataset(data) if task is not None else load_dataset(data, progress=False)
-
-
-def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) -> dict[str, Any]:
-    """Run one job in this process (the worker function of both executors); never raises.
-
-    Sets torch to ``threads`` threads, trains (or resumes, or skips a finished run) with
-    :func:`selfnorm.training.compare`, and writes ``job.json`` (the record returned) into
-    ``root/jobs/<name>/``. A failure writes its traceback to ``error.txt`` next to it.
-    ``keep_checkpoint=False`` deletes the finished run's checkpoint (it is only needed to resume).
-    """
-    import torch
-
-    from selfnorm.storage import RunDir
-    from selfnorm.training import compare
-
-    torch.set_num_threads(threads)
-    job_dir = Path(root) / "jobs" / job.name
-    for leftover in ("job.json", "error.txt"):
-        (job_dir / leftover).unlink(missing_ok=True)
-    record: dict[str, Any] = {
-        **{k: v for k, v in job.to_dict().items() if k != "config"},
-        "status": "failed",
-        "error": None,
-        "metrics": {},
-        "seconds": None,
-        "epoch_seconds": None,
-        "threads": threads,
-        "host": socket.gethostname(),
-    }
-    t0 = time.perf_counter()
-    paths = RunDir(job_dir).run(job.activation, job.seed)
-    try:
-        ds = _load(job.config.data, job.task)
-        resume = (job_dir / "config.json").exists()
-        compare(job.config, str(job_dir), resume=resume, progress=False, dataset=ds)
-        metrics = run_numbers(paths.root)
-        epoch_seconds = metrics.pop("epoch_seconds")  # timings are kept apart from the numbers
-        if job.task is not None:
-            metrics.update(job.task.extra_metrics(job, ds, paths.root))
-        record.update(status="ok", metrics=metrics, epoch_seconds=epoch_seconds)
-    except Exception as exc:  # recorded, never swallowed: job.json + error.txt + the summary
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        atomic_write_text(job_dir / "error.txt", traceback.format_exc())
-    record["seconds"] = time.perf_counter() - t0
-    atomic_write_json(job_dir / "job.json", record)
-    if record["status"] == "ok" and not keep_checkpoint:
-        paths.checkpoint.unlink(missing_ok=True)
-    return record
-
-
-def run_numbers(run_root: Path) -> dict[str, Any]:
-    """:func:`selfnorm.summary.run_metrics` of one finished run, read from its folder."""
-    from selfnorm.storage import read_jsonl
-
-    result = json.loads((run_root / "result.json").read_text(encoding="utf-8"))
-    return run_metrics(result, read_jsonl(run_root / "metrics.jsonl"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Executors
-# ---------------------------------------------------------------------------------------------
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-def run_jobs(
-    jobs: Sequence[Job],
-    root: str | os.PathLike,
-    *,
-    executor: Executor | None = None,
-    keep_checkpoints: bool = False,
-    progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Run every unfinished job; return every job's record, in the order of ``jobs``.
-
-    Args:
-        jobs: from :meth:`SweepSpec.jobs`.
-        root: the sweep folder; job ``j`` writes ``root/jobs/<j.name>/``.
-        executor: :class:`LocalExecutor` (the default: every core) or :class:`RayExecutor`.
-        keep_checkpoints: keep each finished run's ``checkpoint.pt`` (default: delete it).
-        progress: called after every finished job with ``{"done", "total", "skipped",
-            "record", "elapsed", "eta"}`` (``eta`` in seconds, None before the first job ends).
-
-    Returns:
-        The ``job.json`` records (finished ones read back from disk).
-    """
-    root = Path(root).resolve()
-    if len({j.name for j in jobs}) != len(jobs):
-        raise ValueError("two jobs have the same name (the same config twice); remove duplicates")
-    executor = LocalExecutor() if executor is None else executor
-    if not isinstance(executor, (LocalExecutor, RayExecutor)):
-        raise TypeError(f"executor must be a LocalExecutor or RayExecutor, got {executor!r}")
-    if isinstance(executor, RayExecutor):
-        _ray(executor.address)
-    records: dict[str, dict[str, Any]] = {}
-    todo = []
-    for job in jobs:
-        rec = _finished_record(root, job)
-        if rec is not None:
-            records[job.name] = rec
-            if not keep_checkpoints:
-                _checkpoint(root, job).unlink(missing_ok=True)
-        else:
-            todo.append(job)
-    tracker = _Tracker(len(jobs), len(records), progress)
-    if todo:
-        if isinstance(executor, RayExecutor):
-            done = _run_ray(
-                todo, root, executor.threads, keep_checkpoints, executor.address, tracker
-            )
-        else:
-            workers, threads = executor.resolved()
-            done = _run_local(todo, root, workers, threads, keep_checkpoints, tracker)
-        records.update(done)
-    return [records[j.name] for j in jobs]
-
-
-def _check_threads(threads: int) -> None:
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r} must be an integer >= 1, e.g. 1")
-
-
-def _checkpoint(root: Path, job: Job) -> Path:
-    from selfnorm.storage import RunDir
-
-    return RunDir(root / "jobs" / job.name).run(job.activation, job.seed).checkpoint
-
-
-def _finished_record(root: Path, job: Job) -> dict[str, Any] | None:
-    path = root / "jobs" / job.name / "job.json"
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return rec if rec.get("status") == "ok" else None
-
-
-class _Tracker:
-    """Counts finished jobs and estimates the time left from this session's pace."""
-
-    def __init__(self, total: int, skipped: int, progress: Progress | None) -> None:
-        self.total, self.skipped, self.ran = total, skipped, 0
-        self.progress = progress
-        self.t0 = time.perf_counter()
-
-    def done(self, record: dict[str, Any]) -> None:
-        self.ran += 1
-        elapsed = time.perf_counter() - self.t0
-        left = self.total - self.skipped - self.ran
-        if self.progress is not None:
-            self.progress(
-                {
-                    "done": self.skipped + self.ran,
-                    "total": self.total,
-                    "skipped": self.skipped,
-                    "record": record,
-                    "elapsed": elapsed,
-                    "eta": elapsed / self.ran * left,
-                }
-            )
-
-
-def _lost(job: Job, threads: int, error: str) -> dict[str, Any]:
-    """The record of a job whose worker died (it never wrote job.json)."""
-    return {
-        **{k: v for k, v in job.to_dict().items() if k != "config"},
-        "status": "failed",
-        "error": error,
-        "metrics": {},
-        "seconds": None,
-        "epoch_seconds": None,
-        "threads": threads,
-        "host": None,
-    }
-
-
-_WORKER_MODULES = ("torch", "torch._dynamo", "selfnorm.training", "sklearn.model_selection")
-"""Imported once before any job (torch.optim imports torch._dynamo lazily, 1.6 s here)."""
-
-
-def _init_worker(threads: int) -> None:
-    import importlib
-
-    import torch
-
-    torch.set_num_threads(threads)
-    for name in _WORKER_MODULES:
-        importlib.import_module(name)
-
-
-def _pool_context():
-    """forkserver where there is one: workers fork from a server that has imported torch once
-    (a fork of a process that has run torch ops can hang; a spawn re-imports everything)."""
-    import multiprocessing
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(_WORKER_MODULES))
-    return ctx
-
-
-def _run_local(
-    jobs: Sequence[Job],
-    root: Path,
-    workers: int,
-    threads: int,
-    keep: bool,
-    tracker: _Tracker,
-) -> dict[str, dict[str, Any]]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    ctx = _pool_context()
-    out: dict[str, dict[str, Any]] = {}
-    n = min(workers, len(jobs))
-    with ProcessPoolExecutor(
-        n, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
-    ) as ex:
-        try:
-            futures = {ex.submit(run_job, job, str(root), threads, keep): job for job in jobs}
-            for fut in as_completed(futures):
-                job = futures[fut]
-                try:
-                    rec = fut.result()
-                except Exception as exc:  # the worker process died (killed, out of memory)
-                    rec = _lost(job, threads, f"worker process lost: {type(exc).__name__}: {exc}")
-                out[job.name] = rec
-                tracker.done(rec)
-        except BaseException:
-            ex.shutdown(wait=False, cancel_futures=True)
-            raise
-    return out
-
-
-def _ray(address: str | None):
-    """The ray module, checked: installed, and no second address for a connected process."""
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(
-            "Ray is not installed; pip install 'selfnorm[ray]' (or run without --ray)"
-        ) from None
-    if ray.is_initialized() and address is not None:
-        raise ValueError(
-            f"ray_address={address!r}, but this process is already connected to Ray; pass "
-            "None to use that connection, or call ray.shutdown() first"
-        )
-    return ray
-
-
-def _run_ray(
-    jobs: Sequence[Job],
-    root: Path,
-    threads: int,
-    keep: bool,
-    address: str | None,
-    tracker: _Tracker,
-) -> dict[str, dict[str, Any]]:
-    ray = _ray(address)
-    connected_here = False
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address)
-        except ConnectionError as exc:
-            raise ValueError(
-                f"cannot connect to Ray at address={address!r} ({exc}); start a cluster with "
-                "`ray start --head` (then --ray auto), or use --ray local for one on this machine"
-            ) from exc
-        connected_here = True
-    try:
-        task = ray.remote(run_job).options(num_cpus=threads)
-        refs = {task.remote(job, str(root), threads, keep): job for job in jobs}
-        pending = list(refs)
-        out: dict[str, dict[str, Any]] = {}
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                job = refs[ref]
-                try:
-                    rec = ray.get(ref)
-                except Exception as exc:  # the task's worker died (RayTaskError, node lost)
-                    rec = _lost(job, threads, f"Ray task lost: {type(exc).__name__}: {exc}")
-                out[job.name] = rec
-                tracker.done(rec)
-        return out
-    finally:
-        if connected_here:
-            ray.shutdown()
-
-
 # ---------------------------------------------------------------------------------------------
 # Summary
 # ---------------------------------------------------------------------------------------------
@@ -985,16 +630,19 @@ def run_sweep(
         The sweep.json dict.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "spec.json", spec.to_dict())
-    records = run_jobs(
-        spec.jobs(),
-        out,
-        executor=executor,
-        keep_checkpoints=keep_checkpoints,
-        progress=progress,
-    )
-    summary = summarize_sweep(spec, records)
-    atomic_write_json(out / "sweep.json", summary)
-    atomic_write_text(out / "summary.md", summary_markdown(summary))
+    executor = LocalExecutor() if executor is None else executor
+    check_executor(executor)  # e.g. a Ray address with no cluster: before anything is written
+    jobs = spec.jobs()
+    with RunLock(out, "sweep"), graceful_stop(announce=False):
+        atomic_write_json(out / "spec.json", spec.to_dict())
+        records = run_jobs(
+            jobs,
+            out,
+            executor=executor,
+            keep_checkpoints=keep_checkpoints,
+            progress=progress,
+        )
+        summary = summarize_sweep(spec, records)
+        atomic_write_json(out / "sweep.json", summary)
+        atomic_write_text(out / "summary.md", summary_markdown(summary))
     return summary

@@ -10,7 +10,6 @@ resumed run continues exactly where the interrupted one stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +26,13 @@ from selfnorm._io import atomic_write_json
 from selfnorm.auditing import audit
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import Dataset, load_dataset
+from selfnorm.interrupts import Interrupted, graceful_stop
+from selfnorm.locking import RunLock
 from selfnorm.models import build_cnn, build_mlp
 from selfnorm.recording import ActivationRecorder
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
 from selfnorm.specs import get_spec
-from selfnorm.storage import RunDir, RunPaths, read_jsonl
+from selfnorm.storage import RunDir, RunDirError, RunPaths, config_digest, read_jsonl
 from selfnorm.summary import summarize
 
 __all__ = ["DeviceData", "compare", "make_optimizer", "resolve_device", "train_run"]
@@ -169,6 +170,15 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+class StopTraining(Exception):
+    """Raised by :func:`train_epoch` when ``stop()`` asked for it before a step: the epoch's
+    progress so far (``batch`` steps done, the running sums), to checkpoint and resume from."""
+
+    def __init__(self, batch: int, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
+        super().__init__(f"stopped before batch {batch}")
+        self.batch, self.loss_sum, self.correct = batch, loss_sum, correct
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -178,6 +188,10 @@ def train_epoch(
     batch_size: int,
     recorder: ActivationRecorder | None = None,
     step_losses: torch.Tensor | None = None,
+    *,
+    start_batch: int = 0,
+    sums: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[float, float]:
     """One pass over ``x[perm]`` in mini-batches: the hot loop, shared by every variant.
 
@@ -187,15 +201,27 @@ def train_epoch(
     its records is the caller's business, out of this loop. With ``step_losses`` (a tensor of
     one entry per step, on the device) each step's loss is stored there, without a host sync.
 
+    An interrupted epoch continues with ``start_batch`` (the steps already done) and ``sums``
+    (the loss sum and correct count they accumulated): the rest of the epoch is then the same
+    as without the interruption. ``stop`` is asked before every step; when it returns True the
+    loop raises :class:`StopTraining` with that progress.
+
     Returns:
         Mean training loss and training accuracy of the epoch (with dropout active).
     """
     model.train()
     n = len(perm)
     xs, ys = x[perm], y[perm]
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    if sums is None:
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    else:
+        loss_sum, correct = (t.to(x.device).clone() for t in sums)
     for k, (i, j) in enumerate(batch_bounds(n, batch_size)):
+        if k < start_batch:
+            continue
+        if stop is not None and stop():
+            raise StopTraining(k, loss_sum, correct)
         if recorder is not None:
             recorder.step()
         xb, yb = xs[i:j], ys[i:j]
@@ -239,6 +265,7 @@ def train_run(
     paths: RunPaths,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train one (variant, seed) run to the end, resuming from its checkpoint if there is one.
 
@@ -252,12 +279,22 @@ def train_run(
     steps; each epoch's records become one chunk in ``paths.records`` (and TensorBoard events
     in ``paths.tensorboard`` with ``config.record.tensorboard``), written before the checkpoint.
 
+    ``stop`` (e.g. the flag of :func:`selfnorm.interrupts.graceful_stop`) is asked before every
+    step; once it says yes the run flushes its records, checkpoints exactly where it is (mid-
+    epoch: the resumed run finishes that epoch with the same numbers) and raises
+    :class:`~selfnorm.interrupts.Interrupted`.
+
+    Raises:
+        RunDirError: the checkpoint was made with other settings than ``config`` (an edited
+            ``config.json``), or no good checkpoint is left.
+
     Returns:
         The result dict (also written to ``result.json``).
     """
     _check_checkpoint_seconds(checkpoint_seconds)
     device = data.x_train.device
     cfg = config.train
+    digest = config_digest(config.to_dict())
     model = build_model(
         config.model,
         activation,
@@ -274,12 +311,25 @@ def train_run(
     bs = cfg.batch_size
     steps_per_epoch = len(batch_bounds(n, bs))
     ckpt = paths.load_checkpoint(device)
+    start_batch, sums, seconds_before = 0, None, 0.0
     if ckpt is not None:
+        if ckpt.get("config_digest", digest) != digest:
+            raise RunDirError(
+                f"{paths.checkpoint} was written with other settings than the run directory's "
+                "config.json holds now (was it edited?); restore config.json, or delete "
+                f"{paths.root} to train this run again with the new settings"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], device)
+        start_batch = int(ckpt.get("batch", 0))
+        if start_batch:
+            sums = (ckpt["loss_sum"], ckpt["correct"])
+            seconds_before = float(ckpt.get("seconds", 0.0))
         history = paths.truncate_metrics(ckpt["epoch"])
-        paths.truncate_records(ckpt["epoch"] * steps_per_epoch)
+        resume_step = ckpt["epoch"] * steps_per_epoch + start_batch
+        paths.check_records(resume_step)
+        paths.truncate_records(resume_step)
         start_epoch = ckpt["epoch"] + 1
     else:
         paths.reset()
@@ -287,17 +337,44 @@ def train_run(
         if on_epoch:
             on_epoch(row)
 
-    start_step = (start_epoch - 1) * steps_per_epoch
+    start_step = (start_epoch - 1) * steps_per_epoch + start_batch
     recorder = _recorder(model, config, paths, start_step, steps_per_epoch)
     diverged_reason = None
     last_save = time.perf_counter()
+
+    def checkpoint(epoch: int, **extra: Any) -> None:
+        paths.save_checkpoint(
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(device),
+                "config_digest": digest,
+                **extra,
+            }
+        )
+
     with recorder if recorder is not None else nullcontext():
         for epoch in range(start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() - seconds_before
             perm = epoch_permutation(n, seed, epoch).to(device)
-            train_loss, train_acc = train_epoch(
-                model, optimizer, data.x_train, data.y_train, perm, bs, recorder
-            )
+            try:
+                train_loss, train_acc = train_epoch(
+                    model, optimizer, data.x_train, data.y_train, perm, bs, recorder,
+                    start_batch=start_batch, sums=sums, stop=stop,
+                )  # fmt: skip
+            except StopTraining as st:
+                if recorder is not None:
+                    recorder.flush()  # the records of the steps done, before the checkpoint
+                extra = {"batch": st.batch, "loss_sum": st.loss_sum, "correct": st.correct}
+                checkpoint(epoch - 1, **extra, seconds=time.perf_counter() - t0)
+                signum = getattr(stop, "signum", None) or 2
+                raise Interrupted(
+                    f"{activation} seed {seed} stopped in epoch {epoch} after step "
+                    f"{st.batch} of {steps_per_epoch}; its state is saved",
+                    signum,
+                ) from None
+            start_batch, sums, seconds_before = 0, None, 0.0
             seconds = time.perf_counter() - t0
             if recorder is not None:
                 recorder.flush()  # this epoch's chunk, before the checkpoint that covers it
@@ -317,14 +394,7 @@ def train_run(
             history.append(row)
             now = time.perf_counter()
             if epoch == cfg.epochs or now - last_save >= checkpoint_seconds:
-                paths.save_checkpoint(
-                    {
-                        "epoch": epoch,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "rng": _rng_state(device),
-                    }
-                )
+                checkpoint(epoch)
                 last_save = now
             if on_epoch:
                 on_epoch(row)
@@ -340,6 +410,7 @@ def train_run(
         result["test_loss"], result["test_accuracy"] = evaluate(model, data.x_test, data.y_test)
     else:
         result["test_loss"] = result["test_accuracy"] = None
+    result["config_digest"] = digest
     atomic_write_json(paths.result, result)
     return result
 
@@ -374,11 +445,18 @@ def compare(
     progress: bool = True,
     dataset: Dataset | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Train every variant for every seed, one after another in this process; write summary.
 
     Finished runs (``result.json`` present) are skipped on ``resume``; an interrupted run
-    continues from its last checkpoint.
+    continues from its last checkpoint. The folder is locked for the whole call
+    (:class:`~selfnorm.locking.RunLock`: a second process is refused). Every run's files are
+    checked before anything trains (:class:`~selfnorm.storage.RunDirError` names a damaged or
+    edited one). Ctrl-C or SIGTERM stops after the current step with everything saved
+    (:func:`~selfnorm.interrupts.graceful_stop`, raising
+    :class:`~selfnorm.interrupts.Interrupted`); ``stop`` replaces those signal handlers with
+    a caller's own test (a sweep's workers get theirs from the parent).
 
     Returns:
         The summary dict, also written to ``out_dir/summary.json``.
@@ -413,43 +491,78 @@ def compare(
         ]
         for activation in config.activations
     }  # fmt: skip
-    run_dir.prepare(
-        config.to_dict(),
-        resume=resume,
-        overwrite=overwrite,
-        normalize=lambda d: experiment_from_dict(d).to_dict(),
-    )
-    atomic_write_json(run_dir.root / "audit.json", findings)
-    data = DeviceData.from_dataset(ds, device)
-    results: dict[str, list[dict[str, Any]]] = {}
-    histories: dict[str, list[list[dict[str, Any]]]] = {}
-    for activation in config.activations:
-        bar = tqdm(
-            total=config.train.epochs * len(config.seeds),
-            desc=f"{activation:>10}",
-            disable=not progress,
-            leave=True,
-            unit="ep",
+    lock = RunLock(run_dir.root, "compare").acquire()
+    try:
+        run_dir.prepare(
+            config.to_dict(),
+            resume=resume,
+            overwrite=overwrite,
+            normalize=lambda d: experiment_from_dict(d).to_dict(),
         )
+        _check_runs(run_dir, config, device)
+    except BaseException:
+        lock.abandon()  # a refused start leaves nothing behind
+        raise
+    with lock, nullcontext(stop) if stop is not None else graceful_stop() as stop:
+        atomic_write_json(run_dir.root / "audit.json", findings)
+        data = DeviceData.from_dataset(ds, device)
+        results: dict[str, list[dict[str, Any]]] = {}
+        histories: dict[str, list[list[dict[str, Any]]]] = {}
+        for activation in config.activations:
+            bar = tqdm(
+                total=config.train.epochs * len(config.seeds),
+                desc=f"{activation:>10}",
+                disable=not progress,
+                leave=True,
+                unit="ep",
+            )
+            for seed in config.seeds:
+                paths = run_dir.run(activation, seed)
+                if paths.result.exists():
+                    result = paths.read_result()
+                    bar.update(config.train.epochs)
+                else:
+
+                    def on_epoch(row: dict[str, Any], seed: int = seed, bar=bar) -> None:
+                        bar.update(1)
+                        bar.set_postfix(seed=seed, val_acc=f"{row['val_accuracy']:.4f}")
+
+                    try:
+                        result = train_run(
+                            data, config, activation, seed, paths, on_epoch,
+                            checkpoint_seconds, stop,
+                        )  # fmt: skip
+                    except Interrupted:
+                        bar.close()
+                        raise
+                    if result["diverged"]:
+                        bar.update(config.train.epochs - result["epochs_completed"])
+                results.setdefault(activation, []).append(result)
+                histories.setdefault(activation, []).append(read_jsonl(paths.metrics))
+            bar.close()
+        summary = summarize(config, results, histories, device=str(device), dataset=ds)
+        atomic_write_json(run_dir.summary, summary)
+    return summary
+
+
+def _check_runs(run_dir: RunDir, config: ExperimentConfig, device: torch.device) -> None:
+    """Before training anything, every run's files must be usable: finished runs trained with
+    this config, checkpoints readable (a damaged one falls back to the previous one), metrics
+    without damaged lines. Raises :class:`~selfnorm.storage.RunDirError` naming the file."""
+    digest = config_digest(config.to_dict())
+    for activation in config.activations:
         for seed in config.seeds:
             paths = run_dir.run(activation, seed)
+            if not paths.root.exists():
+                continue
             if paths.result.exists():
-                result = json.loads(paths.result.read_text())
-                bar.update(config.train.epochs)
-            else:
-
-                def on_epoch(row: dict[str, Any], seed: int = seed, bar=bar) -> None:
-                    bar.update(1)
-                    bar.set_postfix(seed=seed, val_acc=f"{row['val_accuracy']:.4f}")
-
-                result = train_run(
-                    data, config, activation, seed, paths, on_epoch, checkpoint_seconds
-                )
-                if result["diverged"]:
-                    bar.update(config.train.epochs - result["epochs_completed"])
-            results.setdefault(activation, []).append(result)
-            histories.setdefault(activation, []).append(read_jsonl(paths.metrics))
-        bar.close()
-    summary = summarize(config, results, histories, device=str(device), dataset=ds)
-    atomic_write_json(run_dir.summary, summary)
-    return summary
+                got = paths.read_result().get("config_digest", digest)
+                if got != digest:
+                    raise RunDirError(
+                        f"{paths.result}: this run was trained with other settings than "
+                        f"{run_dir.config} holds now (was it edited?); restore config.json, or "
+                        f"start again with --overwrite"
+                    )
+                continue
+            read_jsonl(paths.metrics)
+            paths.load_checkpoint(device)

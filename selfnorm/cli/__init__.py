@@ -30,11 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str) -> None:
+    """Warnings reach a terminal user as one line each, ``selfnorm CMD: warning: ...``."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        print(f"selfnorm {command}: warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; user errors are one line on stderr and exit code 2, an interrupt
+    says how to resume and exits 128 + signal (130 for Ctrl-C)."""
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from selfnorm.data import DownloadError
+    from selfnorm.interrupts import Interrupted
 
+    shown = warnings.showwarning
+    _one_line_warnings(args.command)
     try:
         return args.func(args)
     except (CliError, ValueError) as exc:
@@ -43,6 +60,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloadError as exc:
         print(f"selfnorm {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"selfnorm {args.command}: interrupted: {exc}; {_resume_hint(args)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            f"selfnorm {args.command}: aborted; every file is complete up to the last "
+            f"checkpoint: {_resume_hint(args)}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _resume_hint(args) -> str:
+    """How to continue the command that was stopped (set by the handlers that train)."""
+    return getattr(args, "resume_hint", None) or "run the same command again to continue"
 
 
 if __name__ == "__main__":

@@ -192,6 +192,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = str(
             Path("runs") / f"{config.data.dataset.replace(':', '_').replace('/', '_')}-{stamp}"
         )
+    args.resume_hint = f"continue with: selfnorm compare --resume {out}"
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
     if not args.quiet:

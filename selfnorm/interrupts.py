@@ -1,0 +1,104 @@
+"""A defined outcome for Ctrl-C and SIGTERM: finish the current step, save, say how to resume.
+
+:func:`graceful_stop` installs handlers for SIGINT and SIGTERM while training: the first signal
+only sets a flag that the training loop checks before each optimizer step (it then writes a
+checkpoint of exactly where it stopped, mid-epoch included, and raises :class:`Interrupted`);
+a second signal aborts at once with ``KeyboardInterrupt``, which every durable write survives
+(the last checkpoint stays resumable). Outside the main thread it installs nothing.
+
+Example:
+    >>> with graceful_stop() as stop:
+    ...     stop.requested
+    False
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["Interrupted", "StopFlag", "graceful_stop"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after saving its state; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class StopFlag:
+    """Set by the first signal; ``bool(flag)`` and ``flag()`` tell whether a stop was asked."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGINT) -> None:
+        self.signum = signum
+
+
+_ACTIVE: list[StopFlag] = []
+
+
+def current_stop() -> StopFlag | None:
+    """The flag of the innermost :func:`graceful_stop` of this process, if any."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+@contextmanager
+def graceful_stop(announce: bool = True) -> Iterator[StopFlag]:
+    """Handle SIGINT/SIGTERM as described in the module docstring, for the ``with`` body.
+
+    Args:
+        announce: print one line to stderr at the first signal.
+    """
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread() or _ACTIVE:
+        _ACTIVE.append(_ACTIVE[-1] if _ACTIVE else flag)
+        try:
+            yield _ACTIVE[-1]
+        finally:
+            _ACTIVE.pop()
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+
+    def handler(signum, frame):  # noqa: ARG001 - the signal module's signature
+        if flag.requested:  # the second signal: stop now
+            for s, h in previous.items():
+                signal.signal(s, h)
+            raise KeyboardInterrupt
+        flag.request(signum)
+        if announce:
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after this step and saving "
+                "(press Ctrl-C again to abort at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    for s in _SIGNALS:
+        signal.signal(s, handler)
+    _ACTIVE.append(flag)
+    try:
+        yield flag
+    finally:
+        _ACTIVE.pop()
+        for s, h in previous.items():
+            signal.signal(s, h)
