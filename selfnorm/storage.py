@@ -363,7 +363,8 @@ def _load_state(path: Path, device: torch.device) -> tuple[dict[str, Any] | None
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        first = (str(exc).splitlines() or ["empty or cut short"])[0][:120]
+        return None, f"{type(exc).__name__}: {first}"
     if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "rng"} <= set(state):
         return None, "not a selfnorm checkpoint"
     digest = state.pop("digest", None)

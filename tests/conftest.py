@@ -143,3 +143,18 @@ def mixed_net(seed=0):
 def batch(n=64, d=12, classes=3, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g) * 2.0, torch.randint(0, classes, (n,), generator=g)
+
+
+def assert_same_records(a, b):
+    assert len(a.steps) > 0
+    assert (a.layers, a.family, a.weight_layers) == (b.layers, b.family, b.weight_layers)
+    for name in ("steps", "epochs", "depth", "bin_edges", "hist_post", "hist_pre"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    # Exact on the CPU; CUDA's float64 reductions may differ in the last bit between processes.
+    rtol = 1e-12 if torch.cuda.is_available() else 0.0
+    np.testing.assert_allclose(a.grad_std, b.grad_std, rtol=rtol, atol=0, err_msg="grad_std")
+    for name in ("post", "pre", "weights"):
+        for key, value in getattr(a, name).items():
+            np.testing.assert_allclose(
+                value, getattr(b, name)[key], rtol=rtol, atol=0, err_msg=f"{name}.{key}"
+            )

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_records
 
 from selfnorm.config import ExperimentConfig, MlpConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
@@ -164,21 +165,6 @@ RESUME_ARGS = [
     "compare", "--activations", "selu,relu", "--seeds", "0,1", "--epochs", "6",
     "--depth", "2", "--width", "256", "--dropout", "0.1", "--record-every", "3", "--quiet",
 ]  # fmt: skip
-
-
-def assert_same_records(a, b):
-    assert len(a.steps) > 0
-    assert (a.layers, a.family, a.weight_layers) == (b.layers, b.family, b.weight_layers)
-    for name in ("steps", "epochs", "depth", "bin_edges", "hist_post", "hist_pre"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    # Exact on the CPU; CUDA's float64 reductions may differ in the last bit between processes.
-    rtol = 1e-12 if torch.cuda.is_available() else 0.0
-    np.testing.assert_allclose(a.grad_std, b.grad_std, rtol=rtol, atol=0, err_msg="grad_std")
-    for name in ("post", "pre", "weights"):
-        for key, value in getattr(a, name).items():
-            np.testing.assert_allclose(
-                value, getattr(b, name)[key], rtol=rtol, atol=0, err_msg=f"{name}.{key}"
-            )
 
 
 def _run_cli(args):

@@ -111,7 +111,15 @@ def resolve_compare_config(args: argparse.Namespace):
             raise CliError(
                 f"--resume {args.resume}: no config.json there; pass the folder of an earlier run"
             )
-        layers.append(json.loads(stored.read_text(encoding="utf-8")))
+        from selfnorm.storage import RunDirError, read_json
+
+        layer = read_json(stored, "restore it from the run's report (Configuration) or start again")
+        if not isinstance(layer, dict):
+            raise RunDirError(
+                f"{stored} holds a {type(layer).__name__}, not a JSON object; restore it from "
+                "the run's report (Configuration) or start again"
+            )
+        layers.append(layer)
     flags = _compare_overrides(args)
     merged: dict = {}
     for layer in layers:
