@@ -286,8 +286,16 @@ class RunDir:
         )
 
     def exists(self) -> bool:
-        """The folder holds anything but a lock (see :mod:`selfnorm.locking`)."""
-        return self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir())
+        """The folder holds anything but a lock (:mod:`selfnorm.locking`) and the temporary
+        files of writes a kill interrupted (``.NAME.*.tmp``, removed here)."""
+        if not self.root.exists():
+            return False
+        for p in self.root.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                p.unlink(missing_ok=True)
+            elif p.name != LOCK_NAME:
+                return True
+        return False
 
     def is_run_dir(self) -> bool:
         return self.config.exists()

@@ -306,3 +306,75 @@ def test_cli_errors(tmp_path, capsys):
     assert "depth" not in jobs[0].params and jobs[0].config.model.channels == (4,)
     assert main(["sweep", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _sweep_process(toml, out):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "selfnorm", "sweep", str(toml), "--out", str(out),
+         "--workers", "2", "--threads", "1", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for_jobs(out, p, n, timeout=120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        if len(list(out.glob("jobs/*/job.json"))) >= n:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill-9"])
+def test_an_interrupted_sweep_resumes_to_the_same_job_results(local, spec, tmp_path, how):
+    """Ctrl-C in a terminal reaches the whole process group: the sweep stops its workers after
+    their step (exit 130, one line); a kill -9 of every process is a crashed machine. Either
+    way the next start skips the finished jobs, resumes the rest, and every job's numbers are
+    those of the uninterrupted sweep."""
+    import os
+    import signal
+
+    _, expected, _ = local
+    toml = tmp_path / "s.toml"
+    toml.write_text(TOML)
+    out = tmp_path / "out"
+    with _sweep_process(toml, out) as p:
+        _wait_for_jobs(out, p, 2)
+        assert p.poll() is None, "the sweep finished before it could be interrupted"
+        os.killpg(p.pid, signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+        _, err = p.communicate(timeout=120)
+    if how == "ctrl-c":
+        assert p.returncode == 130, err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("selfnorm sweep: interrupted: ")
+        assert "run the same command again" in err
+    assert not (out / "sweep.json").exists()
+    done_before = len(list(out.glob("jobs/*/job.json")))
+    events = []
+    summary = run_sweep(spec, out, executor=LocalExecutor(2, 1), progress=events.append)
+    assert events and events[0]["skipped"] >= 2
+    assert len(events) <= 8 - 2 and done_before >= 2
+    assert _metrics(summary) == _metrics(expected)
+
+
+def test_a_ray_address_with_no_cluster_is_an_error_within_seconds(spec, tmp_path):
+    import socket
+    import time
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=rf"no Ray cluster answers at '127.0.0.1:{port}'"):
+        run_sweep(spec, out, executor=RayExecutor(f"127.0.0.1:{port}"))
+    assert time.monotonic() - t0 < 30
+    assert not out.exists()
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        run_sweep(spec, out, executor=RayExecutor("head-without-port"))
+    assert not out.exists()
