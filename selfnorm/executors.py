@@ -22,7 +22,8 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,8 @@ __all__ = [
     "Progress",
     "RayExecutor",
     "available_cores",
+    "check_executor",
+    "connect",
     "run_job",
     "run_jobs",
 ]
@@ -237,6 +240,41 @@ def run_jobs(
             done = _run_local(todo, root, workers, threads, keep_checkpoints, tracker)
         records.update(done)
     return [records[j.name] for j in jobs]
+
+
+@contextmanager
+def connect(executor: Executor) -> Iterator[None]:
+    """For a :class:`RayExecutor`: connect (``ray.init``) for the ``with`` body unless this
+    process is connected already, and disconnect after; a refused connection is a one-line
+    ``ValueError``. For a :class:`LocalExecutor`: nothing. A sweep connects before it writes
+    anything, so a wrong address leaves no folder behind."""
+    global _CONNECTED
+    if not isinstance(executor, RayExecutor) or _CONNECTED:  # nested: the outer one holds it
+        yield
+        return
+    check_executor(executor)
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(address=executor.address)
+    except ConnectionError as exc:
+        raise ValueError(
+            f"cannot connect to Ray at address={executor.address!r} ({exc}); start a cluster "
+            "with `ray start --head` (then --ray auto), or use --ray local for one on this machine"
+        ) from None
+    _CONNECTED = True
+    try:
+        yield
+    finally:
+        _CONNECTED = False
+        ray.shutdown()
+
+
+_CONNECTED = False
+"""True while :func:`connect` holds a Ray connection it made."""
 
 
 def check_executor(executor: Executor) -> None:
@@ -442,18 +480,9 @@ def _run_ray(
     address: str | None,
     tracker: _Tracker,
 ) -> dict[str, dict[str, Any]]:
-    ray = _ray(address)
-    connected_here = False
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address)
-        except ConnectionError as exc:
-            raise ValueError(
-                f"cannot connect to Ray at address={address!r} ({exc}); start a cluster with "
-                "`ray start --head` (then --ray auto), or use --ray local for one on this machine"
-            ) from exc
-        connected_here = True
-    try:
+    with connect(RayExecutor(address, threads)):
+        import ray
+
         task = ray.remote(run_job).options(num_cpus=threads)
         refs = {task.remote(job, str(root), threads, keep): job for job in jobs}
         pending = list(refs)
@@ -469,6 +498,3 @@ def _run_ray(
                 out[job.name] = rec
                 tracker.done(rec)
         return out
-    finally:
-        if connected_here:
-            ray.shutdown()

@@ -59,7 +59,7 @@ from selfnorm.executors import (
     Progress,
     RayExecutor,
     available_cores,
-    check_executor,
+    connect,
     run_job,
     run_jobs,
 )
@@ -631,9 +631,9 @@ def run_sweep(
     """
     out = Path(out_dir)
     executor = LocalExecutor() if executor is None else executor
-    check_executor(executor)  # e.g. a Ray address with no cluster: before anything is written
     jobs = spec.jobs()
-    with RunLock(out, "sweep"), graceful_stop(announce=False):
+    # connected first: a Ray address with no cluster behind it fails before anything is written
+    with connect(executor), RunLock(out, "sweep"), graceful_stop(announce=False):
         atomic_write_json(out / "spec.json", spec.to_dict())
         records = run_jobs(
             jobs,

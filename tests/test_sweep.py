@@ -361,11 +361,12 @@ def test_an_interrupted_sweep_resumes_to_the_same_job_results(local, spec, tmp_p
     assert _metrics(summary) == _metrics(expected)
 
 
-def test_a_ray_address_with_no_cluster_is_an_error_within_seconds(spec, tmp_path):
+def test_a_ray_address_with_no_cluster_is_an_error_within_seconds(spec, tmp_path, monkeypatch):
     import socket
     import time
 
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
