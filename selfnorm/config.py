@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +302,9 @@ def experiment_from_dict(d: Mapping[str, Any]) -> ExperimentConfig:
                 section["range"] = tuple(section["range"])
             kwargs[key] = _SECTIONS[key](**section)
         elif key in ("activations", "seeds"):
+            if isinstance(value, (str, bytes, int, float)) or not isinstance(value, Sequence):
+                example = '["selu", "relu"]' if key == "activations" else "[0, 1, 2]"
+                raise ValueError(f"{key} = {value!r} must be a list, e.g. {key} = {example}")
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
@@ -335,11 +338,15 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read an experiment TOML file (same structure as :func:`experiment_from_dict`)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {str(path)!r} is a folder; pass the TOML file in it")
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"config file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
 

@@ -87,6 +87,11 @@ def selu(x: torch.Tensor, alpha: float = ALPHA_01, scale: float = LAMBDA_01) -> 
         >>> selu(torch.tensor([-1.0, 0.0, 2.0]))
         tensor([-1.1113,  0.0000,  2.1014])
     """
+    if not (math.isfinite(alpha) and math.isfinite(scale)):
+        raise ValueError(
+            f"selu: alpha={alpha!r}, scale={scale!r} must be finite numbers (the defaults are "
+            "the paper's alpha_01, lambda_01; selfnorm.theory.solve_selu_parameters gives others)"
+        )
     return torch.ops.aten.elu(x, alpha, scale, 1.0)
 
 
@@ -112,6 +117,14 @@ def alpha_dropout_coefficients(
         >>> alpha_dropout_coefficients(0.0, mean=0.3, var=2.0)
         (1.0, 0.0)
     """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"alpha dropout: p={p!r} must be a drop rate in [0, 1), e.g. 0.05")
+    if not (math.isfinite(var) and var > 0.0):
+        raise ValueError(f"alpha dropout: var={var!r} must be a finite variance > 0, e.g. 1.0")
+    if not (math.isfinite(mean) and math.isfinite(saturation)):
+        raise ValueError(
+            f"alpha dropout: mean={mean!r} and saturation={saturation!r} must be finite numbers"
+        )
     q = 1.0 - p
     a = math.sqrt(var / (q * ((1.0 - q) * (saturation - mean) ** 2 + var)))
     b = mean - a * (q * mean + (1.0 - q) * saturation)

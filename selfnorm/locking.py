@@ -62,6 +62,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock (the ``with`` statement does, unless it is held already)."""
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"{self.directory} is a file, not a folder; choose another folder")
         missing = []
         p = self.directory
         while not p.exists():

@@ -309,53 +309,72 @@ class RunDir:
     ) -> None:
         """Create the folder, or check it for ``resume``, or clear it for ``overwrite``.
         ``normalize`` maps the stored config before the comparison (e.g. fills in fields
-        added since it was written, with their defaults).
+        added since it was written, with their defaults). Every refusal comes from
+        :meth:`check_prepare`, before anything is touched.
 
         Raises:
             ValueError: the folder exists and neither flag is given, or ``resume`` finds a
                 different config, or ``overwrite`` would delete something that is not a run.
         """
-        if resume and overwrite:
-            raise ValueError("pass either --resume or --overwrite, not both")
-        if self.exists():
-            if resume:
-                if not self.is_run_dir():
-                    raise ValueError(
-                        f"--resume: {self.root} holds no config.json, so it is not a selfnorm "
-                        "run directory; pass the directory of an earlier run"
-                    )
-                stored = read_json(self.config)
-                if not isinstance(stored, dict):
-                    raise RunDirError(
-                        f"{self.config} holds a {type(stored).__name__}, not a JSON object; "
-                        "restore it from the run's report (Configuration) or start again"
-                    )
-                if normalize is not None:
-                    stored = normalize(stored)
-                if stored != config:
-                    diff = _diff(stored, config)
-                    raise ValueError(
-                        f"--resume: the settings differ from those stored in {self.config} "
-                        f"({diff}); resume with the same settings, or use --overwrite"
-                    )
-                return
-            if not overwrite:
-                raise ValueError(
-                    f"output directory {self.root} already exists; pass --resume to continue it, "
-                    "--overwrite to replace it, or --out NEW_DIR"
-                )
-            if not self.is_run_dir():
-                raise ValueError(
-                    f"--overwrite: {self.root} is not empty and holds no config.json; refusing "
-                    "to delete a folder that is not a selfnorm run, choose another --out"
-                )
+        action = self.check_prepare(config, resume, overwrite, normalize)
+        if action == "resume":
+            return
+        if action == "replace":
             for p in self.root.iterdir():  # all but the lock this process holds
                 if p.name != LOCK_NAME:
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        elif resume:
-            raise ValueError(f"--resume: {self.root} does not exist; nothing to resume")
         make_dirs(self.root)
         atomic_write_json(self.config, config)
+
+    def check_prepare(
+        self,
+        config: dict[str, Any],
+        resume: bool,
+        overwrite: bool,
+        normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> str:
+        """What :meth:`prepare` would do (``"create"``, ``"resume"`` or ``"replace"``), or
+        the ``ValueError`` it would raise; writes nothing."""
+        if resume and overwrite:
+            raise ValueError("pass either --resume or --overwrite, not both")
+        if self.root.exists() and not self.root.is_dir():
+            raise ValueError(f"{self.root} is a file, not a folder; choose another --out")
+        if not self.exists():
+            if resume:
+                raise ValueError(f"--resume: {self.root} does not exist; nothing to resume")
+            return "create"
+        if resume:
+            if not self.is_run_dir():
+                raise ValueError(
+                    f"--resume: {self.root} holds no config.json, so it is not a selfnorm "
+                    "run directory; pass the directory of an earlier run"
+                )
+            stored = read_json(self.config)
+            if not isinstance(stored, dict):
+                raise RunDirError(
+                    f"{self.config} holds a {type(stored).__name__}, not a JSON object; "
+                    "restore it from the run's report (Configuration) or start again"
+                )
+            if normalize is not None:
+                stored = normalize(stored)
+            if stored != config:
+                diff = _diff(stored, config)
+                raise ValueError(
+                    f"--resume: the settings differ from those stored in {self.config} "
+                    f"({diff}); resume with the same settings, or use --overwrite"
+                )
+            return "resume"
+        if not overwrite:
+            raise ValueError(
+                f"output directory {self.root} already exists; pass --resume to continue it, "
+                "--overwrite to replace it, or --out NEW_DIR"
+            )
+        if not self.is_run_dir():
+            raise ValueError(
+                f"--overwrite: {self.root} is not empty and holds no config.json; refusing "
+                "to delete a folder that is not a selfnorm run, choose another --out"
+            )
+        return "replace"
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> str:

@@ -269,6 +269,12 @@ def fixed_point(
 Convention = Literal["paper", "notebook"]
 
 
+SOLVE_VAR_RANGE = (1e-8, 1e8)
+"""The variances :func:`solve_selu_parameters` accepts (its Gaussian integrals lose precision
+and then overflow beyond them)."""
+SOLVE_MAX_ABS_MEAN = 1e8
+
+
 def solve_selu_parameters(
     mean: float = 0.0, var: float = 1.0, convention: Convention = "paper"
 ) -> tuple[float, float]:
@@ -289,7 +295,8 @@ def solve_selu_parameters(
     :math:`\alpha > 0` and :math:`\lambda > 0` is unique when it exists.
 
     Raises:
-        ValueError: ``var <= 0``, an unknown convention, or a fixed point no SELU with
+        ValueError: ``var`` outside :data:`SOLVE_VAR_RANGE`, ``|mean|`` above
+            :data:`SOLVE_MAX_ABS_MEAN`, an unknown convention, or a fixed point no SELU with
             :math:`\alpha, \lambda > 0` reaches (the message gives the reachable range).
 
     Example:
@@ -300,8 +307,17 @@ def solve_selu_parameters(
     if convention not in ("paper", "notebook"):
         raise ValueError(f"convention={convention!r}; choose 'paper' or 'notebook'")
     mean, var = float(mean), float(var)
-    if not (math.isfinite(mean) and math.isfinite(var)) or var <= 0:
-        raise ValueError(f"need a finite mean and var > 0, got mean={mean!r}, var={var!r}")
+    lo_var, hi_var = SOLVE_VAR_RANGE
+    if not (math.isfinite(var) and lo_var <= var <= hi_var):
+        raise ValueError(
+            f"var={var!r} is outside [{lo_var:g}, {hi_var:g}], the variances solved in double "
+            "precision; pass a variance in that range, e.g. 1.0"
+        )
+    if not (math.isfinite(mean) and abs(mean) <= SOLVE_MAX_ABS_MEAN):
+        raise ValueError(
+            f"mean={mean!r} is outside [-{SOLVE_MAX_ABS_MEAN:g}, {SOLVE_MAX_ABS_MEAN:g}]; pass "
+            "a mean in that range, e.g. 0.0 (a fixed point needs mean^2 of the order of var)"
+        )
     m = mean if convention == "notebook" else 0.0
     p = _pieces(m, var)
     ez, ez2 = float(p.ez_pos), float(p.ez2_pos)

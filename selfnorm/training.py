@@ -28,8 +28,9 @@ from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experime
 from selfnorm.data import Dataset, load_dataset
 from selfnorm.interrupts import Interrupted, graceful_stop
 from selfnorm.locking import RunLock
-from selfnorm.models import build_cnn, build_mlp
+from selfnorm.models import build_cnn, build_mlp, layer_widths
 from selfnorm.recording import ActivationRecorder
+from selfnorm.resources import check_fits, mlp_training_bytes
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
 from selfnorm.specs import get_spec
 from selfnorm.storage import RunDir, RunDirError, RunPaths, config_digest, read_jsonl
@@ -475,6 +476,15 @@ def compare(
                 "(or drop --tensorboard; the records are stored in the run directory anyway)"
             )
     ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
+    if config.model.kind == "mlp":
+        m = config.model
+        widths = layer_widths(m.depth, m.width, ds.num_classes, m.shape)
+        check_fits(
+            mlp_training_bytes(widths, math.prod(ds.input_shape), ds.num_classes),
+            f"training the MLP ({m.depth} hidden layers of {m.width})",
+            "choose a smaller --width or --depth",
+            device,
+        )
     # Every variant's initial model (first seed) is built before anything is written, so a model
     # that cannot be built fails cleanly; each is audited on a batch of the training data.
     sample = torch.from_numpy(np.ascontiguousarray(ds.x_train[:AUDIT_BATCH]))
@@ -491,13 +501,16 @@ def compare(
         ]
         for activation in config.activations
     }  # fmt: skip
+    normalize = lambda d: experiment_from_dict(d).to_dict()  # noqa: E731
+    # refusals before the lock (which would touch the folder), and again under it
+    run_dir.check_prepare(config.to_dict(), resume, overwrite, normalize)
     lock = RunLock(run_dir.root, "compare").acquire()
     try:
         run_dir.prepare(
             config.to_dict(),
             resume=resume,
             overwrite=overwrite,
-            normalize=lambda d: experiment_from_dict(d).to_dict(),
+            normalize=normalize,
         )
         _check_runs(run_dir, config, device)
     except BaseException:

@@ -34,4 +34,4 @@ def test_solve_json(capsys):
 def test_solve_bad_input_exits_2_with_one_line(capsys):
     assert main(["solve", "--var", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "var > 0" in err
+    assert len(err.splitlines()) == 1 and "var=0.0 is outside [1e-08, 1e+08]" in err

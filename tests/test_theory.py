@@ -166,7 +166,7 @@ def test_solver_conventions_differ_for_nonzero_mean():
 def test_solver_explains_unreachable_fixed_points():
     with pytest.raises(ValueError, match="must lie in"):
         solve_selu_parameters(5.0, 0.1)
-    with pytest.raises(ValueError, match="var > 0"):
+    with pytest.raises(ValueError, match=r"var=0.0 is outside \[1e-08, 1e\+08\]"):
         solve_selu_parameters(0.0, 0.0)
     with pytest.raises(ValueError, match="convention"):
         solve_selu_parameters(0.0, 1.0, convention="keras")

@@ -60,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloadError as exc:
         print(f"selfnorm {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path the user gave that cannot be read or written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"selfnorm {args.command}: error: cannot use{where}: {exc.strerror or exc}; "
+            "choose another path (a folder you can write to, a file that exists)",
+            file=sys.stderr,
+        )
+        return 2
     except Interrupted as exc:
         print(f"selfnorm {args.command}: interrupted: {exc}; {_resume_hint(args)}", file=sys.stderr)
         return exc.exit_code

@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -45,10 +46,26 @@ def _import_file(path: Path) -> ModuleType:
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
     try:
         spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: one line naming the file, then the cause
+        del sys.modules[name]
+        raise CliError(
+            f"importing {path} raised {_cause(exc)}; fix the file (python {path} shows the "
+            "full traceback)"
+        ) from None
     except BaseException:
         del sys.modules[name]
         raise
     return module
+
+
+def _cause(exc: BaseException) -> str:
+    """``Type: message`` of an exception in the user's code, with where it was raised."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"
 
 
 def _import_module(name: str) -> ModuleType:
@@ -112,7 +129,13 @@ def load_factory(target: str) -> Callable[[], object]:
 
     def call() -> object:
         with _on_sys_path(directory):
-            return factory()
+            try:
+                return factory()
+            except Exception as exc:  # the user's code
+                raise CliError(
+                    f"{target}() raised {_cause(exc)}; fix the factory, it must return the "
+                    "model when called with no arguments"
+                ) from None
 
     return call
 
@@ -167,6 +190,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from selfnorm.auditing import audit, infer_input_shape
 
     shape = parse_shape(args.input_shape) if args.input_shape is not None else None
+    if shape is not None:
+        from selfnorm.resources import check_fits
+
+        check_fits(4 * math.prod(shape), f"the --input-shape {args.input_shape} batch (float32)",
+                   "pass a smaller shape, e.g. 256,784: a few hundred samples are enough",
+                   "cpu")  # fmt: skip
     factory = load_factory(args.target)
     model = factory()
     if not isinstance(model, nn.Module):

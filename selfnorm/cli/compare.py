@@ -21,6 +21,18 @@ def _parse_seeds(text: str) -> list[int]:
         ) from None
 
 
+def _parse_activations(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = csv_list(text)
+    if not names:
+        raise CliError(
+            f"--activations {text!r} names no variant; pass comma-separated names, e.g. "
+            "selu,relu,lrelu (or leave the flag out for those three)"
+        )
+    return names
+
+
 def _parse_dropout(text: str) -> dict:
     """``0.1`` -> every variant; ``selu=0.1,relu=0.2`` -> per variant; both may be mixed."""
     out: dict = {}
@@ -81,7 +93,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "tensorboard": True if args.tensorboard else None,
             "backend": args.record_backend,
         },
-        "activations": csv_list(args.activations) if args.activations else None,
+        "activations": _parse_activations(args.activations),
         "seeds": _parse_seeds(args.seeds) if args.seeds is not None else None,
     }
     out = {
@@ -190,10 +202,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from selfnorm.tables import comparison_table
     from selfnorm.training import CHECKPOINT_SECONDS, compare
 
-    config = resolve_compare_config(args)
+    if args.resume and args.overwrite:
+        raise CliError("pass either --resume or --overwrite, not both")
     if args.resume and args.out and Path(args.out).resolve() != Path(args.resume).resolve():
         raise CliError(f"--out {args.out} and --resume {args.resume} differ; --resume continues "
                        "the run in its own folder, so drop --out")  # fmt: skip
+    config = resolve_compare_config(args)
     out = args.resume or args.out
     if out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from selfnorm.cli.common import CliError
 from selfnorm.cli.common import print_json as _print_json
 
 
@@ -11,6 +12,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
     from selfnorm.constants import ALPHA_01, LAMBDA_01, SATURATION_01
     from selfnorm.theory import check_theorems, fixed_point, jacobian, spectral_norm
 
+    if args.grid < 2:
+        raise CliError(f"--grid {args.grid}: pass at least 2 points per axis (default 32)")
     fp = fixed_point(0.0, 1.0)
     jac = jacobian(fp.mean, 0.0, fp.var, 1.0)
     norm = float(spectral_norm(jac))

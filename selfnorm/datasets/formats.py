@@ -168,9 +168,16 @@ def read_csv(path: str | os.PathLike, target: str | int | None = None) -> CsvTab
         ([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [0, 1, 0], ('cat', 'dog'))
     """
     path = Path(path).expanduser()
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)  # with newline="" it ends rows at \n, \r\n and a lone \r
-        rows = [(reader.line_num, [c.strip() for c in row]) for row in reader if any(row)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)  # with newline="" it ends rows at \n, \r\n and a lone \r
+            rows = [(reader.line_num, [c.strip() for c in row]) for row in reader if any(row)]
+    except UnicodeDecodeError as exc:
+        raise DataFileError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as a UTF-8 CSV"
+        ) from None
+    except csv.Error as exc:
+        raise DataFileError(f"{path} is not a readable CSV file ({exc})") from None
     if not rows:
         raise DataFileError(f"{path} is empty")
     first = rows[0][1]
@@ -181,6 +188,12 @@ def read_csv(path: str | os.PathLike, target: str | int | None = None) -> CsvTab
             f"{rows[0][0]} holds numbers); pass the column's index instead, e.g. target=-1"
         )
     names = tuple(first) if has_header else tuple(f"column {i}" for i in range(len(first)))
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataFileError(
+            f"{path}: the header names {', '.join(map(repr, dup))} more than once; give every "
+            "column its own name (a target chosen by name must be unambiguous)"
+        )
     body = rows[1:] if has_header else rows
     if len(names) < 2 or not body:
         raise DataFileError(
@@ -197,16 +210,37 @@ def read_csv(path: str | os.PathLike, target: str | int | None = None) -> CsvTab
             x.append([_number(c) for i, c in enumerate(row) if i != t])
             labels.append(row[t])
     if bad:
-        more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        more = f"; ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
         raise DataFileError(
-            f"{path}: {len(bad)} row(s) with missing or non-numeric values:\n  "
-            + "\n  ".join(bad[:_MAX_LISTED])
-            + f"{more}\nFix or remove these rows (features must be finite numbers; the label "
+            f"{path}: {len(bad)} row(s) with missing or non-numeric values ("
+            + "; ".join(bad[:_MAX_LISTED])
+            + f"{more}); fix or remove these rows (features must be finite numbers; the label "
             f"column is {names[t]!r})"
         )
     y, class_names = _encode_labels(labels)
+    _check_classes(path, names[t], class_names, len(y))
     features = tuple(n for i, n in enumerate(names) if i != t)
     return CsvTable(np.asarray(x, dtype=np.float32), y, class_names, features)
+
+
+MAX_CLASS_SHARE = 0.5
+"""A label column with more distinct values than this share of its rows (and over 20 of them)
+is taken for a continuous target, which a classifier cannot learn: an error, not 200 classes."""
+
+
+def _check_classes(path: Path, column: str, class_names: tuple[str, ...], rows: int) -> None:
+    n = len(class_names)
+    if n < 2:
+        raise DataFileError(
+            f"{path}: the label column {column!r} holds one class ({class_names[0]!r}) in all "
+            f"{rows} rows; a classifier needs at least 2 (check target=, or the file)"
+        )
+    if n > 20 and n > MAX_CLASS_SHARE * rows:
+        raise DataFileError(
+            f"{path}: the label column {column!r} has {n} distinct values in {rows} rows, so it "
+            "looks continuous (regression is not supported); pass the class column as target=, "
+            "or bin the values into classes first"
+        )
 
 
 def _row_problem(row: list[str], names: tuple[str, ...], t: int) -> str:
