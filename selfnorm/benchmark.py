@@ -42,6 +42,9 @@ from selfnorm.data import (
     read_csv,
     stratified_split,
 )
+from selfnorm.executors import LocalExecutor, connect
+from selfnorm.interrupts import graceful_stop
+from selfnorm.locking import RunLock
 from selfnorm.summary import mean_std
 from selfnorm.sweep import (
     Executor,
@@ -482,67 +485,69 @@ def benchmark(
     splits = split_indices(table.y, folds, data.seed, data.val_fraction)  # checks folds
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [j for i in range(folds) for j in spec.jobs(CvFold(folds, i, metric))]
-    records = run_jobs(
-        jobs,
-        out,
-        executor=executor,
-        keep_checkpoints=keep_checkpoints,
-        progress=progress,
-    )
-    points = group_points(records)
-    fold_scores: dict[str, list[float | None]] = {}
-    chosen: dict[str, list[dict[str, Any] | None]] = {}
-    for act in spec.activations:
-        fold_scores[act], chosen[act] = [], []
-        for i in range(folds):
-            mine = [p for p in points if p["activation"] == act and p["task"]["index"] == i]
-            b = best_point(mine, "val_score")
-            fold_scores[act].append(None if b is None else b["test_score"])
-            chosen[act].append(
-                None if b is None else {**_searched(spec, b), "val_score": b["val_score"]}
-            )
-    for name, grid in baselines.items():
-        fold_scores[name], chosen[name] = run_baseline(
-            name, grid, table.x, table.y, splits, metric, data.seed
+    executor = LocalExecutor() if executor is None else executor
+    # connected first (a wrong Ray address writes nothing), one process per folder
+    with connect(executor), RunLock(out, "benchmark"), graceful_stop(announce=False):
+        jobs = [j for i in range(folds) for j in spec.jobs(CvFold(folds, i, metric))]
+        records = run_jobs(
+            jobs,
+            out,
+            executor=executor,
+            keep_checkpoints=keep_checkpoints,
+            progress=progress,
         )
-    methods = rank_methods(fold_scores)
-    for name, entry in methods.items():
-        entry["kind"] = "baseline" if name in baselines else "network"
-        entry["chosen"] = chosen[name]
-    best = next((n for n, m in methods.items() if m["rank"] == 1), None)
-    description = {"accuracy": "accuracy", "auc": "ROC AUC"}[metric]
-    if metric == "auc" and num_classes > 2:
-        description = "macro one-vs-rest ROC AUC"
-    result = {
-        "metric": metric,
-        "metric_description": description,
-        "best": best,
-        "test": "two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon defaults) of each "
-        "method's fold scores against the best method's, paired by fold; 1.0 when all "
-        "differences are 0",
-        "selection": f"per fold and method, the grid point with the best inner-validation "
-        f"{metric} (networks: mean over seeds of the final-epoch model); no refit",
-        "dataset": {
-            "name": data.dataset,
-            "target": data.target,
-            "samples": len(table.y),
-            "features": int(table.x.shape[1]),
-            "classes": num_classes,
-            "class_names": list(table.class_names),
-        },
-        "folds": folds,
-        "seed": data.seed,
-        "val_fraction": data.val_fraction,
-        "methods": methods,
-        "grid": spec.to_dict(),
-        "baselines": baselines,
-        "jobs_total": len(records),
-        "jobs_failed": [r["name"] for r in records if r["status"] != "ok"],
-    }
-    atomic_write_json(out / "benchmark.json", result)
-    atomic_write_text(out / "summary.md", benchmark_markdown(result))
+        points = group_points(records)
+        fold_scores: dict[str, list[float | None]] = {}
+        chosen: dict[str, list[dict[str, Any] | None]] = {}
+        for act in spec.activations:
+            fold_scores[act], chosen[act] = [], []
+            for i in range(folds):
+                mine = [p for p in points if p["activation"] == act and p["task"]["index"] == i]
+                b = best_point(mine, "val_score")
+                fold_scores[act].append(None if b is None else b["test_score"])
+                chosen[act].append(
+                    None if b is None else {**_searched(spec, b), "val_score": b["val_score"]}
+                )
+        for name, grid in baselines.items():
+            fold_scores[name], chosen[name] = run_baseline(
+                name, grid, table.x, table.y, splits, metric, data.seed
+            )
+        methods = rank_methods(fold_scores)
+        for name, entry in methods.items():
+            entry["kind"] = "baseline" if name in baselines else "network"
+            entry["chosen"] = chosen[name]
+        best = next((n for n, m in methods.items() if m["rank"] == 1), None)
+        description = {"accuracy": "accuracy", "auc": "ROC AUC"}[metric]
+        if metric == "auc" and num_classes > 2:
+            description = "macro one-vs-rest ROC AUC"
+        result = {
+            "metric": metric,
+            "metric_description": description,
+            "best": best,
+            "test": "two-sided Wilcoxon signed-rank test (scipy.stats.wilcoxon defaults) of each "
+            "method's fold scores against the best method's, paired by fold; 1.0 when all "
+            "differences are 0",
+            "selection": f"per fold and method, the grid point with the best inner-validation "
+            f"{metric} (networks: mean over seeds of the final-epoch model); no refit",
+            "dataset": {
+                "name": data.dataset,
+                "target": data.target,
+                "samples": len(table.y),
+                "features": int(table.x.shape[1]),
+                "classes": num_classes,
+                "class_names": list(table.class_names),
+            },
+            "folds": folds,
+            "seed": data.seed,
+            "val_fraction": data.val_fraction,
+            "methods": methods,
+            "grid": spec.to_dict(),
+            "baselines": baselines,
+            "jobs_total": len(records),
+            "jobs_failed": [r["name"] for r in records if r["status"] != "ok"],
+        }
+        atomic_write_json(out / "benchmark.json", result)
+        atomic_write_text(out / "summary.md", benchmark_markdown(result))
     return result
 
 
