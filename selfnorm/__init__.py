@@ -9,9 +9,10 @@ The layout, in the direction imports point:
 * measuring: :mod:`selfnorm.recording` (recorder, pure reductions, the opt-in C++ kernel),
   :mod:`~selfnorm.records` (the stored format), :mod:`~selfnorm.sinks`;
 * experiments: :mod:`~selfnorm.config`, :mod:`~selfnorm.data`, :mod:`~selfnorm.training`,
-  :mod:`~selfnorm.storage`, :mod:`~selfnorm.summary`, :mod:`~selfnorm.depth`,
-  :mod:`~selfnorm.auditing`, :mod:`~selfnorm.sweep`, :mod:`~selfnorm.benchmark`,
-  :mod:`~selfnorm.reproduce`;
+  :mod:`~selfnorm.storage` (with :mod:`~selfnorm.locking`, :mod:`~selfnorm.interrupts`,
+  :mod:`~selfnorm.resources`), :mod:`~selfnorm.summary`, :mod:`~selfnorm.depth`,
+  :mod:`~selfnorm.auditing`, :mod:`~selfnorm.sweep`, :mod:`~selfnorm.executors`,
+  :mod:`~selfnorm.benchmark`, :mod:`~selfnorm.reproduce`;
 * presenting: :mod:`~selfnorm.tables`, :mod:`selfnorm.report` (from saved files only);
 * interface: :mod:`selfnorm.cli`.
 """

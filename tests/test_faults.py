@@ -388,3 +388,15 @@ def test_a_second_signal_aborts_at_once_and_stays_resumable(reference, tmp_path,
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     _resume(out, digits)
     assert_same_run(reference, out)
+
+
+def test_report_skips_a_cut_records_chunk_with_one_warning_line(reference, tmp_path):
+    from selfnorm.cli import main
+
+    root = _copy(reference, tmp_path)
+    chunk = sorted(RunDir(root).run("selu", 0).records.glob("chunk-*.npz"))[0]
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    code, err = _cli_in_process(main, ["report", str(root)])
+    assert code == 0 and (root / "report.html").exists()
+    assert err.count("\n") == 1 and err.startswith("selfnorm report: warning: skipping ")
+    assert str(chunk) in err
