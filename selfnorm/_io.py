@@ -71,7 +71,7 @@ def atomic_write_bytes(
             if fsync:
                 os.fsync(f.fileno())
         if keep is not None and path.exists():
-            os.replace(path, keep)
+            _keep_previous(path, Path(keep))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,6 +79,19 @@ def atomic_write_bytes(
     if fsync:
         fsync_dir(path.parent)
     return path
+
+
+def _keep_previous(path: Path, keep: Path) -> None:
+    """Make ``keep`` a copy of ``path`` without a moment when ``path`` is missing: a hard
+    link renamed over ``keep`` (a rename of ``path`` itself where links are not supported)."""
+    link = keep.with_name(f".{keep.name}.link.tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+    except OSError:
+        os.replace(path, keep)
+        return
+    os.replace(link, keep)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

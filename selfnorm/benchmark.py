@@ -303,7 +303,7 @@ class CvFold:
             dataset.num_classes,
             job.seed,
         )
-        ckpt = RunPaths(run_root).load_checkpoint(torch.device("cpu"))
+        ckpt = RunPaths(run_root).load_checkpoint("cpu", fallback=False)  # the final model only
         if ckpt is None:
             raise RuntimeError(
                 f"{run_root} has no checkpoint.pt to score; delete the job folder "
@@ -487,15 +487,17 @@ def benchmark(
     out = Path(out_dir)
     executor = LocalExecutor() if executor is None else executor
     # connected first (a wrong Ray address writes nothing), one process per folder
-    with connect(executor), RunLock(out, "benchmark"), graceful_stop(announce=False):
+    stopping = "stopping the running jobs after their current step; the others do not start"
+    with connect(executor), RunLock(out, "benchmark"):
         jobs = [j for i in range(folds) for j in spec.jobs(CvFold(folds, i, metric))]
-        records = run_jobs(
-            jobs,
-            out,
-            executor=executor,
-            keep_checkpoints=keep_checkpoints,
-            progress=progress,
-        )
+        with graceful_stop(message=stopping):  # the baselines below stop on Ctrl-C at once
+            records = run_jobs(
+                jobs,
+                out,
+                executor=executor,
+                keep_checkpoints=keep_checkpoints,
+                progress=progress,
+            )
         points = group_points(records)
         fold_scores: dict[str, list[float | None]] = {}
         chosen: dict[str, list[dict[str, Any] | None]] = {}

@@ -140,8 +140,7 @@ def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) ->
 
     torch.set_num_threads(threads)
     job_dir = Path(root) / "jobs" / job.name
-    for leftover in ("job.json", "error.txt"):
-        (job_dir / leftover).unlink(missing_ok=True)
+    stop = _worker_stop if _STOP is not None else None
     record: dict[str, Any] = {
         **{k: v for k, v in job.to_dict().items() if k != "config"},
         "status": "failed",
@@ -152,11 +151,12 @@ def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) ->
         "threads": threads,
         "host": socket.gethostname(),
     }
+    if stop is not None and stop():  # the sweep is stopping: do not start (nor touch files)
+        return {**record, "status": "interrupted", "error": "not started: the sweep stopped"}
+    for leftover in ("job.json", "error.txt"):
+        (job_dir / leftover).unlink(missing_ok=True)
     t0 = time.perf_counter()
     paths = RunDir(job_dir).run(job.activation, job.seed)
-    stop = _STOP.is_set if _STOP is not None else None
-    if stop is not None and stop():  # the sweep is stopping: do not start
-        return {**record, "status": "interrupted", "error": "not started: the sweep stopped"}
     try:
         ds = _load(job.config.data, job.task)
         resume = (job_dir / "config.json").exists()
@@ -174,7 +174,7 @@ def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) ->
     record["seconds"] = time.perf_counter() - t0
     atomic_write_json(job_dir / "job.json", record)
     if record["status"] == "ok" and not keep_checkpoint:
-        paths.checkpoint.unlink(missing_ok=True)
+        paths.remove_checkpoints()
     return record
 
 
@@ -226,7 +226,7 @@ def run_jobs(
         if rec is not None:
             records[job.name] = rec
             if not keep_checkpoints:
-                _checkpoint(root, job).unlink(missing_ok=True)
+                _run_paths(root, job).remove_checkpoints()
         else:
             todo.append(job)
     tracker = _Tracker(len(jobs), len(records), progress)
@@ -283,7 +283,7 @@ def check_executor(executor: Executor) -> None:
     than Ray's minutes of retries)."""
     if not isinstance(executor, (LocalExecutor, RayExecutor)):
         raise TypeError(f"executor must be a LocalExecutor or RayExecutor, got {executor!r}")
-    if isinstance(executor, RayExecutor):
+    if isinstance(executor, RayExecutor) and not _CONNECTED:  # connect() checked it already
         ray = _ray(executor.address)
         if executor.address not in (None, "auto") and not ray.is_initialized():
             _probe(executor.address)
@@ -315,10 +315,10 @@ def _check_threads(threads: int) -> None:
         raise ValueError(f"threads={threads!r} must be an integer >= 1, e.g. 1")
 
 
-def _checkpoint(root: Path, job: Job) -> Path:
+def _run_paths(root: Path, job: Job):
     from selfnorm.storage import RunDir
 
-    return RunDir(root / "jobs" / job.name).run(job.activation, job.seed).checkpoint
+    return RunDir(root / "jobs" / job.name).run(job.activation, job.seed)
 
 
 def _finished_record(root: Path, job: Job) -> dict[str, Any] | None:
@@ -375,6 +375,19 @@ _WORKER_MODULES = ("torch", "torch._dynamo", "selfnorm.training", "sklearn.model
 
 _STOP = None
 """In a local worker process: the sweep's stop event (set by the parent on Ctrl-C/SIGTERM)."""
+_PARENT: int | None = None
+_TERMINATED = False
+
+
+def _worker_sigterm(signum, frame) -> None:  # noqa: ARG001
+    global _TERMINATED
+    _TERMINATED = True
+
+
+def _worker_stop() -> bool:
+    """A worker stops after its step when the sweep says so, when it got SIGTERM, or when the
+    sweep's process is gone (killed: the worker is an orphan and must not run on)."""
+    return _TERMINATED or _STOP.is_set() or os.getppid() != _PARENT
 
 
 def _init_worker(threads: int, stop=None) -> None:
@@ -382,11 +395,14 @@ def _init_worker(threads: int, stop=None) -> None:
 
     import torch
 
-    global _STOP
-    _STOP = stop
-    if stop is not None:  # the parent decides when to stop (a terminal's Ctrl-C reaches all)
+    global _STOP, _PARENT
+    _STOP, _PARENT = stop, os.getppid()
+    if stop is not None:
+        # The parent decides when to stop on Ctrl-C (a terminal's reaches every process of the
+        # group); a SIGTERM to this worker alone (e.g. `kill PID` of a worker whose sweep
+        # died) stops it gracefully too.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, _worker_sigterm)
     torch.set_num_threads(threads)
     for name in _WORKER_MODULES:
         importlib.import_module(name)
@@ -448,8 +464,8 @@ def _run_local(
         ex.shutdown(wait=False, cancel_futures=True)
         raise
     ex.shutdown(wait=True)
-    if flag is not None and flag.requested:
-        left = sum(out.get(j.name, {}).get("status") != "ok" for j in jobs)
+    left = sum(out.get(j.name, {}).get("status") != "ok" for j in jobs)
+    if flag is not None and flag.requested and left:
         raise Interrupted(
             f"{left} of {len(jobs)} jobs left unfinished, their state saved", flag.signum
         )
@@ -487,8 +503,17 @@ def _run_ray(
         refs = {task.remote(job, str(root), threads, keep): job for job in jobs}
         pending = list(refs)
         out: dict[str, dict[str, Any]] = {}
+        flag = current_stop()
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            if flag is not None and flag.requested:  # Ray tasks have no graceful stop:
+                for ref in pending:  # cancelled; each resumes from its last checkpoint
+                    ray.cancel(ref, force=True)
+                raise Interrupted(
+                    f"{len(pending)} of {len(jobs)} Ray jobs cancelled; each resumes from its "
+                    "last checkpoint",
+                    flag.signum,
+                )
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
             for ref in ready:
                 job = refs[ref]
                 try:

@@ -58,20 +58,33 @@ _ACTIVE: list[StopFlag] = []
 
 
 def current_stop() -> StopFlag | None:
-    """The flag of the innermost :func:`graceful_stop` of this process, if any."""
+    """The flag of the innermost :func:`graceful_stop` of the main thread, if any (None in
+    other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
     return _ACTIVE[-1] if _ACTIVE else None
 
 
 @contextmanager
-def graceful_stop(announce: bool = True) -> Iterator[StopFlag]:
+def graceful_stop(
+    announce: bool = True, message: str = "stopping after this step and saving"
+) -> Iterator[StopFlag]:
     """Handle SIGINT/SIGTERM as described in the module docstring, for the ``with`` body.
+
+    Only the main thread can install signal handlers: elsewhere the flag is never set (and
+    the thread is not registered for :func:`current_stop`). Nested in the main thread, the
+    inner call shares the outer one's flag.
 
     Args:
         announce: print one line to stderr at the first signal.
+        message: what that line says will happen.
     """
     flag = StopFlag()
-    if threading.current_thread() is not threading.main_thread() or _ACTIVE:
-        _ACTIVE.append(_ACTIVE[-1] if _ACTIVE else flag)
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    if _ACTIVE:
+        _ACTIVE.append(_ACTIVE[-1])
         try:
             yield _ACTIVE[-1]
         finally:
@@ -87,8 +100,7 @@ def graceful_stop(announce: bool = True) -> Iterator[StopFlag]:
         flag.request(signum)
         if announce:
             print(
-                f"\n{signal.Signals(signum).name}: stopping after this step and saving "
-                "(press Ctrl-C again to abort at once)",
+                f"\n{signal.Signals(signum).name}: {message} (press Ctrl-C again to abort at once)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 try:
@@ -77,7 +78,7 @@ class RunLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
                 self._remove_created()
@@ -85,6 +86,15 @@ class RunLock:
                     f"{self.directory} is in use by {holder}; wait for it to finish or stop it "
                     "(a lock whose process has died is taken over automatically)"
                 ) from None
+            except OSError as exc:  # a file system without locks (some NFS, FUSE mounts)
+                os.close(fd)
+                warnings.warn(
+                    f"cannot lock {self.path} ({exc.strerror or exc}); continuing without the "
+                    "guard against a second process writing this folder",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return self
             # The holder before us may have unlinked the file after we opened it: then we hold
             # a lock on a file nobody else will open. Lock the file that is there instead.
             try:

@@ -28,11 +28,9 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +42,15 @@ from selfnorm._io import atomic_write_bytes, atomic_write_json, fsync_dir, make_
 from selfnorm.locking import LOCK_NAME
 from selfnorm.records import chunk_paths, read_chunk, truncate_records
 
-__all__ = ["RunDir", "RunDirError", "RunPaths", "config_digest", "read_json", "read_jsonl"]
+__all__ = [
+    "RunDir",
+    "RunDirError",
+    "RunPaths",
+    "config_digest",
+    "read_json",
+    "read_jsonl",
+    "remove_temporary_files",
+]
 
 
 class RunDirError(ValueError):
@@ -204,23 +210,29 @@ class RunPaths:
         torch.save({**state, "digest": _state_digest(state)}, buf)
         atomic_write_bytes(self.checkpoint, buf.getvalue(), keep=self.previous_checkpoint)
 
-    def load_checkpoint(self, device: torch.device) -> dict[str, Any] | None:
+    def load_checkpoint(
+        self, device: torch.device | str = "cpu", fallback: bool = True
+    ) -> dict[str, Any] | None:
         """The newest good checkpoint, or None when the run has none.
 
         A damaged ``checkpoint.pt`` (truncated, garbled, or with contents that do not match
-        its digest) falls back to ``checkpoint.prev.pt`` with a one-line ``RuntimeWarning``.
+        its digest) falls back to ``checkpoint.prev.pt`` with a one-line ``RuntimeWarning``
+        (``fallback=False``: only ``checkpoint.pt`` counts, e.g. to score the final model).
+        Loaded onto the CPU first, so a full GPU is not taken for damage; an ``OSError``
+        (permissions, too many open files) propagates as it is.
 
         Raises:
             RunDirError: there are checkpoints but none of them is good.
         """
         problems = []
-        for path in (self.checkpoint, self.previous_checkpoint):
+        candidates = (self.checkpoint, self.previous_checkpoint) if fallback else (self.checkpoint,)
+        for path in candidates:
             if not path.exists():
                 continue
             state, problem = _load_state(path, device)
             if state is not None:
                 if problems:  # set the damaged file aside (kept for a look), warn once
-                    os.replace(self.checkpoint, self.checkpoint.with_name("checkpoint.damaged.pt"))
+                    os.replace(self.checkpoint, self.damaged_checkpoint)
                     fsync_dir(self.root)
                     warnings.warn(
                         f"{problems[0]}; resuming from the previous one, {path.name} "
@@ -255,10 +267,20 @@ class RunPaths:
             if len(rec.steps) and rec.steps.min() >= before_step:
                 break
 
+    def remove_checkpoints(self) -> None:
+        """Delete every checkpoint of the run (a finished sweep job keeps only its numbers)."""
+        for p in (self.checkpoint, self.previous_checkpoint, self.damaged_checkpoint):
+            p.unlink(missing_ok=True)
+        remove_temporary_files(self.root)
+
+    @property
+    def damaged_checkpoint(self) -> Path:
+        return self.root / "checkpoint.damaged.pt"
+
     def reset(self) -> None:
         """Delete everything a previous attempt of this run wrote."""
-        damaged = self.checkpoint.with_name("checkpoint.damaged.pt")
-        for p in (self.metrics, self.checkpoint, self.previous_checkpoint, damaged, self.result):
+        self.remove_checkpoints()
+        for p in (self.metrics, self.result):
             p.unlink(missing_ok=True)
         for d in (self.records, self.tensorboard):
             if d is not None and d.exists():
@@ -287,15 +309,11 @@ class RunDir:
 
     def exists(self) -> bool:
         """The folder holds anything but a lock (:mod:`selfnorm.locking`) and the temporary
-        files of writes a kill interrupted (``.NAME.*.tmp``, removed here)."""
+        files of writes a kill interrupted (``.NAME.*.tmp``; :meth:`prepare` removes them,
+        under the lock)."""
         if not self.root.exists():
             return False
-        for p in self.root.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
-                p.unlink(missing_ok=True)
-            elif p.name != LOCK_NAME:
-                return True
-        return False
+        return any(p.name != LOCK_NAME and not _is_temporary(p) for p in self.root.iterdir())
 
     def is_run_dir(self) -> bool:
         return self.config.exists()
@@ -317,6 +335,7 @@ class RunDir:
                 different config, or ``overwrite`` would delete something that is not a run.
         """
         action = self.check_prepare(config, resume, overwrite, normalize)
+        remove_temporary_files(self.root)
         if action == "resume":
             return
         if action == "replace":
@@ -385,11 +404,28 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: stored {a!r}, now {b!r}"
 
 
+def _is_temporary(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()
+
+
+def remove_temporary_files(directory: Path) -> None:
+    """Remove what writes interrupted by a kill left in ``directory`` (``.NAME.*.tmp``); only
+    call it while holding the folder's lock (a running writer's file looks the same)."""
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if _is_temporary(p):
+                p.unlink(missing_ok=True)
+
+
 def _load_state(path: Path, device: torch.device) -> tuple[dict[str, Any] | None, str]:
     """``(state, "")`` for a good checkpoint file, ``(None, what is wrong)`` otherwise."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    with path.open("rb") as f:  # an OSError here is not damage: it propagates
+        data = f.read()
+    try:  # the bytes are in memory: whatever torch.load raises now is about their content
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - RuntimeError, EOFError, UnpicklingError, ...
         first = (str(exc).splitlines() or ["empty or cut short"])[0][:120]
         return None, f"{type(exc).__name__}: {first}"
     if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "rng"} <= set(state):
@@ -397,4 +433,16 @@ def _load_state(path: Path, device: torch.device) -> tuple[dict[str, Any] | None
     digest = state.pop("digest", None)
     if digest is not None and digest != _state_digest(state):
         return None, "its contents do not match their digest"
+    if torch.device(device).type != "cpu":
+        state = _to_device(state, torch.device(device))
     return state, ""
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj

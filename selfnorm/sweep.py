@@ -633,7 +633,8 @@ def run_sweep(
     executor = LocalExecutor() if executor is None else executor
     jobs = spec.jobs()
     # connected first: a Ray address with no cluster behind it fails before anything is written
-    with connect(executor), RunLock(out, "sweep"), graceful_stop(announce=False):
+    stopping = "stopping the running jobs after their current step; the others do not start"
+    with connect(executor), RunLock(out, "sweep"), graceful_stop(message=stopping):
         atomic_write_json(out / "spec.json", spec.to_dict())
         records = run_jobs(
             jobs,

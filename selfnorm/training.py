@@ -33,7 +33,15 @@ from selfnorm.recording import ActivationRecorder
 from selfnorm.resources import check_fits, mlp_training_bytes
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
 from selfnorm.specs import get_spec
-from selfnorm.storage import RunDir, RunDirError, RunPaths, config_digest, read_jsonl
+from selfnorm.storage import (
+    RunDir,
+    RunDirError,
+    RunPaths,
+    config_digest,
+    read_json,
+    read_jsonl,
+    remove_temporary_files,
+)
 from selfnorm.summary import summarize
 
 __all__ = ["DeviceData", "compare", "make_optimizer", "resolve_device", "train_run"]
@@ -267,6 +275,7 @@ def train_run(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     stop: Callable[[], bool] | None = None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
     """Train one (variant, seed) run to the end, resuming from its checkpoint if there is one.
 
@@ -285,6 +294,10 @@ def train_run(
     epoch: the resumed run finishes that epoch with the same numbers) and raises
     :class:`~selfnorm.interrupts.Interrupted`.
 
+    ``digest`` identifies the settings (default :func:`~selfnorm.storage.config_digest` of
+    ``config``; :func:`compare` passes that of the run directory's ``config.json`` as written):
+    it is stored in the checkpoint and the result, and a checkpoint with another one is refused.
+
     Raises:
         RunDirError: the checkpoint was made with other settings than ``config`` (an edited
             ``config.json``), or no good checkpoint is left.
@@ -295,7 +308,7 @@ def train_run(
     _check_checkpoint_seconds(checkpoint_seconds)
     device = data.x_train.device
     cfg = config.train
-    digest = config_digest(config.to_dict())
+    digest = config_digest(config.to_dict()) if digest is None else digest
     model = build_model(
         config.model,
         activation,
@@ -311,7 +324,8 @@ def train_run(
     n = len(data.x_train)
     bs = cfg.batch_size
     steps_per_epoch = len(batch_bounds(n, bs))
-    ckpt = paths.load_checkpoint(device)
+    remove_temporary_files(paths.root)  # what a killed write left (the caller holds the lock)
+    ckpt = paths.load_checkpoint()  # on the CPU; load_state_dict moves it to the device
     start_batch, sums, seconds_before = 0, None, 0.0
     if ckpt is not None:
         if ckpt.get("config_digest", digest) != digest:
@@ -512,7 +526,12 @@ def compare(
             overwrite=overwrite,
             normalize=normalize,
         )
-        _check_runs(run_dir, config, device)
+        # each run stores the digest of config.json as written, not as read by this version
+        # (which may add fields with defaults): an edit is caught, an upgrade is not refused
+        digest = config_digest(read_json(run_dir.config))
+        _check_runs(
+            run_dir, config, digest, len(batch_bounds(len(ds.x_train), config.train.batch_size))
+        )
     except BaseException:
         lock.abandon()  # a refused start leaves nothing behind
         raise
@@ -543,7 +562,7 @@ def compare(
                     try:
                         result = train_run(
                             data, config, activation, seed, paths, on_epoch,
-                            checkpoint_seconds, stop,
+                            checkpoint_seconds, stop, digest,
                         )  # fmt: skip
                     except Interrupted:
                         bar.close()
@@ -558,11 +577,13 @@ def compare(
     return summary
 
 
-def _check_runs(run_dir: RunDir, config: ExperimentConfig, device: torch.device) -> None:
+def _check_runs(
+    run_dir: RunDir, config: ExperimentConfig, digest: str, steps_per_epoch: int
+) -> None:
     """Before training anything, every run's files must be usable: finished runs trained with
-    this config, checkpoints readable (a damaged one falls back to the previous one), metrics
-    without damaged lines. Raises :class:`~selfnorm.storage.RunDirError` naming the file."""
-    digest = config_digest(config.to_dict())
+    these settings (``digest``), checkpoints readable (a damaged one falls back to the
+    previous one), metrics without damaged lines, the records a resume keeps readable. Raises
+    :class:`~selfnorm.storage.RunDirError` naming the file."""
     for activation in config.activations:
         for seed in config.seeds:
             paths = run_dir.run(activation, seed)
@@ -578,4 +599,6 @@ def _check_runs(run_dir: RunDir, config: ExperimentConfig, device: torch.device)
                     )
                 continue
             read_jsonl(paths.metrics)
-            paths.load_checkpoint(device)
+            ckpt = paths.load_checkpoint()
+            if ckpt is not None:
+                paths.check_records(ckpt["epoch"] * steps_per_epoch + int(ckpt.get("batch", 0)))

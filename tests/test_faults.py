@@ -290,7 +290,8 @@ class _StopAfter:
         return self.n < 0
 
 
-@pytest.mark.parametrize("steps", [5, 23, 47])  # mid-epoch 1, mid-epoch 2, an epoch's first step
+# 21 steps per epoch: mid-epoch 1, before epoch 2's first step, epoch 3 after step 5
+@pytest.mark.parametrize("steps", [5, 21, 47])
 def test_a_stop_mid_epoch_saves_and_resumes_exactly(reference, tmp_path, digits, steps):
     out = tmp_path / "run"
     cfg = experiment_from_dict(CFG)
@@ -328,7 +329,7 @@ def _wait_for(path: Path, p, rows: int, timeout: float = 120) -> None:
 def test_a_signal_stops_after_the_step_says_how_to_resume(reference, tmp_path, digits, sig, code):
     out = tmp_path / "run"
     with _popen([*CLI, "--out", str(out)]) as p:
-        _wait_for(RunDir(out).run("selu", 1).metrics, p, 1)
+        _wait_for(RunDir(out).run("selu", 0).metrics, p, 1)  # 11 of 12 epochs still to go
         p.send_signal(sig)
         _, err = p.communicate(timeout=120)
     assert p.returncode == code, err

@@ -379,3 +379,50 @@ def test_a_ray_address_with_no_cluster_is_an_error_within_seconds(spec, tmp_path
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         run_sweep(spec, out, executor=RayExecutor("head-without-port"))
     assert not out.exists()
+
+
+def test_a_sweep_on_a_ray_address_connects_once_and_runs(spec, tmp_path, monkeypatch):
+    """``--ray HOST:PORT``: probed, connected once for the whole sweep (the jobs do not try to
+    connect again), disconnected at the end. Ray itself is replaced by an in-process stand-in
+    that runs each task at once; the head is a listening socket."""
+    import socket
+    import sys
+    import types
+
+    from selfnorm import executors
+
+    calls = []
+
+    class Ref:
+        def __init__(self, value):
+            self.value = value
+
+    def remote(fn):
+        task = types.SimpleNamespace()
+        task.options = lambda **kw: types.SimpleNamespace(remote=lambda *a: Ref(fn(*a)))
+        return task
+
+    state = {"up": False}
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: state["up"],
+        init=lambda address=None: (calls.append(("init", address)), state.update(up=True)),
+        shutdown=lambda: (calls.append(("shutdown",)), state.update(up=False)),
+        remote=remote,
+        wait=lambda pending, num_returns=1, timeout=None: (pending[:1], pending[1:]),
+        get=lambda ref: ref.value,
+        cancel=lambda ref, force=False: None,
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(executors, "_CONNECTED", False)
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        small = sweep_from_dict({**SMALL, "grid": {"depth": [1]}, "seeds": [0]})
+        threads = torch.get_num_threads()  # run_job sets the task's thread count
+        try:
+            summary = run_sweep(small, tmp_path / "o", executor=RayExecutor(address))
+        finally:
+            torch.set_num_threads(threads)
+    assert calls == [("init", address), ("shutdown",)]
+    assert summary["jobs_total"] == 2 and not summary["jobs_failed"]

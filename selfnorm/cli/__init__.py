@@ -8,6 +8,7 @@ library, so ``main([...])`` runs the CLI in-process (that is how the tests drive
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -60,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloadError as exc:
         print(f"selfnorm {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # a path the user gave that cannot be read or written
+    except OSError as exc:
+        if exc.errno not in _USER_PATH_ERRORS:
+            raise  # not about a path the user chose: a bug, with its traceback
         where = f" {exc.filename}" if exc.filename else ""
         print(
             f"selfnorm {args.command}: error: cannot use{where}: {exc.strerror or exc}; "
@@ -80,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
+
+
+_USER_PATH_ERRORS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+    errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG,
+}  # fmt: skip
+"""OSErrors that mean the path or disk the user chose cannot be used (exit 2, one line)."""
 
 
 def _resume_hint(args) -> str:

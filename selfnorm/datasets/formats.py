@@ -168,6 +168,9 @@ def read_csv(path: str | os.PathLike, target: str | int | None = None) -> CsvTab
         ([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [0, 1, 0], ('cat', 'dog'))
     """
     path = Path(path).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise DataFileError(f"{path} {what}; pass the path of a CSV file, e.g. csv:data/table.csv")
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)  # with newline="" it ends rows at \n, \r\n and a lone \r
