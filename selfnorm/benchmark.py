@@ -42,7 +42,7 @@ from selfnorm.data import (
     read_csv,
     stratified_split,
 )
-from selfnorm.executors import LocalExecutor, connect
+from selfnorm.executors import STOPPING_JOBS, LocalExecutor, connect
 from selfnorm.interrupts import graceful_stop
 from selfnorm.locking import RunLock
 from selfnorm.summary import mean_std
@@ -487,10 +487,9 @@ def benchmark(
     out = Path(out_dir)
     executor = LocalExecutor() if executor is None else executor
     # connected first (a wrong Ray address writes nothing), one process per folder
-    stopping = "stopping the running jobs after their current step; the others do not start"
     with connect(executor), RunLock(out, "benchmark"):
         jobs = [j for i in range(folds) for j in spec.jobs(CvFold(folds, i, metric))]
-        with graceful_stop(message=stopping):  # the baselines below stop on Ctrl-C at once
+        with graceful_stop(message=STOPPING_JOBS):  # the baselines below stop on Ctrl-C at once
             records = run_jobs(
                 jobs,
                 out,

@@ -289,6 +289,9 @@ def check_executor(executor: Executor) -> None:
             _probe(executor.address)
 
 
+STOPPING_JOBS = "stopping the running jobs after their current step; the others do not start"
+"""What the first Ctrl-C of a sweep or a benchmark says (see graceful_stop)."""
+
 RAY_PROBE_SECONDS = 5.0
 """How long :func:`check_executor` waits for a Ray head's port to accept a connection."""
 

@@ -54,6 +54,7 @@ from selfnorm.config import (
 )
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
 from selfnorm.executors import (
+    STOPPING_JOBS,
     Executor,
     LocalExecutor,
     Progress,
@@ -633,8 +634,7 @@ def run_sweep(
     executor = LocalExecutor() if executor is None else executor
     jobs = spec.jobs()
     # connected first: a Ray address with no cluster behind it fails before anything is written
-    stopping = "stopping the running jobs after their current step; the others do not start"
-    with connect(executor), RunLock(out, "sweep"), graceful_stop(message=stopping):
+    with connect(executor), RunLock(out, "sweep"), graceful_stop(message=STOPPING_JOBS):
         atomic_write_json(out / "spec.json", spec.to_dict())
         records = run_jobs(
             jobs,
