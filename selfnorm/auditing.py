@@ -39,7 +39,7 @@ kind                                  severity    when
 ``output_activation``                 warning     an activation after the last Linear/Conv
                                                   (info for LogSoftmax, fine with NLLLoss)
 ``inplace_op``                        info        ``inplace=True`` (breaks activation hooks)
-``no_selu``                           info        no SELU module at all
+``no_selu``                           info        no SELU at all (module or ``F.selu``)
 ``activation_drift``                  error/warn/ the first SELU whose output mean/variance
                                       info        leaves the band; error if the last SELU is
                                                   out of band too, warning if the network
@@ -47,6 +47,12 @@ kind                                  severity    when
                                                   it (its fix names that finding)
 ``input_not_standardized``            warning     a given example input outside the band
 ``dynamic_check_skipped``             info        no input could be made
+``inert_dropout``                     error       a dropout that drops nothing in training
+                                                  mode: ``F.alpha_dropout(x, p)`` without
+                                                  ``training=True`` in a forward, or a dropout
+                                                  module switched to eval
+``functional_activation``             info        activation functions called in a forward
+                                                  (seen; their outputs are not measured)
 ====================================  ==========  ===========================================
 
 Why these numbers:
@@ -82,11 +88,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from scipy.special import chdtri
@@ -95,6 +99,7 @@ from torch import nn
 from selfnorm import taxonomy
 from selfnorm.constants import ALPHA_01, LAMBDA_01
 from selfnorm.dropout import AlphaDropout
+from selfnorm.findings import INPUT, KINDS, MODEL, SEVERITIES, Finding, Severity, Value
 from selfnorm.theory import _THEOREM_DOMAINS, fixed_point, jacobian
 
 __all__ = [
@@ -106,33 +111,10 @@ __all__ = [
     "infer_input_shape",
 ]
 
-Severity = Literal["error", "warning", "info"]
-SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
-
-KINDS: tuple[str, ...] = (
-    "weight_init",
-    "bias_nonzero",
-    "dropout_with_selu",
-    "alpha_dropout_without_selu",
-    "alpha_dropout_mismatch",
-    "dropout_rate_looks_like_keep_prob",
-    "norm_with_selu",
-    "output_activation",
-    "inplace_op",
-    "no_selu",
-    "activation_drift",
-    "input_not_standardized",
-    "dynamic_check_skipped",
-)
-"""Every ``Finding.kind`` the audit emits (a stable interface, like the ``--json`` keys)."""
 
 DEFAULT_BATCH = 256
 """Rows of the standardized Gaussian input made when none is given."""
 
-MODEL = "<model>"
-"""``Finding.layer`` of findings about the whole model (and of a root module that is a leaf)."""
-INPUT = "<input>"
-"""``Finding.layer`` of findings about the example input."""
 
 _THEOREM1 = _THEOREM_DOMAINS["theorem1"]
 _MEAN_HALF_WIDTH = _THEOREM1["mu"][1]  # 0.1: |mean| band around the fixed-point mean
@@ -160,65 +142,6 @@ _DRIFT_CAUSES = ("weight_init", "bias_nonzero", "input_not_standardized", "norm_
 """Findings that explain a drift downstream of them (it is then reported as info). A norm counts
 because the audit runs in eval mode, where a fresh BatchNorm's running statistics (0, 1) make it
 the identity, so whatever it would normalize in training shows up as drift."""
-
-Value = float | int | str | bool | list
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem found by :func:`audit`.
-
-    ``measured`` and ``expected`` map short names to plain values (numbers, strings, and
-    ``[low, high]`` lists for ranges), so :meth:`to_dict` is JSON as is.
-
-    Example:
-        >>> f = Finding("error", "fc1", "bias_nonzero", {"bias_rms": 1.0}, {"bias_rms": 0.0},
-        ...             "torch.nn.init.zeros_(layer.bias)")
-        >>> f.to_dict()["measured"]
-        {'bias_rms': 1.0}
-    """
-
-    severity: Severity
-    """``"error"`` (the network does not self-normalize; exit code 1), ``"warning"`` or
-    ``"info"``."""
-    layer: str
-    """Module name as in ``named_modules()``, or ``<input>`` / ``<model>``."""
-    kind: str
-    """Short id, one of :data:`KINDS`."""
-    measured: Mapping[str, Value] = field(hash=False)
-    """What the audit measured (read-only)."""
-    expected: Mapping[str, Value] = field(hash=False)
-    """What a self-normalizing network has."""
-    fix: str
-    """The fix, in one line."""
-
-    def __post_init__(self) -> None:
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"severity={self.severity!r}; use one of {SEVERITIES}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; use one of {KINDS}")
-        object.__setattr__(self, "measured", MappingProxyType(dict(self.measured)))
-        object.__setattr__(self, "expected", MappingProxyType(dict(self.expected)))
-
-    def to_dict(self) -> dict:
-        """``{"severity", "layer", "kind", "measured", "expected", "fix"}``, JSON-ready
-        (non-finite numbers become the strings ``"nan"``, ``"inf"``, ``"-inf"``)."""
-        return {
-            "severity": self.severity,
-            "layer": self.layer,
-            "kind": self.kind,
-            "measured": {k: _json_value(v) for k, v in self.measured.items()},
-            "expected": {k: _json_value(v) for k, v in self.expected.items()},
-            "fix": self.fix,
-        }
-
-
-def _json_value(v: Value) -> Value:
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    if isinstance(v, list):
-        return [_json_value(x) for x in v]
-    return v
 
 
 def _r(x: float) -> float:
@@ -825,6 +748,76 @@ def _check_drift(trace: _Trace, earlier: list[Finding]) -> list[Finding]:
 # ---------------------------------------------------------------------------------------------
 
 
+_DROPOUT_MODULES = _ALPHA_DROPOUT + _PLAIN_DROPOUT
+
+
+def _check_dropout_modes(model: nn.Module) -> list[Finding]:
+    """A dropout module left in eval mode inside a model in training mode drops nothing."""
+    if not model.training:
+        return []
+    return [
+        Finding(
+            "error",
+            name,
+            "inert_dropout",
+            {"module_training": False, "p": float(m.p)},
+            {"module_training": True},
+            f"{name} was switched to eval inside a model in training mode, so it never drops: "
+            "remove the .eval() (or the train() override) that does it",
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, _DROPOUT_MODULES) and not m.training and m.p > 0
+    ]
+
+
+def _check_calls(model: nn.Module, args: tuple, found: list[Finding]) -> list[Finding]:
+    """Findings from the functional calls of a training-mode forward (selfnorm.calls)."""
+    from selfnorm.calls import trace_calls
+
+    try:
+        calls = trace_calls(model, *args)
+    except _FORWARD_ERRORS:  # the eval-mode forward worked; this one is extra
+        return found
+    out = list(found)
+    seen: dict[str, list[str]] = {}
+    for c in calls:
+        if c.training is False and c.p and not c.in_module:
+            out.append(
+                Finding(
+                    "error",
+                    c.module,
+                    "inert_dropout",
+                    {"function": f"F.{c.function}", "call": c.order, "p": c.p, "training": False},
+                    {"training": True},
+                    f"call {c.order} in {c.module}'s forward drops nothing in training mode: "
+                    f"pass training=self.training (F.alpha_dropout and F.feature_alpha_dropout "
+                    "default to False) or use a module, e.g. selfnorm.AlphaDropout",
+                )
+            )
+        if c.training is None and not c.in_module:
+            seen.setdefault(c.module, []).append(c.function)
+    for module, functions in seen.items():
+        out.append(
+            Finding(
+                "info",
+                module,
+                "functional_activation",
+                {
+                    "functions": ", ".join(
+                        f"{f} x{functions.count(f)}" for f in dict.fromkeys(functions)
+                    )
+                },  # fmt: skip
+                {"functions": "activation modules"},
+                f"{module}'s forward calls activation functions: seen, but their outputs are not "
+                "measured (only SELU modules' are); use modules (selfnorm.SELU) to have them "
+                "checked",
+            )
+        )
+    if any(c.function == "selu" and not c.in_module for c in calls):
+        out = [f for f in out if f.kind != "no_selu"]  # SELU is there, as a function
+    return out
+
+
 def audit(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -857,8 +850,10 @@ def audit(
         ValueError: both ``example_input`` and ``input_shape`` given, a bad ``input_shape``, or
             the model raised on a given input or shape (the message names the shape).
 
-    Warning:
-        Only modules are seen: ``F.selu`` or ``F.dropout`` called inside a ``forward`` are not.
+    Functional calls (``F.selu``, ``F.alpha_dropout``, ... inside a ``forward``) are seen by a
+    second forward in training mode (:func:`selfnorm.calls.trace_calls`): a dropout call that
+    drops nothing there is an ``inert_dropout`` error, functional activations an info (their
+    outputs are not measured: only SELU modules' are).
 
     Example:
         >>> import torch
@@ -924,6 +919,9 @@ def audit(
     if given:
         found += _check_inputs(args, *_input_fixed_point(model))
     found += _static(trace)
+    found += _check_dropout_modes(model)
+    if args is not None:
+        found = _check_calls(model, args, found)
     if trace.executed:
         found += _check_drift(trace, found)
     position = {INPUT: -2, MODEL: -1}

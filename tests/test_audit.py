@@ -8,10 +8,12 @@ from collections import OrderedDict
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from selfnorm import SELU, AlphaDropout, FeatureAlphaDropout, init_snn_
 from selfnorm.auditing import KINDS, Finding, audit, infer_input_shape
 from selfnorm.cli import main
+from selfnorm.findings import MODEL as MODEL_NAME
 from selfnorm.models import build_cnn, build_mlp
 from selfnorm.theory import g, solve_selu_parameters
 
@@ -594,3 +596,112 @@ def test_cli_bad_usage_exits_2_with_one_line(models_py, capsys, target, extra, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("selfnorm check: error:")
     assert message in err
+
+
+# --- functional calls: the inert-dropout trap ---------------------------------------------------
+
+
+class _SeedTfAsWritten(nn.Module):
+    """The seed TensorFlow network as written, in PyTorch: Glorot weights, N(0, 1) biases, and
+    its dropout_selu(x, keep_prob) call, whose ``training`` defaulted to False, as
+    ``F.alpha_dropout(x, p)``, whose ``training`` defaults to False as well."""
+
+    def __init__(self, fixed: bool = False) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in
+                                    [(784, 512), (512, 512), (512, 512), (512, 512)])  # fmt: skip
+        self.out = nn.Linear(512, 10)
+        for m in [*self.layers, self.out]:
+            nn.init.xavier_uniform_(m.weight, generator=g)
+            nn.init.normal_(m.bias, generator=g)
+        self.fixed = fixed
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = F.selu(layer(x))
+            if self.fixed:
+                x = F.alpha_dropout(x, 0.3, training=self.training)
+            else:
+                x = F.alpha_dropout(x, 0.7)
+        return self.out(x)
+
+
+def test_the_seed_tf_network_as_written_has_inert_dropout():
+    found = audit(_SeedTfAsWritten())
+    inert = [f for f in found if f.kind == "inert_dropout"]
+    assert [(f.severity, f.layer, f.measured["call"]) for f in inert] == [
+        ("error", MODEL_NAME, k) for k in (1, 3, 5, 7)
+    ]
+    assert inert[0].measured["function"] == "F.alpha_dropout" and inert[0].measured["p"] == 0.7
+    assert "training=self.training" in inert[0].fix
+    kinds = {f.kind for f in found}
+    assert "no_selu" not in kinds  # F.selu is seen
+    info = [f for f in found if f.kind == "functional_activation"]
+    assert [f.measured["functions"] for f in info] == ["selu x4"]
+    # its train-mode forward is deterministic given the weights: the dropout never fires
+    net = _SeedTfAsWritten().train()
+    x = torch.randn(8, 784, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(net(x), net(x), rtol=0, atol=0)
+
+
+def test_passing_training_fixes_it_and_default_true_dropout_is_fine():
+    kinds = {f.kind for f in audit(_SeedTfAsWritten(fixed=True))}
+    assert "inert_dropout" not in kinds
+
+    class PlainDropout(nn.Module):
+        def __init__(self, training_arg):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+            self.training_arg = training_arg
+
+        def forward(self, x):
+            if self.training_arg is None:
+                return F.dropout(F.relu(self.fc(x)), 0.1)  # F.dropout defaults to True
+            return F.dropout(F.relu(self.fc(x)), 0.1, training=self.training_arg)
+
+    assert "inert_dropout" not in {f.kind for f in audit(PlainDropout(None))}
+    bad = [f for f in audit(PlainDropout(False)) if f.kind == "inert_dropout"]
+    assert len(bad) == 1 and bad[0].measured["function"] == "F.dropout"
+
+
+def test_a_dropout_module_switched_to_eval_is_inert():
+    net = nn.Sequential(nn.Linear(16, 16), SELU(), AlphaDropout(0.1), nn.Linear(16, 4))
+    init_snn_(net, torch.Generator().manual_seed(0))
+    assert "inert_dropout" not in {f.kind for f in audit(net)}
+    net[2].eval()
+    bad = [f for f in audit(net) if f.kind == "inert_dropout"]
+    assert [(f.layer, f.measured["module_training"]) for f in bad] == [("2", False)]
+    assert net.training and not net[2].training  # the audit changed no flag
+
+
+def test_the_training_mode_trace_restores_buffers_and_flags():
+    from selfnorm.calls import trace_calls
+
+    net = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0)) * 3 + 2
+    calls = trace_calls(net, x)
+    assert [(c.module, c.function, c.in_module) for c in calls] == [("2", "relu", True)]
+    assert not any(m.training for m in net.modules())
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert trace_calls(net, x) == calls  # the same keys on every forward
+
+
+def test_check_flags_the_functional_dropout_trap(tmp_path, capsys):
+    from selfnorm.cli import main
+
+    f = tmp_path / "seed_tf.py"
+    f.write_text(
+        "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(32, 32)\n        self.out = nn.Linear(32, 4)\n"
+        "    def forward(self, x):\n"
+        "        return self.out(F.alpha_dropout(F.selu(self.fc(x)), 0.1))\n"
+        "def make():\n    return Net()\n"
+    )
+    assert main(["check", f"{f}:make"]) == 1
+    out = capsys.readouterr().out
+    assert "inert_dropout" in out and "training=self.training" in out

@@ -216,7 +216,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(
             f"input: standardized Gaussian of shape {shape} ({source}), seed 0; "
-            "one forward pass in eval mode, no gradients"
+            "a forward pass in eval mode and one in training mode (for the dropout and "
+            "activation calls inside forward), no gradients"
         )
     _print_table(findings)
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}

@@ -1,0 +1,163 @@
+r"""What a forward does outside its modules: functional activations and dropouts, seen by the audit.
+
+Module hooks see ``nn.SELU`` and ``nn.AlphaDropout``; they do not see ``F.selu(x)`` or
+``F.alpha_dropout(x, p)`` called inside a ``forward``. :func:`trace_calls` runs the model once
+in training mode (gradients off, BatchNorm running statistics and every module's training flag
+restored afterwards) under a :class:`torch.overrides.TorchFunctionMode` that logs every call of
+an activation or dropout function, keyed by the calling module (the innermost module whose
+forward is running) and the call's order in that forward, the same across steps.
+
+The trap it exists for: ``F.alpha_dropout``, ``F.feature_alpha_dropout`` and
+``torch.nn.functional.dropout(x, p, training=False)`` do nothing unless ``training=True`` is
+passed, and the first two default to ``training=False``. A network calling
+``F.alpha_dropout(x, 0.1)`` in its forward trains without dropout (the PyTorch form of the seed
+TensorFlow example's ``dropout_selu(x, keep_prob)``, whose ``training`` also defaulted to
+False). A dropout module switched to eval inside a network in training mode is the same.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torch.nn import functional as F
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = nn.Linear(4, 4)
+    ...     def forward(self, x):
+    ...         return F.alpha_dropout(F.selu(self.fc(x)), 0.1)
+    >>> [(c.module, c.order, c.function, c.training) for c in trace_calls(Net(), torch.zeros(2, 4))]
+    [('<model>', 0, 'selu', None), ('<model>', 1, 'alpha_dropout', False)]
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from selfnorm.findings import MODEL
+
+__all__ = ["ACTIVATION_FUNCTIONS", "DROPOUT_FUNCTIONS", "FunctionalCall", "trace_calls"]
+
+ACTIVATION_FUNCTIONS: dict[object, str] = {
+    F.selu: "selu", torch.selu: "selu", torch.selu_: "selu",
+    F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6",
+    F.leaky_relu: "leaky_relu", F.elu: "elu", F.celu: "celu", F.gelu: "gelu", F.silu: "silu",
+    F.mish: "mish", F.tanh: "tanh", torch.tanh: "tanh", F.sigmoid: "sigmoid",
+    torch.sigmoid: "sigmoid", F.softplus: "softplus", F.prelu: "prelu",
+}  # fmt: skip
+"""Functions logged as activations, with the family name they report."""
+
+DROPOUT_FUNCTIONS: dict[object, str] = {
+    F.dropout: "dropout", F.dropout1d: "dropout1d", F.dropout2d: "dropout2d",
+    F.dropout3d: "dropout3d", F.alpha_dropout: "alpha_dropout",
+    F.feature_alpha_dropout: "feature_alpha_dropout", torch.dropout: "dropout",
+    torch.alpha_dropout: "alpha_dropout", torch.feature_alpha_dropout: "feature_alpha_dropout",
+}  # fmt: skip
+"""Functions logged as dropouts, with whether they were told to drop (``training``)."""
+
+
+@dataclass(frozen=True)
+class FunctionalCall:
+    """One call of an activation or dropout function during the traced forward."""
+
+    module: str
+    """The calling module's name (``named_modules``), ``<model>`` for the root."""
+    order: int
+    """Its position among the logged calls of that module's forward (0, 1, ...)."""
+    function: str
+    """Family name, e.g. ``selu`` or ``alpha_dropout``."""
+    training: bool | None
+    """For dropouts: the ``training`` flag it received (False: it drops nothing); else None."""
+    p: float | None
+    """For dropouts: the drop rate; else None."""
+    in_module: bool
+    """True when the calling module is itself a dropout or activation module (``nn.Dropout``
+    calls ``F.dropout``): then the module checks already cover it."""
+
+
+def _dropout_args(func, args: tuple, kwargs: dict) -> tuple[bool, float]:
+    """``(training, p)`` of a dropout call, with the function's own defaults."""
+    try:
+        bound = inspect.signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        return bool(a.get("training", a.get("train", True))), float(a.get("p", 0.5))
+    except (TypeError, ValueError):  # a builtin (torch.dropout(input, p, train)): positional
+        p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+        train = kwargs.get("train", args[2] if len(args) > 2 else True)
+        return bool(train), float(p)
+
+
+_WRAPPERS = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.SELU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
+)  # fmt: skip
+"""Modules whose forward is one of the logged functions (their own checks cover them)."""
+
+
+class _Log(TorchFunctionMode):
+    def __init__(self, stack: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.stack = stack
+        self.calls: list[FunctionalCall] = []
+        self.counts: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = DROPOUT_FUNCTIONS.get(func) or ACTIVATION_FUNCTIONS.get(func)
+        if kind is not None:
+            name, module = self.stack[-1] if self.stack else (MODEL, None)
+            order = self.counts.get(name, 0)
+            self.counts[name] = order + 1
+            training = p = None
+            if func in DROPOUT_FUNCTIONS:
+                training, p = _dropout_args(func, args, kwargs)
+            wrapped = isinstance(module, _WRAPPERS)
+            self.calls.append(FunctionalCall(name, order, kind, training, p, wrapped))
+        return func(*args, **kwargs)
+
+
+def trace_calls(model: nn.Module, *args: object) -> list[FunctionalCall]:
+    """Run ``model(*args)`` once in training mode (see the module docstring) and return the
+    activation and dropout function calls of that forward, in call order.
+
+    A model already in training mode keeps each module's own flag (so a dropout module switched
+    to eval shows up as a call with ``training=False``); a model in eval mode is put in training
+    mode for the trace. Gradients are off; buffers (BatchNorm's running statistics) and every
+    module's training flag are restored afterwards, also when the forward raises.
+    """
+    modes = {m: m.training for m in model.modules()}
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    stack: list[tuple[str, nn.Module]] = []
+    handles = []
+    for name, m in model.named_modules():
+
+        def enter(mod, _args, name=name or MODEL):
+            stack.append((name, mod))
+
+        def leave(mod, _args, _out):
+            if stack and stack[-1][1] is mod:
+                stack.pop()
+
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    log = _Log(stack)
+    try:
+        if not model.training:
+            model.train()
+        with torch.no_grad(), log:
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return log.calls
