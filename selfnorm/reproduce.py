@@ -1,12 +1,15 @@
 r"""Reproductions: the seed TensorFlow example's bugs, and the paper's Figure 1.
 
-``seed-tf-bugs``
-    The seed example's 784-512x4-10 SELU network as written: its alpha dropout function takes a
-    drop *rate* but is passed ``keep_prob=0.7`` (so 70% of the units are dropped), its biases
-    start at N(0, 1) and its weights use Xavier/Glorot init (variant ``selu@seed-tf`` with drop
-    rate 0.7), against the corrected SNN (LeCun init, zero biases, drop rate 0.3 = keep 0.7 as
-    intended), same data, same seed, same batches: one ``selfnorm compare`` run, with its
-    report, per-layer histograms and the audit of both models.
+``seed-tf`` (also ``seed-tf-bugs``)
+    The seed example's 784-512x4-10 SELU network as written (variant ``selu@seed-tf``: Glorot
+    weights, N(0, 1) biases, and no dropout at all: its ``dropout_selu(x, keep_prob)`` is called
+    without ``training``, which defaults to False, so it returns its input at train and at test
+    time and the fed ``keep_prob`` 0.7 changes nothing) against the corrected SNN (LeCun init,
+    zero biases, alpha dropout with drop rate 0.3 = keep 0.7 as intended), same data, same seed,
+    same batches: one ``selfnorm compare`` run, with its report, per-layer histograms and the
+    audit of both. The seed's second bug, ``keep_prob`` passed into a parameter that is a drop
+    *rate* (70% dropped), only bites a caller that passes ``training=True``: it is described,
+    not run, here. Both variants see standardized inputs (the seed fed [0, 1] pixels).
 
 ``figure1``
     Klambauer et al. (2017), Figure 1: training loss against update steps for SNNs and ReLU
@@ -51,14 +54,18 @@ from selfnorm.training import (
 
 __all__ = ["REPRODUCTIONS", "Figure1Config", "run_figure1", "run_seed_tf_bugs", "roughness"]
 
-REPRODUCTIONS = ("seed-tf-bugs", "figure1")
+REPRODUCTIONS = ("seed-tf", "figure1")
 
 SEED_TF_INTRO = (
     "The seed TensorFlow example as written (selu@seed-tf: Glorot weights, N(0, 1) biases, and "
-    "keep_prob=0.7 passed to a function that expects a drop rate, so 70% of the units are "
-    "dropped) against the corrected SNN (selu: LeCun normal weights, zero biases, drop rate "
-    "0.3 = keep probability 0.7 as intended). Same network (784-512x4-10), data, seed and "
-    "batches; Adam lr 1e-3, batch 100."
+    "no dropout: its dropout_selu(x, keep_prob) is called without training=, which defaults to "
+    "False, so the function returns its input and the fed keep_prob 0.7 does nothing) against "
+    "the corrected SNN (selu: LeCun normal weights, zero biases, alpha dropout with drop rate "
+    "0.3 = keep probability 0.7 as intended). Had the seed passed training=True, its second bug "
+    "would bite: keep_prob goes into a parameter that is a drop rate, so 70% of the units would "
+    "be dropped. Same network (784-512x4-10), data, seed and batches; Adam lr 1e-3, batch 100; "
+    "both on standardized inputs (the seed fed pixels in [0, 1]). The seed's tutorial printed "
+    "test accuracy 0.9764 after 50 epochs (--epochs 50)."
 )
 
 
@@ -68,13 +75,13 @@ def seed_tf_bugs_config(
     dataset: str = "mnist",
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """The experiment of the ``seed-tf-bugs`` reproduction, as a config dict."""
+    """The experiment of the ``seed-tf`` reproduction, as a config dict."""
     return {
         "data": {"dataset": dataset, "data_dir": data_dir, "standardize": "global"},
         "model": {"kind": "mlp", "depth": 4, "width": 512},
         "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 100, "epochs": epochs},
         "activations": ["selu@seed-tf", "selu"],
-        "dropout_by_activation": {"selu@seed-tf": 0.7, "selu": 0.3},
+        "dropout_by_activation": {"selu@seed-tf": 0.0, "selu": 0.3},  # as written: inert
         "seeds": list(seeds),
     }
 

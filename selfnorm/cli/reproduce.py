@@ -18,17 +18,19 @@ def _ints(flag: str, text: str) -> list[int]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from selfnorm import reproduce
 
+    if args.name == "seed-tf-bugs":  # the earlier name
+        args.name = "seed-tf"
     out = Path(args.out or f"runs/reproduce-{args.name}")
     only = {
-        "seed-tf-bugs": {"paper": "--paper", "lr": "--lr", "depths": "--depths",
+        "seed-tf": {"paper": "--paper", "lr": "--lr", "depths": "--depths",
                          "train_samples": "--train-samples"},
         "figure1": {"seeds": "--seeds", "resume": "--resume"},
     }[args.name]  # fmt: skip
     for attr, flag in only.items():
         if getattr(args, attr):
-            other = "figure1" if args.name == "seed-tf-bugs" else "seed-tf-bugs"
+            other = "figure1" if args.name == "seed-tf" else "seed-tf"
             raise CliError(f"{flag} belongs to `reproduce {other}`, not {args.name}; drop it")
-    if args.name == "seed-tf-bugs":
+    if args.name == "seed-tf":
         summary = reproduce.run_seed_tf_bugs(
             out,
             epochs=args.epochs or 3,
@@ -72,11 +74,13 @@ def register(sub) -> None:
     """Add the ``reproduce`` subcommand."""
     p = sub.add_parser(
         "reproduce",
-        help="seed-tf-bugs (the seed TF example as written vs fixed) or figure1 (the paper's)",
+        help="seed-tf (the seed TF example as written vs corrected) or figure1 (the paper's)",
     )
-    p.add_argument("name", choices=["seed-tf-bugs", "figure1"])
-    p.add_argument("--epochs", type=int, help="seed-tf-bugs: 3 (original 50); figure1: 2")
-    p.add_argument("--seeds", help="seed-tf-bugs: comma-separated seeds (default 0)")
+    p.add_argument("name", choices=["seed-tf", "seed-tf-bugs", "figure1"],
+                   help="seed-tf (also seed-tf-bugs): the seed TensorFlow MLP as written vs "
+                   "corrected; figure1: the paper's Figure 1")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="seed-tf: 3 (original 50); figure1: 2")
+    p.add_argument("--seeds", help="seed-tf: comma-separated seeds (default 0)")
     p.add_argument("--dataset", help="mnist (default); figure1 also takes cifar10")
     p.add_argument("--data-dir", help="dataset folder or cache root")
     p.add_argument("--lr", type=float, help="figure1: SGD learning rate (default 0.01)")
@@ -84,7 +88,7 @@ def register(sub) -> None:
     p.add_argument("--train-samples", type=int, help="figure1: first N images (default 10000)")
     p.add_argument("--paper", action="store_true", help="figure1: the paper's exact settings")
     p.add_argument("--out", help="output folder (default runs/reproduce-NAME)")
-    p.add_argument("--resume", action="store_true", help="seed-tf-bugs: continue a run")
+    p.add_argument("--resume", action="store_true", help="seed-tf: continue a run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_reproduce)
