@@ -13,7 +13,7 @@ def test_theory_json(capsys, tmp_path):
     assert abs(out["jacobian"][0][1] - 0.088834) < 1e-6
     assert abs(out["jacobian"][1][1] - 0.782648) < 1e-6
     assert round(out["spectral_norm"], 4) == 0.7877
-    assert [t["name"] for t in out["theorems"]] == ["theorem1", "theorem2", "theorem3"]
+    assert [t["name"] for t in out["theorems"]] == ["theorem1", "theorem2", "theorem3", "theorem3b"]
     assert all(t["holds"] and t["grid_size"] == 8**4 for t in out["theorems"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -174,7 +174,7 @@ def test_solver_explains_unreachable_fixed_points():
 
 def test_theorems_hold_on_million_point_grids():
     checks = {c.name: c for c in check_theorems(points_per_axis=32)}
-    assert set(checks) == {"theorem1", "theorem2", "theorem3"}
+    assert set(checks) == {"theorem1", "theorem2", "theorem3", "theorem3b"}
     for c in checks.values():
         assert c.grid_size == 32**4
         assert c.holds, c
@@ -182,6 +182,7 @@ def test_theorems_hold_on_million_point_grids():
     assert 0.7877 < t1.worst < 1.0  # at least the norm at the fixed point, below 1
     assert t1.extra["maps_into_domain"]
     assert checks["theorem2"].worst < 0 < checks["theorem3"].worst
+    assert 0 < checks["theorem3b"].worst and checks["theorem3b"].domain["nu"] == (0.02, 0.24)
 
 
 def test_theorem_check_detects_a_violation():
