@@ -204,7 +204,8 @@ def register(sub) -> None:
         help="nested k-fold CV of the variants and scikit-learn baselines on a CSV table",
         description="Stratified k-fold cross-validation; inside each training fold the "
         "hyperparameters are chosen on an inner validation split. Networks (the variants of "
-        "--grid) and baselines (random forest, SVM, logistic regression) share the folds; "
+        "--grid) and baselines (random forest, SVM, logistic regression, Gaussian naive Bayes) "
+        "share the folds; "
         "per method mean ± std, rank and a Wilcoxon test against the best.",
     )
     p.add_argument("dataset", metavar="csv:PATH", help="the table: features..., label")
