@@ -212,13 +212,16 @@ def run_jobs(
             "record", "elapsed", "eta"}`` (``eta`` in seconds, None before the first job ends).
 
     Returns:
-        The ``job.json`` records (finished ones read back from disk).
+        The ``job.json`` records (finished ones read back from disk). A job whose settings
+        ran before under another folder name (a narrowed grid axis changes the readable
+        prefix, not the hash) reuses that folder.
     """
     root = Path(root).resolve()
     if len({j.name for j in jobs}) != len(jobs):
         raise ValueError("two jobs have the same name (the same config twice); remove duplicates")
     executor = LocalExecutor() if executor is None else executor
     check_executor(executor)
+    jobs = _reuse_folders(jobs, root)
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -275,6 +278,23 @@ def connect(executor: Executor) -> Iterator[None]:
 
 _CONNECTED = False
 """True while :func:`connect` holds a Ray connection it made."""
+
+
+def _reuse_folders(jobs: Sequence[Job], root: Path) -> list[Job]:
+    """A job whose settings already have a folder under another readable prefix (the prefix
+    names the grid keys a spec varies, so narrowing an axis renames it) takes that folder: a
+    job's identity is the hash of its resolved settings, the name's last part."""
+    import dataclasses
+
+    folder = root / "jobs"
+    if not folder.is_dir():
+        return list(jobs)
+    by_digest = {p.name.rsplit("-", 1)[-1]: p.name for p in sorted(folder.iterdir()) if p.is_dir()}
+    out = []
+    for job in jobs:
+        name = by_digest.get(job.name.rsplit("-", 1)[-1], job.name)
+        out.append(job if name == job.name else dataclasses.replace(job, name=name))
+    return out
 
 
 def check_executor(executor: Executor) -> None:

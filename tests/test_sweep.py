@@ -426,3 +426,19 @@ def test_a_sweep_on_a_ray_address_connects_once_and_runs(spec, tmp_path, monkeyp
             torch.set_num_threads(threads)
     assert calls == [("init", address), ("shutdown",)]
     assert summary["jobs_total"] == 2 and not summary["jobs_failed"]
+
+
+def test_narrowing_a_grid_axis_reuses_the_finished_jobs(local, tmp_path):
+    """depth [1, 2] -> [1]: the depth-1 jobs have the same settings, so the same hash; their
+    folder names (whose readable prefix named the varied depth) are found by that hash and
+    nothing trains again."""
+    src, expected, _ = local
+    out = tmp_path / "sweep"
+    shutil.copytree(src, out)
+    narrow = sweep_from_dict({**SMALL, "grid": {"depth": [1], "dropout": {"selu": [0.0]}}})
+    assert {j.name for j in narrow.jobs()}.isdisjoint(p.name for p in (out / "jobs").iterdir())
+    events = []
+    summary = run_sweep(narrow, out, executor=LocalExecutor(2, 1), progress=events.append)
+    assert events == []  # every job was finished already
+    kept = {n: m for n, m in _metrics(expected).items() if "-d1-" in n}
+    assert len(kept) == 4 and _metrics(summary) == kept
