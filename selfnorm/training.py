@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -541,13 +542,12 @@ def compare(
         results: dict[str, list[dict[str, Any]]] = {}
         histories: dict[str, list[list[dict[str, Any]]]] = {}
         for activation in config.activations:
-            bar = tqdm(
-                total=config.train.epochs * len(config.seeds),
-                desc=f"{activation:>10}",
-                disable=not progress,
-                leave=True,
-                unit="ep",
-            )
+            total = config.train.epochs * len(config.seeds)
+            if progress and not sys.stderr.isatty():  # a log file: plain lines, no \r frames
+                bar: Any = _LineProgress(total, activation)
+            else:
+                bar = tqdm(total=total, desc=f"{activation:>10}", disable=not progress,
+                           leave=True, unit="ep")  # fmt: skip
             for seed in config.seeds:
                 paths = run_dir.run(activation, seed)
                 if paths.result.exists():
@@ -575,6 +575,38 @@ def compare(
         summary = summarize(config, results, histories, device=str(device), dataset=ds)
         atomic_write_json(run_dir.summary, summary)
     return summary
+
+
+class _LineProgress:
+    """The part of tqdm's interface that :func:`compare` uses, as plain lines on stderr: at most
+    one every :attr:`EVERY` seconds, and one at the end (for output redirected to a file)."""
+
+    EVERY = 10.0
+
+    def __init__(self, total: int, name: str) -> None:
+        self.total, self.name, self.n = total, name, 0
+        self.postfix: dict[str, Any] = {}
+        self.t0 = self.last = time.perf_counter()
+        self.printed = -1
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **postfix: Any) -> None:
+        self.postfix = postfix
+        if time.perf_counter() - self.last >= self.EVERY:
+            self._line()
+
+    def _line(self) -> None:
+        self.last = time.perf_counter()
+        self.printed = self.n
+        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        print(f"{self.name}: {self.n}/{self.total} epochs{extra} "
+              f"({self.last - self.t0:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.printed != self.n:
+            self._line()
 
 
 def _check_runs(

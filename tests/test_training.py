@@ -247,3 +247,16 @@ def test_checkpoints_follow_the_clock_and_the_last_epoch(tmp_path, digits, monke
         with pytest.raises(ValueError, match="must be a number >= 0"):
             compare(cfg, str(tmp_path / "bad"), progress=False, dataset=digits,
                     checkpoint_seconds=bad)  # fmt: skip
+
+
+def test_progress_to_a_file_is_plain_lines(tmp_path, digits, capsys):
+    """stderr that is not a terminal (a log file) gets one line per variant, no \\r frames."""
+    cfg = small_config(activations=["selu", "relu"], seeds=[0])
+    compare(cfg, str(tmp_path / "p"), progress=True, dataset=digits)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert (
+        err.splitlines()
+        == [line for line in err.splitlines() if line.startswith(("selu: 3/3 epochs", "relu: 3/3"))]
+        and len(err.splitlines()) == 2
+    )
