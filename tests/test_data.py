@@ -510,3 +510,83 @@ def test_dataset_checks_its_arrays():
         Dataset("t", x, y + 1, x, y, x, y, 2, ("a", "b"))
     with pytest.raises(ValueError, match="do not fit x_train"):
         Dataset("t", x, y, x[:, :2], y, x, y, 2, ("a", "b"))
+
+
+# ---------------------------------------------------------------------------------------------
+# SVHN: test-written .mat files through the real downloader
+# ---------------------------------------------------------------------------------------------
+
+
+def _svhn_mat(n: int, seed: int) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """A small file in SVHN's layout: X (32, 32, 3, N) uint8, y (N, 1) in 1..10."""
+    import scipy.io
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+    y = np.resize(np.arange(1, 11, dtype=np.uint8), n)[:, None]  # every label, 10 included
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"X": x, "y": y})
+    return buf.getvalue(), x, y
+
+
+@pytest.fixture
+def svhn_server(monkeypatch):
+    import dataclasses
+
+    from selfnorm.datasets import registry
+    from selfnorm.datasets.download import RemoteFile
+
+    train, x_tr, y_tr = _svhn_mat(200, 0)
+    test, x_te, y_te = _svhn_mat(20, 1)
+    files = {"train_32x32.mat": train, "test_32x32.mat": test}
+    spec = dataclasses.replace(
+        registry.DATASETS["svhn"],
+        files=tuple(RemoteFile(n, hashlib.md5(b).hexdigest(), len(b)) for n, b in files.items()),
+    )
+    monkeypatch.setitem(registry.DATASETS, "svhn", spec)
+    s = _Server(files)
+    yield s, (x_tr, y_tr, x_te, y_te)
+    s.close()
+
+
+def test_svhn_downloads_checks_and_maps_labels_and_layout(svhn_server, tmp_path):
+    server, (x_tr, y_tr, x_te, y_te) = svhn_server
+    cfg = DataConfig("svhn", data_dir=str(tmp_path), standardize="none")
+    ds = load_dataset(cfg, progress=False, mirrors={"svhn": [server.url + "ok"]})
+    assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10
+    assert ds.class_names == tuple(str(i) for i in range(10))
+    # the test split as stored: image k is X[:, :, :, k] as channels-first, label 10 -> digit 0
+    pixels = np.rint(ds.x_test * 255.0).astype(np.uint8)  # the stored bytes, scaled by 1/255
+    np.testing.assert_array_equal(pixels, x_te.transpose(3, 2, 0, 1))
+    np.testing.assert_array_equal(ds.y_test, y_te[:, 0] % 10)
+    assert 0 in ds.y_test and 10 not in ds.y_test
+    assert sorted(p.name for p in (tmp_path / "svhn").iterdir()) == [
+        "test_32x32.mat", "train_32x32.mat",
+    ]  # fmt: skip
+    before = len(server.requests)
+    load_dataset(cfg, progress=False, mirrors={"svhn": [server.url + "ok"]})
+    assert len(server.requests) == before  # cached
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("corrupt", "checksum mismatch"),
+                                              ("truncate", "cut short")])  # fmt: skip
+def test_svhn_bad_download_leaves_nothing(svhn_server, tmp_path, mode, reason):
+    server, _ = svhn_server
+    with pytest.raises(DownloadError) as e:
+        load_dataset(DataConfig("svhn", data_dir=str(tmp_path)), False,
+                     {"svhn": [server.url + mode]})  # fmt: skip
+    assert reason in str(e.value) and "train_32x32.mat" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_svhn_file_format_errors_are_named():
+    import scipy.io
+
+    from selfnorm.datasets.formats import parse_svhn_mat
+
+    with pytest.raises(DataFileError, match="not a readable MATLAB file"):
+        parse_svhn_mat(b"garbage" * 10, "train_32x32.mat")
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.array([[0], [3]])})
+    with pytest.raises(DataFileError, match=r"labels must be 1\.\.10"):
+        parse_svhn_mat(buf.getvalue(), "t.mat")

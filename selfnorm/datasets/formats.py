@@ -23,6 +23,7 @@ __all__ = [
     "DataFileError",
     "parse_cifar10_archive",
     "parse_idx",
+    "parse_svhn_mat",
     "read_csv",
 ]
 
@@ -77,6 +78,48 @@ def parse_idx(data: bytes, magic: int, name: str = "IDX data") -> np.ndarray:
             f"but the file has {len(data)} bytes; it is truncated or corrupt"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def parse_svhn_mat(data: bytes, name: str = "svhn .mat") -> tuple[np.ndarray, np.ndarray]:
+    """Read one SVHN cropped-digits file (``train_32x32.mat``, ``test_32x32.mat``) in memory.
+
+    The files are MATLAB v5 with ``X``, uint8 images stored as ``(32, 32, 3, N)`` (height,
+    width, channel, sample), and ``y``, labels ``(N, 1)`` in 1..10 where 10 stands for the
+    digit 0 (read with ``scipy.io.loadmat``).
+
+    Returns:
+        ``(x, y)``: uint8 ``(N, 3, 32, 32)`` images and int64 labels 0..9 (the digit).
+
+    Raises:
+        DataFileError: not a readable .mat, ``X``/``y`` missing, wrong shapes or labels.
+
+    Example:
+        >>> import io, scipy.io
+        >>> buf = io.BytesIO()
+        >>> x = np.zeros((32, 32, 3, 2), np.uint8); x[0, 1, 2, 1] = 7
+        >>> scipy.io.savemat(buf, {"X": x, "y": np.array([[10], [3]], np.uint8)})
+        >>> images, labels = parse_svhn_mat(buf.getvalue())
+        >>> images.shape, images[1, 2, 0, 1], labels.tolist()
+        ((2, 3, 32, 32), np.uint8(7), [0, 3])
+    """
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - scipy raises several kinds for a damaged file
+        raise DataFileError(f"{name} is not a readable MATLAB file ({e})") from e
+    if "X" not in mat or "y" not in mat:
+        raise DataFileError(f"{name} lacks the arrays X and y (found {sorted(mat)})")
+    x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != len(y):
+        raise DataFileError(
+            f"{name}: X has shape {x.shape}, expected (32, 32, 3, N) with N = {len(y)} labels"
+        )
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DataFileError(
+            f"{name}: labels must be 1..10 (10 is the digit 0), got {y.min()}..{y.max()}"
+        )
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1), dtype=np.uint8), (y % 10).astype(np.int64)
 
 
 def parse_cifar10_archive(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from selfnorm.datasets.formats import (
     DataFileError,
     parse_cifar10_archive,
     parse_idx,
+    parse_svhn_mat,
 )
 
 __all__ = [
@@ -98,6 +99,12 @@ def _read_cifar10(contents: dict[str, bytes]) -> RawData:
     )
 
 
+def _read_svhn(contents: dict[str, bytes]) -> RawData:
+    x, y = parse_svhn_mat(contents["train_32x32.mat"], "train_32x32.mat")
+    x_test, y_test = parse_svhn_mat(contents["test_32x32.mat"], "test_32x32.mat")
+    return RawData(x, y, x_test, y_test, DIGIT_CLASSES, 1.0 / 255.0)
+
+
 def _read_digits(_: dict[str, bytes]) -> RawData:
     from sklearn.datasets import load_digits
 
@@ -147,6 +154,13 @@ CIFAR10_FILES = (
     RemoteFile("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530", 170052171),
 )
 
+# The cropped-digits files of the Stanford SVHN page (MD5s as torchvision lists them); the
+# optional 531,131-image extra_32x32.mat is not part of this dataset.
+SVHN_FILES = (
+    RemoteFile("train_32x32.mat", "e26dedcc434d2e4c54c9b2d4a06d8373"),
+    RemoteFile("test_32x32.mat", "eb5a983be6a315427106f1b164d9cef3"),
+)
+
 _SPECS = (
     DatasetSpec("digits", "scikit-learn's bundled 8x8 digits, 1797 images", _read_digits),
     DatasetSpec("iris", "scikit-learn's bundled iris, 150 x 4", _sklearn_table("load_iris")),
@@ -180,6 +194,13 @@ _SPECS = (
         CIFAR10_FILES,
         ("https://www.cs.toronto.edu/~kriz/",),
     ),
+    DatasetSpec(
+        "svhn",
+        "Street View House Numbers (cropped digits), 73257 + 26032 images 3x32x32",
+        _read_svhn,
+        SVHN_FILES,
+        ("http://ufldl.stanford.edu/housenumbers/",),
+    ),
 )
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in _SPECS}
 """The registry: dataset name -> :class:`DatasetSpec`."""
@@ -190,7 +211,7 @@ def dataset_names() -> tuple[str, ...]:
 
     Example:
         >>> dataset_names()
-        ('breast-cancer', 'cifar10', 'digits', 'fashion-mnist', 'iris', 'mnist', 'wine')
+        ('breast-cancer', 'cifar10', 'digits', 'fashion-mnist', 'iris', 'mnist', 'svhn', 'wine')
     """
     return tuple(sorted(DATASETS))
 
