@@ -264,7 +264,9 @@ def register(sub) -> None:
         "--dropout", help="drop rate for every variant (0.1) or per variant (selu=0.1,relu=0.2)"
     )
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, cifar10, svhn, csv:PATH")
+    g.add_argument(
+        "--dataset", help="digits (default), mnist, fashion-mnist, cifar10, svhn, csv:PATH"
+    )
     g.add_argument("--data-dir", help="dataset cache (default $SELFNORM_DATA or ~/.cache/selfnorm)")
     g.add_argument("--target", help="CSV target column: name or index (default: last)")
     g.add_argument("--standardize", choices=["feature", "global", "none"], default=None)
