@@ -4,7 +4,8 @@
 only sets a flag that the training loop checks before each optimizer step (it then writes a
 checkpoint of exactly where it stopped, mid-epoch included, and raises :class:`Interrupted`);
 a second signal aborts at once with ``KeyboardInterrupt``, which every durable write survives
-(the last checkpoint stays resumable). Outside the main thread it installs nothing.
+(the last checkpoint stays resumable). Outside the main thread it installs nothing, and a
+signal the process inherited as ignored (a script's background job) stays ignored.
 
 Example:
     >>> with graceful_stop() as stop:
@@ -106,7 +107,8 @@ def graceful_stop(
             )
 
     for s in _SIGNALS:
-        signal.signal(s, handler)
+        if previous[s] is not signal.SIG_IGN:  # ignored from the start (a background job of a
+            signal.signal(s, handler)  # script, nohup-style): it stays ignored, as by convention
     _ACTIVE.append(flag)
     try:
         yield flag

@@ -303,10 +303,17 @@ def test_a_stop_mid_epoch_saves_and_resumes_exactly(reference, tmp_path, digits,
     assert_same_run(reference, out)
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as in a terminal (a test runner started in the
+    background may pass them on ignored, and an ignored signal stays ignored by design)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _popen(args, **kw):
     return subprocess.Popen(
         [sys.executable, "-m", "selfnorm", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, **kw,
+        stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals, **kw,
     )  # fmt: skip
 
 
@@ -404,3 +411,20 @@ def test_report_skips_a_cut_records_chunk_with_one_warning_line(reference, tmp_p
     assert code == 0 and (root / "report.html").exists()
     assert err.count("\n") == 1 and err.startswith("selfnorm report: warning: skipping ")
     assert str(chunk) in err
+
+
+def test_an_inherited_ignored_sigint_stays_ignored():
+    """A background job of a script starts with SIGINT ignored; Ctrl-C in the terminal must not
+    reach it, so graceful_stop leaves an ignored signal alone (and restores everything)."""
+    from selfnorm.interrupts import graceful_stop
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with graceful_stop(announce=False) as flag:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # handled
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not flag.requested
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -308,6 +308,13 @@ def test_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def _default_signals() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal (see test_faults)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _sweep_process(toml, out):
     import subprocess
     import sys
@@ -316,6 +323,7 @@ def _sweep_process(toml, out):
         [sys.executable, "-m", "selfnorm", "sweep", str(toml), "--out", str(out),
          "--workers", "2", "--threads", "1", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=_default_signals,
     )  # fmt: skip
 
 
