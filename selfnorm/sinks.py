@@ -98,6 +98,15 @@ class TensorBoardSink:
                     _scalar(w, f"weight/{layer}/{key}", records.weights[key][s, j], step)
         w.flush()
 
+    def write_scalars(self, values: dict[str, float], step: int) -> None:
+        """Scalars that are not records, e.g. a run's per-epoch ``train/loss``, ``val/accuracy``
+        and final ``test/...`` numbers (:func:`selfnorm.training.train_run` writes them at the
+        last step of each epoch, on the records' step axis); non-finite values are left out."""
+        w = self._open()
+        for tag, value in values.items():
+            _scalar(w, tag, value, step)
+        w.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

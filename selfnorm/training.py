@@ -355,6 +355,8 @@ def train_run(
 
     start_step = (start_epoch - 1) * steps_per_epoch + start_batch
     recorder = _recorder(model, config, paths, start_step, steps_per_epoch)
+    sinks = recorder.sinks if recorder is not None else []
+    board = next((k for k in sinks if isinstance(k, TensorBoardSink)), None)
     diverged_reason = None
     last_save = time.perf_counter()
 
@@ -408,6 +410,12 @@ def train_run(
             }
             paths.append_metrics(row)
             history.append(row)
+            if board is not None:  # on the step axis of the records: the epoch's last step
+                board.write_scalars(
+                    {"train/loss": train_loss, "train/accuracy": train_acc,
+                     "val/loss": val_loss, "val/accuracy": val_acc},
+                    epoch * steps_per_epoch - 1,
+                )  # fmt: skip
             now = time.perf_counter()
             if epoch == cfg.epochs or now - last_save >= checkpoint_seconds:
                 checkpoint(epoch)
@@ -415,17 +423,21 @@ def train_run(
             if on_epoch:
                 on_epoch(row)
 
-    result: dict[str, Any] = {
-        "activation": activation,
-        "seed": seed,
-        "epochs_completed": len(history),
-        "diverged": diverged_reason is not None,
-        "diverged_reason": diverged_reason,
-    }
-    if diverged_reason is None:
-        result["test_loss"], result["test_accuracy"] = evaluate(model, data.x_test, data.y_test)
-    else:
-        result["test_loss"] = result["test_accuracy"] = None
+        result: dict[str, Any] = {
+            "activation": activation,
+            "seed": seed,
+            "epochs_completed": len(history),
+            "diverged": diverged_reason is not None,
+            "diverged_reason": diverged_reason,
+        }
+        if diverged_reason is None:
+            test = evaluate(model, data.x_test, data.y_test)
+            result["test_loss"], result["test_accuracy"] = test
+            if board is not None:
+                board.write_scalars({"test/loss": test[0], "test/accuracy": test[1]},
+                                    cfg.epochs * steps_per_epoch - 1)  # fmt: skip
+        else:
+            result["test_loss"] = result["test_accuracy"] = None
     result["config_digest"] = digest
     atomic_write_json(paths.result, result)
     return result

@@ -145,6 +145,18 @@ def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
         acc.Reload()
         assert [e.step for e in acc.Histograms("act/act2/post")] == r.steps.tolist()
         assert "act/act1/fp_distance" in acc.Tags()["scalars"]
+        # the run's numbers as scalars, at each epoch's last step, equal to metrics.jsonl
+        rows = [json.loads(x) for x in (out / "runs" / name / "seed0" / "metrics.jsonl")
+                .read_text().splitlines()]  # fmt: skip
+        for tag, key in (("train/loss", "train_loss"), ("val/accuracy", "val_accuracy")):
+            events = acc.Scalars(tag)
+            assert [e.step for e in events] == [r["epoch"] * spe - 1 for r in rows]
+            np.testing.assert_allclose([e.value for e in events], [r[key] for r in rows],
+                                       rtol=1e-6)  # fmt: skip
+        result = json.loads((out / "runs" / name / "seed0" / "result.json").read_text())
+        (test_acc,) = acc.Scalars("test/accuracy")
+        assert test_acc.step == 2 * spe - 1
+        assert test_acc.value == pytest.approx(result["test_accuracy"], rel=1e-6)
 
     plain = tmp_path / "plain"
     assert main(["compare", *FAST, "--activations", "selu", "--out", str(plain)]) == 0
