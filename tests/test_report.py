@@ -54,7 +54,28 @@ def test_verdict_reads_the_numbers():
          "epoch_seconds": 1.0, "diverged": 0.0, "seeds": [0, 1, 2]}  # fmt: skip
     w = dict(v, test_accuracy=0.89)
     text = verdict({"ranking": ["a", "b"], "variants": {"a": v, "b": w}})
-    assert "1.00 points above b" in text and "not a clear win" in text
+    assert "1.00 points above b" in text and "a tie: within the spread over seeds" in text
+    assert "first" not in text  # both reached 97% of their best at epoch 3: nothing to say
+    assert "no spread over seeds to judge them by" in text  # no timing std in this summary
+    # one seed is no evidence; a loss winner other than the accuracy winner is named; a speed
+    # difference inside twice the timing spread is not reported
+    one = {**v, "seeds": [0], "test_accuracy_std": None, "test_loss": 0.3, "test_loss_std": None}
+    text = verdict(
+        {
+            "ranking": ["a", "b"],
+            "variants": {"a": one, "b": dict(one, test_accuracy=0.5, test_loss=0.2)},
+        }
+    )
+    assert "one seed: no evidence of a difference either way" in text
+    assert "b has the lowest test loss, 0.200 (a 0.300)" in text
+    t = dict(v, test_loss=0.1, test_loss_std=0.01, epoch_seconds_std=0.2)
+    text = verdict(
+        {
+            "ranking": ["a", "b"],
+            "variants": {"a": t, "b": dict(t, test_accuracy=0.8, epoch_seconds=1.3)},
+        }
+    )
+    assert "no speed difference to report" in text and "It also has the lowest test loss" in text
     text = verdict(
         {"ranking": ["a"], "variants": {"a": v, "c": dict(v, diverged=1.0)}},
         drift={"a": [], "c": [("act2", 1.7)]},

@@ -240,7 +240,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
+        import shutil
+        import textwrap
+
+        from selfnorm.report.html import verdict
+
         print(comparison_table(summary, "text"))
+        width = min(100, shutil.get_terminal_size((100, 24)).columns)
+        print(textwrap.fill(verdict(summary), width=width))
         print(f"wrote {Path(out) / 'summary.json'}, {html_path} and summary.md")
     return 0
 
