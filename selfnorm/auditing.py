@@ -618,8 +618,8 @@ def _static(trace: _Trace) -> list[Finding]:
                 "no_selu",
                 {"selu_modules": 0},
                 {"selu_modules": ">= 1"},
-                "self-normalization needs selfnorm.SELU / nn.SELU modules (F.selu calls inside "
-                "forward are invisible to the audit)",
+                "self-normalization needs SELU: selfnorm.SELU / nn.SELU modules (or F.selu "
+                "calls in forward, which the audit sees but does not measure)",
             )
         )
     return found

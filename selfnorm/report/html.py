@@ -256,7 +256,11 @@ def make_figures(
             figure(
                 "histograms",
                 f"Post-activation densities of every layer at four moments of training (seed "
-                f"{seed}); dashed: N(0, 1), the distribution at the fixed point.",
+                f"{seed}). Dashed, SELU layers only: what the theory predicts a SELU layer at "
+                "the fixed point outputs, SELU of an N(0, 1) pre-activation (skewed, piled up "
+                "above the saturation value -1.758; not N(0, 1)). Other activations have no "
+                "fixed point to compare with. Mass beyond the range is not drawn; ReLU's exact "
+                "zeros are stated as a percentage.",
                 plots.histogram_evolution_figure(records),
             ),
             figure(

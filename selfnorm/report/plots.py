@@ -57,9 +57,34 @@ def mapping_field_figure(
 _CMAP = "viridis"
 
 
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+            "#17becf", "#bcbd22", "#7f7f7f")  # fmt: skip
+_FAMILY_COLOR = {"selu": 0, "relu": 1, "lrelu": 2, "elu": 3, "gelu": 4, "silu": 5, "tanh": 6}
+"""Each family's own colour, the same in every figure of every run (a second variant of the
+same family in one figure takes the next free colour)."""
+
+
 def _variant_colors(names: Sequence[str]) -> dict[str, str]:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
-    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    """A colour per variant: its family's (``selu``, ``relu+bn`` -> relu's, ...) unless another
+    variant of the figure has it, then the first free one; stable for the same names.
+
+    Example:
+        >>> _variant_colors(["relu", "selu", "selu@seed-tf"]) == {
+        ...     "relu": _PALETTE[1], "selu": _PALETTE[0], "selu@seed-tf": _PALETTE[2]}
+        True
+    """
+    import re
+
+    taken: set[int] = set()
+    out = {}
+    for n in names:
+        family = re.split(r"[@:+]", n, maxsplit=1)[0]
+        want = _FAMILY_COLOR.get(family)
+        if want is None or want in taken:
+            want = next((k for k in range(len(_PALETTE)) if k not in taken), len(taken))
+        taken.add(want)
+        out[n] = _PALETTE[want % len(_PALETTE)]
+    return out
 
 
 def _snapshot_indices(n_records: int, k: int) -> list[int]:
@@ -77,8 +102,36 @@ def _density(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return inner / (total * np.diff(edges)) if total > 0 else inner
 
 
-def _normal_pdf(x: np.ndarray) -> np.ndarray:
-    return np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+def selu_reference_density(edges: np.ndarray) -> np.ndarray:
+    r"""What the theory predicts a SELU layer at the fixed point outputs, binned like a record:
+    the density of :math:`y = \operatorname{selu}(z)`, :math:`z \sim \mathcal N(0, 1)` (the
+    pre-activation of a layer with normalized weights, :math:`\omega = 0, \tau = 1`, fed by
+    (0, 1) activations), averaged over each bin. It is not N(0, 1): skewed, with its mass
+    piled up just above the saturation value :math:`-\lambda\alpha \approx -1.758`.
+
+    .. math:: P(y \le t) = \Phi(t/\lambda)\ (t \ge 0), \quad
+              \Phi\big(\ln(1 + t/(\lambda\alpha))\big)\ (-\lambda\alpha < t < 0)
+
+    Example:
+        >>> e = np.linspace(-4, 4, 801)
+        >>> d = selu_reference_density(e)
+        >>> round(float((d * np.diff(e)).sum()), 5)  # the mass in range: P(y > 4) = 7e-5
+        0.99993
+        >>> float(d[e[1:] <= -1.76].max())  # nothing below the saturation value
+        0.0
+    """
+    from scipy.special import ndtr
+
+    from selfnorm.constants import ALPHA_01, LAMBDA_01
+
+    sat = LAMBDA_01 * ALPHA_01
+    t = np.asarray(edges, dtype=float)
+    cdf = np.where(
+        t >= 0,
+        ndtr(t / LAMBDA_01),
+        ndtr(np.log(np.clip(1.0 + t / sat, 1e-300, None))) * (t > -sat),
+    )
+    return np.diff(cdf) / np.diff(t)
 
 
 def _label_cell(ax, i: int, j: int, n_rows: int, title: str, ylabel: str, xlabel: str) -> None:
@@ -99,7 +152,8 @@ def _grid(n_rows: int, n_cols: int, cell: tuple[float, float] = (3.2, 2.0)):
 
 def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4) -> Figure:
     """(a) Per-layer post-activation densities at ``snapshots`` moments of training (start to
-    end, light to dark), variants side by side, the N(0, 1) density dashed for reference."""
+    end, light to dark), variants side by side; for SELU layers the theory's own reference
+    dashed (:func:`selu_reference_density`, not N(0, 1)); other families get no reference."""
     names = list(records)
     n_layers = max(len(r.layers) for r in records.values())
     fig, axes = _grid(n_layers, len(names))
@@ -122,7 +176,9 @@ def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4
                     lw=1.2,
                     label=f"epoch {rec.epochs[s]:.2g}",
                 )
-            ax.plot(centers, _normal_pdf(centers), "k--", lw=0.8, label="N(0, 1)")
+            if rec.family[i] == "selu":  # the others have no fixed point to compare with
+                ax.stairs(selu_reference_density(rec.bin_edges), rec.bin_edges, color="k",
+                          ls="--", lw=0.8, label="theory: SELU of N(0, 1)")  # fmt: skip
             ax.axvline(0, color="0.8", lw=0.6, zorder=0)
             # A ReLU's exact zeros make a spike that would flatten everything else: clip the
             # axis and print the zero fraction instead.
@@ -150,6 +206,7 @@ def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
     names = list(records)
     n_layers = max(len(r.layers) for r in records.values())
     fig, axes = _grid(n_layers, len(names), cell=(3.2, 1.8))
+    image = None
     for j, name in enumerate(names):
         rec = records[name]
         for i in range(n_layers):
@@ -164,15 +221,19 @@ def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
             x0, x1 = float(rec.epochs[0]), float(rec.epochs[-1])
             if x1 <= x0:
                 x1 = x0 + 1.0
-            ax.imshow(
+            image = ax.imshow(
                 counts,
                 aspect="auto",
                 origin="lower",
                 cmap="magma",
+                vmin=-4.0,
+                vmax=0.0,
                 extent=(x0, x1, float(rec.bin_edges[0]), float(rec.bin_edges[-1])),
             )
             ax.axhline(0, color="w", lw=0.5, alpha=0.6)
             _label_cell(ax, i, j, n_layers, name, f"{rec.layers[i]}\nvalue", "epoch")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="log10(fraction of the values in the bin)")
     fig.suptitle("Post-activation histograms over training, log10(fraction of values per bin)")
     return fig
 
