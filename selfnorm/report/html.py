@@ -275,13 +275,18 @@ def make_figures(
                 "is (0, 1).",
                 plots.moments_figure(records),
             ),
-            figure(
-                "fixed_point_distance",
-                "Distance of each layer's (mean, variance) from (0, 1) against depth, at the "
-                "start, middle and end of training.",
-                plots.fixed_point_distance_figure(records),
-            ),
         ]
+        if any(all(f == "selu" for f in r.family) and len(r.family) for r in records.values()):
+            figs.append(
+                figure(
+                    "fixed_point_distance",
+                    "SELU variants only: the distance sqrt(mean^2 + (variance - 1)^2) of each "
+                    "layer's output mean and variance from the fixed point (0, 1), against "
+                    "depth, at the start, middle and end of training (other activations do not "
+                    "aim at (0, 1)).",
+                    plots.fixed_point_distance_figure(records),
+                )
+            )
     return figs
 
 

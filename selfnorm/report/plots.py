@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from selfnorm._io import atomic_write_bytes
 from selfnorm.constants import ALPHA_01, LAMBDA_01
@@ -284,20 +285,32 @@ def training_curves_figure(histories: Mapping[str, Sequence[Sequence[Mapping]]])
             vals = np.array([[row[key] for row in r[:n]] for r in runs]) * scale
             mean, std = vals.mean(0), vals.std(0)
             ax.plot(epochs, mean, color=colors[name], label=f"{name} ({len(runs)} seeds)")
-            ax.fill_between(epochs, mean - std, mean + std, color=colors[name], alpha=0.2, lw=0)
-    ax_loss.set(title="training loss", xlabel="epoch", yscale="log")
-    ax_vloss.set(title="validation loss", xlabel="epoch", yscale="log")
-    ax_acc.set(title="validation accuracy (%)", xlabel="epoch")
-    ax_acc.legend(fontsize=7)
+            low = mean - std
+            if ax is not ax_acc:  # a log axis: a band reaching 0 or below would draw spikes
+                low = np.maximum(low, mean / 10)
+            ax.fill_between(epochs, low, mean + std, color=colors[name], alpha=0.2, lw=0)
+    for ax, title in ((ax_loss, "training loss"), (ax_vloss, "validation loss")):
+        ax.set(title=title, xlabel="epoch", ylabel="cross-entropy (log scale)", yscale="log")
+        lo, hi = ax.get_ylim()
+        decades = np.log10(hi / lo) if lo > 0 and hi > lo else 3.0
+        subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 2.0, 3.0, 5.0)
+        ax.yaxis.set_major_locator(LogLocator(subs=subs))  # ticks enough, not a crowd
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_vloss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_acc.legend(fontsize=8 if len(names) <= 4 else 7)
     fig.suptitle("Learning curves, mean ± std over seeds")
     return fig
 
 
 def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
     """(e) Distance of each layer's (mean, var) from (0, 1) against depth, at the start, the
-    middle and the end of training."""
-    names = list(records)
-    colors = _variant_colors(names)
+    middle and the end of training, for SELU variants only (the others do not aim at it):
+    :math:`\\sqrt{\\mu^2 + (\nu - 1)^2}` of the layer's output mean and variance."""
+    colors = _variant_colors(list(records))
+    names = [n for n in records if _is_selu_family(records[n])]  # the others do not aim at it
     fig = Figure(figsize=(10.5, 3.6), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     for k, (label, frac) in enumerate((("start", 0.0), ("middle", 0.5), ("end", 1.0))):
@@ -316,10 +329,17 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
         ax.set_title(f"{label} of training")
         ax.set_xlabel("layer (depth)")
         ax.set_yscale("symlog", linthresh=0.1)
+        ax.yaxis.set_major_locator(FixedLocator([0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("distance of (mean, var) from (0, 1)")
     axes[0].legend(fontsize=7)
     fig.suptitle("How far each layer's activations sit from the fixed point (0, 1)")
     return fig
+
+
+def _is_selu_family(rec) -> bool:
+    return bool(len(rec.family)) and all(f == "selu" for f in rec.family)
 
 
 def depth_figure(curves: Mapping[str, object]) -> Figure:
