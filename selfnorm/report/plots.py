@@ -384,7 +384,7 @@ def figure1_figure(curves: Mapping[str, Mapping]) -> Figure:
         shade = 0.45 + 0.5 * depths.index(c["depth"]) / max(len(depths) - 1, 1)
         loss = np.array([np.nan if v is None else v for v in c["loss"]], dtype=float)
         ax.plot(
-            np.arange(1, len(loss) + 1),
+            np.asarray(c.get("step") or np.arange(1, len(loss) + 1)),
             loss,
             color=cmaps[vi % len(cmaps)](shade),
             ls="-" if vi == 0 else "--",
