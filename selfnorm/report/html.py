@@ -255,7 +255,8 @@ def make_figures(
         figs += [
             figure(
                 "histograms",
-                f"Post-activation densities of every layer at four moments of training (seed "
+                f"Post-activation densities of every layer at six moments of training, spaced "
+                f"on a log scale of the step so that early training gets most of them (seed "
                 f"{seed}). Dashed, SELU layers only: what the theory predicts a SELU layer at "
                 "the fixed point outputs, SELU of an N(0, 1) pre-activation (skewed, piled up "
                 "above the saturation value -1.758; not N(0, 1)). Other activations have no "

@@ -89,10 +89,22 @@ def _variant_colors(names: Sequence[str]) -> dict[str, str]:
 
 
 def _snapshot_indices(n_records: int, k: int) -> list[int]:
-    """``k`` record indices spread from the first to the last record (start ... end)."""
+    """Up to ``k`` record indices from the first to the last, spaced on a log scale of the
+    record number, so that early training, where the distributions change most, gets most
+    of them (a linear spacing shows three near-identical late curves).
+
+    Example:
+        >>> _snapshot_indices(300, 6)
+        [0, 2, 9, 30, 95, 299]
+        >>> _snapshot_indices(3, 6)
+        [0, 1, 2]
+    """
     if n_records <= k:
         return list(range(n_records))
-    return sorted({round(i * (n_records - 1) / (k - 1)) for i in range(k)})
+    out = {0, n_records - 1}
+    for x in np.geomspace(1, n_records, k)[1:-1]:
+        out.add(int(round(x)) - 1)
+    return sorted(out)
 
 
 def _density(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -151,7 +163,7 @@ def _grid(n_rows: int, n_cols: int, cell: tuple[float, float] = (3.2, 2.0)):
     return fig, axes
 
 
-def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4) -> Figure:
+def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 6) -> Figure:
     """(a) Per-layer post-activation densities at ``snapshots`` moments of training (start to
     end, light to dark), variants side by side; for SELU layers the theory's own reference
     dashed (:func:`selu_reference_density`, not N(0, 1)); other families get no reference."""
@@ -184,17 +196,22 @@ def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 4
             # A ReLU's exact zeros make a spike that would flatten everything else: clip the
             # axis and print the zero fraction instead.
             ax.set_ylim(0, 1.0)
-            zeros = rec.post["zero_frac"][idx[-1], i]
+            last = idx[-1]
+            notes = []
+            zeros = rec.post["zero_frac"][last, i]
             if np.isfinite(zeros) and zeros > 0.01:
-                ax.text(
-                    0.98,
-                    0.92,
-                    f"{zeros:.0%} exact zeros",
-                    transform=ax.transAxes,
-                    ha="right",
-                    va="top",
-                    fontsize=7,
-                )
+                notes.append(f"{zeros:.0%} exact zeros")
+            sat = rec.post["saturation_frac"][last, i]
+            if rec.family[i] == "selu" and np.isfinite(sat) and sat > 0.01:
+                notes.append(f"{sat:.0%} near saturation")  # the spike the axis clips
+            counts = rec.hist_post[last, i]
+            outside = (counts[0] + counts[-1]) / max(counts.sum(), 1)
+            if outside > 0.005:
+                notes.append(f"{outside:.1%} beyond ±{rec.bin_edges[-1]:g}")
+            if notes:
+                ax.text(0.98, 0.92, "\n".join(notes) + " (at the end)", transform=ax.transAxes,
+                        ha="right", va="top", fontsize=7,
+                        bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})  # fmt: skip
             _label_cell(ax, i, j, n_layers, name, f"{rec.layers[i]}\ndensity", "activation value")
         axes[0, 0].legend(fontsize=6, loc="upper left")
     fig.suptitle("Post-activation distributions over training (one seed per variant)")
