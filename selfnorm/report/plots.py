@@ -355,6 +355,14 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
     return fig
 
 
+def _log_minor_label(v: float, _pos: object) -> str:
+    """Label the 2, 3 and 5 of each decade on a log axis (enough to read it, not a crowd)."""
+    if v <= 0:
+        return ""
+    mantissa = v / 10 ** np.floor(np.log10(v))
+    return f"{v:g}" if min(abs(mantissa - m) for m in (2, 3, 5)) < 1e-6 else ""
+
+
 def _is_selu_family(rec) -> bool:
     return bool(len(rec.family)) and all(f == "selu" for f in rec.family)
 
@@ -388,7 +396,7 @@ def depth_figure(curves: Mapping[str, object]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_v, ax_g):
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
     ax_m.legend(fontsize=8)
     ax_v.plot([], [], "k--", lw=1, label="mean-field map (see below)")
     ax_v.legend(fontsize=8)
