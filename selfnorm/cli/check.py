@@ -167,20 +167,50 @@ def _fmt_dict(d) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in d.items())
 
 
-def _print_table(findings) -> None:
+def _print_table(findings, types: dict[str, str] | None = None) -> None:
+    """The findings as a table: one row per kind and fix, the layers it applies to named with
+    their module type (``fc1 (Linear)``), details wrapped at the terminal's width."""
+    import shutil
+    import textwrap
+
     if not findings:
         print("no findings: the model looks self-normalizing")
         return
-    header = ("SEVERITY", "LAYER", "KIND")
-    rows = [(f.severity, f.layer, f.kind) for f in findings]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(3)]
-    indent = " " * (sum(widths) + 6)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + "  DETAILS")
-    for f, row in zip(findings, rows, strict=True):
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), end="  ")
-        print(f"measured: {_fmt_dict(f.measured)}")
-        print(f"{indent}expected: {_fmt_dict(f.expected)}")
-        print(f"{indent}fix: {f.fix}")
+    types = types or {}
+    groups: dict[tuple, list] = {}
+    for f in findings:  # the same finding on several layers: one row
+        groups.setdefault((f.severity, f.kind, f.fix, _fmt_dict(f.expected)), []).append(f)
+
+    def where(fs) -> str:
+        named = [f"{f.layer} ({types[f.layer]})" if f.layer in types else f.layer for f in fs]
+        return ", ".join(dict.fromkeys(named))
+
+    rows = [(fs[0].severity, where(fs), fs[0].kind, fs) for fs in groups.values()]
+    width = max(60, min(140, shutil.get_terminal_size((120, 24)).columns))
+    w_sev = max(len("SEVERITY"), *(len(r[0]) for r in rows))
+    w_kind = max(len("KIND"), *(len(r[2]) for r in rows))
+    indent = " " * (w_sev + w_kind + 4)
+    print(f"{'SEVERITY'.ljust(w_sev)}  {'KIND'.ljust(w_kind)}  LAYERS, DETAILS")
+    for severity, layers, kind, fs in rows:
+        if len(fs) == 1:
+            measured = _fmt_dict(fs[0].measured)
+        else:
+            measured = "; ".join(f"{f.layer}: {_fmt_dict(f.measured)}" for f in fs)
+        lines = [
+            ("", layers),
+            ("measured: ", measured),
+            ("expected: ", _fmt_dict(fs[0].expected)),
+            ("fix: ", fs[0].fix),
+        ]
+        first = True
+        for label, text in lines:
+            wrapped = textwrap.wrap(
+                label + text, width=width - len(indent), subsequent_indent="  "
+            ) or [label]
+            for line in wrapped:
+                head = f"{severity.ljust(w_sev)}  {kind.ljust(w_kind)}  " if first else indent
+                print(head + line)
+                first = False
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -219,7 +249,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             "a forward pass in eval mode and one in training mode (for the dropout and "
             "activation calls inside forward), no gradients"
         )
-    _print_table(findings)
+    types = {name or "<model>": type(m).__name__ for name, m in model.named_modules()}
+    _print_table(findings, types)
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     print(
         f"{counts['error']} error(s), {counts['warning']} warning(s), {counts['info']} info"
