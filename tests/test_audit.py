@@ -705,3 +705,23 @@ def test_check_flags_the_functional_dropout_trap(tmp_path, capsys):
     assert main(["check", f"{f}:make"]) == 1
     out = capsys.readouterr().out
     assert "inert_dropout" in out and "training=self.training" in out
+
+
+def test_check_groups_a_finding_repeated_on_layers_and_names_module_types(tmp_path, capsys):
+    f = tmp_path / "net.py"
+    f.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    layers = []\n"
+        "    for _ in range(3):\n"
+        "        lin = nn.Linear(64, 64)\n"
+        "        nn.init.normal_(lin.weight, 0, 64 ** -0.5, generator=g)\n"
+        "        nn.init.normal_(lin.bias, generator=g)\n"
+        "        layers += [lin, nn.SELU()]\n"
+        "    return nn.Sequential(*layers, nn.Linear(64, 2))\n"
+    )
+    assert main(["check", f"{f}:make"]) == 1
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "bias_nonzero" in line]
+    assert len(rows) == 1 and rows[0].endswith("0 (Linear), 2 (Linear), 4 (Linear)")
