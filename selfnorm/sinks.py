@@ -50,8 +50,9 @@ class TensorBoardSink:
     the underflow bucket, then each bin's right edge, then the maximum for overflow), scalars
     ``act/<layer>/<stat>`` for the output statistics (:data:`~selfnorm.records.STAT_KEYS`),
     ``act/<layer>/pre_<stat>`` for the input's, ``act/<layer>/grad_std``; per Linear/Conv layer
-    ``weight/<layer>/<key>`` (:data:`~selfnorm.records.WEIGHT_KEYS`). NaN statistics (those that
-    do not apply to a layer) are left out.
+    ``weight/<layer>/<key>`` (:data:`~selfnorm.records.WEIGHT_KEYS`). Statistics that do not
+    apply to a layer's family (NaN ones, a SELU's always-zero ``zero_frac``, ``fp_distance``
+    of a non-SELU layer) are left out.
 
     Args:
         log_dir: folder of the event files.
@@ -91,6 +92,8 @@ class TensorBoardSink:
                     _histogram(w, f"act/{layer}/{kind}", stats, hist[s, i], s, i, edges, step)
                     prefix = "" if kind == "post" else "pre_"
                     for key in STAT_KEYS:
+                        if kind == "post" and not _applies(key, records.family[i]):
+                            continue
                         _scalar(w, f"act/{layer}/{prefix}{key}", stats[key][s, i], step)
                 _scalar(w, f"act/{layer}/grad_std", records.grad_std[s, i], step)
             for j, layer in enumerate(records.weight_layers):
@@ -114,6 +117,23 @@ class TensorBoardSink:
 
     def __repr__(self) -> str:
         return f"TensorBoardSink({str(self.log_dir)!r})"
+
+
+def _applies(key: str, family: str) -> bool:
+    """Whether an output statistic means something for a family: exact zeros for the ReLU
+    family only (a SELU's are always 0), the distance from the fixed point (0, 1) for SELU only
+    (the others do not aim at it); the rest are NaN where they do not apply, and left out."""
+    from selfnorm import taxonomy
+
+    try:
+        k = taxonomy.kind(family)
+    except ValueError:
+        return True
+    if key == "zero_frac":
+        return bool(k.dead_units)
+    if key == "fp_distance":
+        return bool(k.selu)
+    return True
 
 
 def _scalar(writer, tag: str, value: float, step: int) -> None:

@@ -144,7 +144,10 @@ def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
         acc = EventAccumulator(str(tb), size_guidance={"histograms": 0, "scalars": 0})
         acc.Reload()
         assert [e.step for e in acc.Histograms("act/act2/post")] == r.steps.tolist()
-        assert "act/act1/fp_distance" in acc.Tags()["scalars"]
+        tags = acc.Tags()["scalars"]
+        # statistics only where they mean something: zeros for ReLU, (0, 1) distance for SELU
+        assert ("act/act1/fp_distance" in tags) == (name == "selu")
+        assert ("act/act1/zero_frac" in tags) == (name == "relu")
         # the run's numbers as scalars, at each epoch's last step, equal to metrics.jsonl
         rows = [json.loads(x) for x in (out / "runs" / name / "seed0" / "metrics.jsonl")
                 .read_text().splitlines()]  # fmt: skip

@@ -639,10 +639,13 @@ def test_tensorboard_events_hold_the_same_bins_and_grouped_scalars(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    for layer in r.layers:
+    for layer, family in zip(r.layers, r.family, strict=True):
         assert {f"act/{layer}/post", f"act/{layer}/pre"} <= set(tags["histograms"])
-        for key in ("mean", "std", "min", "max", "zero_frac", "fp_distance", "grad_std"):
+        for key in ("mean", "std", "min", "max", "grad_std"):
             assert f"act/{layer}/{key}" in tags["scalars"]
+        # zeros mean something for ReLU only, the (0, 1) distance for SELU only
+        assert (f"act/{layer}/zero_frac" in tags["scalars"]) == (family in ("relu", "lrelu"))
+        assert (f"act/{layer}/fp_distance" in tags["scalars"]) == (family == "selu")
         assert f"act/{layer}/pre_mean" in tags["scalars"]
     assert "act/3/dead_frac" in tags["scalars"] and "act/1/dead_frac" not in tags["scalars"]
     assert "act/1/saturation_frac" in tags["scalars"]
