@@ -257,3 +257,17 @@ def test_model_kind_from_a_file_and_a_flag(tmp_path, capsys):
     assert main(["compare", "--config", str(toml), "--out", str(out)]) == 2
     assert "[model] must be a table" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_subcommand_and_option_has_help():
+    import argparse
+
+    from selfnorm.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    for name, sp in sub.choices.items():
+        assert helps.get(name), f"selfnorm {name} has no help line"
+        missing = [a.option_strings or a.dest for a in sp._actions if not a.help]
+        assert not missing, f"selfnorm {name}: options without help: {missing}"

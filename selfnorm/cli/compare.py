@@ -268,7 +268,9 @@ def register(sub) -> None:
     )
     g.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     g.add_argument(
-        "--dropout", help="drop rate for every variant (0.1) or per variant (selu=0.1,relu=0.2)"
+        "--dropout",
+        help="drop rate (default 0): one for every variant, e.g. 0.05, or per variant, e.g. "
+        "selu=0.05,relu=0.2",
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -276,16 +278,31 @@ def register(sub) -> None:
     )
     g.add_argument("--data-dir", help="dataset cache (default $SELFNORM_DATA or ~/.cache/selfnorm)")
     g.add_argument("--target", help="CSV target column: name or index (default: last)")
-    g.add_argument("--standardize", choices=["feature", "global", "none"], default=None)
+    g.add_argument(
+        "--standardize",
+        choices=["feature", "global", "none"],
+        default=None,
+        help="inputs standardized per feature (default) or by one global mean/std, fitted on "
+        "the training split; none: the values as stored (image pixels scaled to [0, 1])",
+    )
     g.add_argument("--val-fraction", type=float, help="validation share of train (default 0.1)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=["mlp", "cnn"], default=None)
+    g.add_argument(
+        "--model", choices=["mlp", "cnn"], default=None, help="network kind (default mlp)"
+    )
     g.add_argument("--depth", type=int, help="hidden layers (default 4)")
     g.add_argument("--width", type=int, help="hidden units (default 512)")
-    g.add_argument("--shape", choices=["rect", "conic"], default=None)
+    g.add_argument(
+        "--shape",
+        choices=["rect", "conic"],
+        default=None,
+        help="MLP widths: rect, all --width (default), or conic, narrowing with depth",
+    )
     g.add_argument("--channels", help="CNN channels, e.g. 32,64,128")
     g = p.add_argument_group("training")
-    g.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"], default=None)
+    g.add_argument(
+        "--optimizer", choices=["adam", "sgd", "rmsprop"], default=None, help="default adam"
+    )
     g.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     g.add_argument("--momentum", type=float, help="sgd/rmsprop momentum (default 0)")
     g.add_argument(
@@ -294,7 +311,12 @@ def register(sub) -> None:
     g.add_argument("--weight-decay", type=float, help="L2 weight decay (default 0)")
     g.add_argument("--batch-size", type=int, help="mini-batch size (default 128)")
     g.add_argument("--epochs", type=int, help="epochs (default 30)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    g.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="auto (default): cuda when torch sees a GPU, else cpu",
+    )
     g = p.add_argument_group("recording (activation statistics per layer, runs/*/seed*/records)")
     g.add_argument(
         "--record-every",

@@ -75,7 +75,7 @@ def register(sub) -> None:
     )
     p.add_argument("--dataset", help="push a batch of this dataset instead of Gaussian inputs")
     p.add_argument("--data-dir", help="dataset folder or cache root")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
     p.add_argument("--out", default="depth", help="folder for depth.png and depth.json")
     p.add_argument("--json", action="store_true", help="print depth.json")
     p.set_defaults(func=cmd_depth)
