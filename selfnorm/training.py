@@ -502,6 +502,13 @@ def compare(
                 "--tensorboard needs the tensorboard package: pip install 'selfnorm[tensorboard]' "
                 "(or drop --tensorboard; the records are stored in the run directory anyway)"
             )
+
+    def say(text: str) -> None:  # what the slow steps before training are doing
+        if progress:
+            print(text, file=sys.stderr, flush=True)
+
+    if dataset is None:
+        say(f"loading {config.data.dataset} ...")
     ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
     if config.model.kind == "mlp":
         m = config.model
@@ -514,6 +521,8 @@ def compare(
         )
     # Every variant's initial model (first seed) is built before anything is written, so a model
     # that cannot be built fails cleanly; each is audited on a batch of the training data.
+    say(f"auditing each variant's initial model on {min(AUDIT_BATCH, len(ds.x_train))} "
+        "training samples ...")  # fmt: skip
     sample = torch.from_numpy(np.ascontiguousarray(ds.x_train[:AUDIT_BATCH]))
     findings = {
         activation: [
