@@ -34,8 +34,9 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def make_dirs(directory: str | os.PathLike) -> Path:
-    """``mkdir -p`` whose new folders are durable (each parent ``fsync``-ed)."""
+def make_dirs(directory: str | os.PathLike) -> list[Path]:
+    """``mkdir -p`` whose new folders are durable (each parent ``fsync``-ed); returns the
+    folders it created, outermost first."""
     directory = Path(directory)
     missing = []
     p = directory
@@ -45,7 +46,7 @@ def make_dirs(directory: str | os.PathLike) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for d in reversed(missing):
         fsync_dir(d.parent)
-    return directory
+    return missing[::-1]
 
 
 def atomic_write_bytes(

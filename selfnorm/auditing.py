@@ -97,8 +97,8 @@ from scipy.special import chdtri
 from torch import nn
 
 from selfnorm import taxonomy
+from selfnorm.calls import call_findings, check_dropout_modes, trace_calls
 from selfnorm.constants import ALPHA_01, LAMBDA_01
-from selfnorm.dropout import AlphaDropout
 from selfnorm.findings import INPUT, KINDS, MODEL, SEVERITIES, Finding, Severity, Value
 from selfnorm.theory import _THEOREM_DOMAINS, fixed_point, jacobian
 
@@ -127,8 +127,6 @@ _BIAS_WARNING_RMS = 0.1
 _BIAS_ERROR_RMS = 0.5
 _KEEP_PROB_RATE = 0.5
 
-_ALPHA_DROPOUT = (AlphaDropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
-_PLAIN_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _SHAPE_ONLY = (
     nn.Identity, nn.Flatten, nn.Unflatten,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -465,7 +463,7 @@ def _check_bias(name: str, m: nn.Module) -> Finding | None:
 
 def _check_dropout(trace: _Trace, i: int, name: str, m: nn.Module) -> list[Finding]:
     found = []
-    alpha = isinstance(m, _ALPHA_DROPOUT)
+    alpha = isinstance(m, taxonomy.ALPHA_DROPOUT_TYPES)
     p = float(m.p)
     if p > _KEEP_PROB_RATE:
         found.append(
@@ -557,13 +555,13 @@ def _static(trace: _Trace) -> list[Finding]:
             continue
         seen.add(name)
         if taxonomy.is_weight_layer(m):
-            nxt = _neighbour(trace, i, +1, _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT)
+            nxt = _neighbour(trace, i, +1, _SHAPE_ONLY + taxonomy.DROPOUT_TYPES)
             if nxt is not None and _is_selu(trace, nxt):
                 found += [f for f in (_check_weight(name, m), _check_bias(name, m)) if f]
-        elif isinstance(m, _ALPHA_DROPOUT + _PLAIN_DROPOUT):
+        elif isinstance(m, taxonomy.DROPOUT_TYPES):
             found += _check_dropout(trace, i, name, m)
         elif taxonomy.is_norm(m):
-            skip = _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT
+            skip = _SHAPE_ONLY + taxonomy.DROPOUT_TYPES
             near = [j for j in (_neighbour(trace, i, -1, skip), _neighbour(trace, i, +1, skip))]
             selu = next((j for j in near if j is not None and _is_selu(trace, j)), None)
             if selu is not None:
@@ -663,7 +661,7 @@ def _variance_walk(trace: _Trace, order: list[int]) -> dict[int, float]:
     the fixed point), so :math:`a_l = \rho^2 (a_{l-1} + (se_{l-1}/\nu_0)^2) + 2/N_l`.
     """
     walk, a, prev_rel_se = {}, 0.0, 0.0
-    skip = _SHAPE_ONLY + _ALPHA_DROPOUT + _PLAIN_DROPOUT
+    skip = _SHAPE_ONLY + taxonomy.DROPOUT_TYPES
     for i in order:
         m = trace.modules[i]
         lam, alpha = _selu_params(m)
@@ -746,76 +744,6 @@ def _check_drift(trace: _Trace, earlier: list[Finding]) -> list[Finding]:
 # ---------------------------------------------------------------------------------------------
 # The audit.
 # ---------------------------------------------------------------------------------------------
-
-
-_DROPOUT_MODULES = _ALPHA_DROPOUT + _PLAIN_DROPOUT
-
-
-def _check_dropout_modes(model: nn.Module) -> list[Finding]:
-    """A dropout module left in eval mode inside a model in training mode drops nothing."""
-    if not model.training:
-        return []
-    return [
-        Finding(
-            "error",
-            name,
-            "inert_dropout",
-            {"module_training": False, "p": float(m.p)},
-            {"module_training": True},
-            f"{name} was switched to eval inside a model in training mode, so it never drops: "
-            "remove the .eval() (or the train() override) that does it",
-        )
-        for name, m in model.named_modules()
-        if isinstance(m, _DROPOUT_MODULES) and not m.training and m.p > 0
-    ]
-
-
-def _check_calls(model: nn.Module, args: tuple, found: list[Finding]) -> list[Finding]:
-    """Findings from the functional calls of a training-mode forward (selfnorm.calls)."""
-    from selfnorm.calls import trace_calls
-
-    try:
-        calls = trace_calls(model, *args)
-    except _FORWARD_ERRORS:  # the eval-mode forward worked; this one is extra
-        return found
-    out = list(found)
-    seen: dict[str, list[str]] = {}
-    for c in calls:
-        if c.training is False and c.p and not c.in_module:
-            out.append(
-                Finding(
-                    "error",
-                    c.module,
-                    "inert_dropout",
-                    {"function": f"F.{c.function}", "call": c.order, "p": c.p, "training": False},
-                    {"training": True},
-                    f"call {c.order} in {c.module}'s forward drops nothing in training mode: "
-                    f"pass training=self.training (F.alpha_dropout and F.feature_alpha_dropout "
-                    "default to False) or use a module, e.g. selfnorm.AlphaDropout",
-                )
-            )
-        if c.training is None and not c.in_module:
-            seen.setdefault(c.module, []).append(c.function)
-    for module, functions in seen.items():
-        out.append(
-            Finding(
-                "info",
-                module,
-                "functional_activation",
-                {
-                    "functions": ", ".join(
-                        f"{f} x{functions.count(f)}" for f in dict.fromkeys(functions)
-                    )
-                },  # fmt: skip
-                {"functions": "activation modules"},
-                f"{module}'s forward calls activation functions: seen, but their outputs are not "
-                "measured (only SELU modules' are); use modules (selfnorm.SELU) to have them "
-                "checked",
-            )
-        )
-    if any(c.function == "selu" and not c.in_module for c in calls):
-        out = [f for f in out if f.kind != "no_selu"]  # SELU is there, as a function
-    return out
 
 
 def audit(
@@ -919,9 +847,13 @@ def audit(
     if given:
         found += _check_inputs(args, *_input_fixed_point(model))
     found += _static(trace)
-    found += _check_dropout_modes(model)
+    found += check_dropout_modes(model)
     if args is not None:
-        found = _check_calls(model, args, found)
+        try:
+            calls = trace_calls(model, *args)
+        except _FORWARD_ERRORS:  # the eval-mode forward worked; this one is extra
+            calls = []
+        found = call_findings(calls, found)
     if trace.executed:
         found += _check_drift(trace, found)
     position = {INPUT: -2, MODEL: -1}

@@ -42,8 +42,7 @@ from selfnorm.data import (
     read_csv,
     stratified_split,
 )
-from selfnorm.executors import STOPPING_JOBS, LocalExecutor, connect
-from selfnorm.interrupts import graceful_stop
+from selfnorm.executors import LocalExecutor, connect
 from selfnorm.locking import RunLock
 from selfnorm.summary import mean_std
 from selfnorm.sweep import (
@@ -305,7 +304,7 @@ class CvFold:
             dataset.num_classes,
             job.seed,
         )
-        ckpt = RunPaths(run_root).load_checkpoint("cpu", fallback=False)  # the final model only
+        ckpt = RunPaths(run_root).load_checkpoint(fallback=False)  # the final model only
         if ckpt is None:
             raise RuntimeError(
                 f"{run_root} has no checkpoint.pt to score; delete the job folder "
@@ -494,14 +493,13 @@ def benchmark(
     # connected first (a wrong Ray address writes nothing), one process per folder
     with connect(executor), RunLock(out, "benchmark"):
         jobs = [j for i in range(folds) for j in spec.jobs(CvFold(folds, i, metric))]
-        with graceful_stop(message=STOPPING_JOBS):  # the baselines below stop on Ctrl-C at once
-            records = run_jobs(
-                jobs,
-                out,
-                executor=executor,
-                keep_checkpoints=keep_checkpoints,
-                progress=progress,
-            )
+        records = run_jobs(  # stops gracefully on Ctrl-C; the baselines below stop at once
+            jobs,
+            out,
+            executor=executor,
+            keep_checkpoints=keep_checkpoints,
+            progress=progress,
+        )
         points = group_points(records)
         fold_scores: dict[str, list[float | None]] = {}
         chosen: dict[str, list[dict[str, Any] | None]] = {}

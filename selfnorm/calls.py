@@ -38,9 +38,17 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from selfnorm.findings import MODEL
+from selfnorm import taxonomy
+from selfnorm.findings import MODEL, Finding
 
-__all__ = ["ACTIVATION_FUNCTIONS", "DROPOUT_FUNCTIONS", "FunctionalCall", "trace_calls"]
+__all__ = [
+    "ACTIVATION_FUNCTIONS",
+    "DROPOUT_FUNCTIONS",
+    "FunctionalCall",
+    "call_findings",
+    "check_dropout_modes",
+    "trace_calls",
+]
 
 ACTIVATION_FUNCTIONS: dict[object, str] = {
     F.selu: "selu", torch.selu: "selu", torch.selu_: "selu",
@@ -49,7 +57,7 @@ ACTIVATION_FUNCTIONS: dict[object, str] = {
     F.mish: "mish", F.tanh: "tanh", torch.tanh: "tanh", F.sigmoid: "sigmoid",
     torch.sigmoid: "sigmoid", F.softplus: "softplus", F.prelu: "prelu",
 }  # fmt: skip
-"""Functions logged as activations, with the family name they report."""
+"""Functions logged as activations, with the name their calls are reported by."""
 
 DROPOUT_FUNCTIONS: dict[object, str] = {
     F.dropout: "dropout", F.dropout1d: "dropout1d", F.dropout2d: "dropout2d",
@@ -69,7 +77,7 @@ class FunctionalCall:
     order: int
     """Its position among the logged calls of that module's forward (0, 1, ...)."""
     function: str
-    """Family name, e.g. ``selu`` or ``alpha_dropout``."""
+    """The function's name, e.g. ``selu`` or ``alpha_dropout``."""
     training: bool | None
     """For dropouts: the ``training`` flag it received (False: it drops nothing); else None."""
     p: float | None
@@ -92,14 +100,6 @@ def _dropout_args(func, args: tuple, kwargs: dict) -> tuple[bool, float]:
         return bool(train), float(p)
 
 
-_WRAPPERS = (
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.FeatureAlphaDropout, nn.SELU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.GELU,
-    nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
-)  # fmt: skip
-"""Modules whose forward is one of the logged functions (their own checks cover them)."""
-
-
 class _Log(TorchFunctionMode):
     def __init__(self, stack: list[tuple[str, nn.Module]]) -> None:
         super().__init__()
@@ -117,7 +117,11 @@ class _Log(TorchFunctionMode):
             training = p = None
             if func in DROPOUT_FUNCTIONS:
                 training, p = _dropout_args(func, args, kwargs)
-            wrapped = isinstance(module, _WRAPPERS)
+            # a module whose own forward is the logged function (nn.SELU calls F.selu): its
+            # module checks cover it
+            wrapped = module is not None and (
+                taxonomy.is_activation(module) or isinstance(module, taxonomy.DROPOUT_TYPES)
+            )
             self.calls.append(FunctionalCall(name, order, kind, training, p, wrapped))
         return func(*args, **kwargs)
 
@@ -161,3 +165,66 @@ def trace_calls(model: nn.Module, *args: object) -> list[FunctionalCall]:
             for b, saved in buffers:
                 b.copy_(saved)
     return log.calls
+
+
+def check_dropout_modes(model: nn.Module) -> list[Finding]:
+    """``inert_dropout`` findings for dropout modules left in eval mode inside a model in
+    training mode (they drop nothing)."""
+    if not model.training:
+        return []
+    return [
+        Finding(
+            "error",
+            name,
+            "inert_dropout",
+            {"module_training": False, "p": float(m.p)},
+            {"module_training": True},
+            f"{name} was switched to eval inside a model in training mode, so it never drops: "
+            "remove the .eval() (or the train() override) that does it",
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, taxonomy.DROPOUT_TYPES) and not m.training and m.p > 0
+    ]
+
+
+def call_findings(calls: list[FunctionalCall], found: list[Finding]) -> list[Finding]:
+    """``found`` plus what :func:`trace_calls`' ``calls`` show: an ``inert_dropout`` error per
+    dropout call that drops nothing, a ``functional_activation`` info per calling module, and
+    no ``no_selu`` when ``F.selu`` is called."""
+    out = list(found)
+    seen: dict[str, list[str]] = {}
+    for c in calls:
+        if c.in_module:
+            continue
+        if c.training is False and c.p:
+            out.append(
+                Finding(
+                    "error",
+                    c.module,
+                    "inert_dropout",
+                    {"function": f"F.{c.function}", "call": c.order, "p": c.p, "training": False},
+                    {"training": True},
+                    f"call {c.order} in {c.module}'s forward drops nothing in training mode: "
+                    f"pass training=self.training (F.alpha_dropout and F.feature_alpha_dropout "
+                    "default to False) or use a module, e.g. selfnorm.AlphaDropout",
+                )
+            )
+        elif c.training is None:
+            seen.setdefault(c.module, []).append(c.function)
+    for module, functions in seen.items():
+        counts = ", ".join(f"{f} x{functions.count(f)}" for f in dict.fromkeys(functions))
+        out.append(
+            Finding(
+                "info",
+                module,
+                "functional_activation",
+                {"functions": counts},
+                {"functions": "activation modules"},
+                f"{module}'s forward calls activation functions: seen, but their outputs are not "
+                "measured (only SELU modules' are); use modules (selfnorm.SELU) to have them "
+                "checked",
+            )
+        )
+    if any(c.function == "selu" and not c.in_module for c in calls):
+        out = [f for f in out if f.kind != "no_selu"]  # SELU is there, as a function
+    return out

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from selfnorm._io import atomic_write_json, atomic_write_text
 from selfnorm.data import DataConfig, Dataset
-from selfnorm.interrupts import Interrupted, current_stop
+from selfnorm.interrupts import Interrupted, current_stop, graceful_stop
 from selfnorm.summary import run_metrics
 
 if TYPE_CHECKING:
@@ -234,13 +234,14 @@ def run_jobs(
             todo.append(job)
     tracker = _Tracker(len(jobs), len(records), progress)
     if todo:
-        if isinstance(executor, RayExecutor):
-            done = _run_ray(
-                todo, root, executor.threads, keep_checkpoints, executor.address, tracker
-            )
-        else:
-            workers, threads = executor.resolved()
-            done = _run_local(todo, root, workers, threads, keep_checkpoints, tracker)
+        with graceful_stop(message=STOPPING_JOBS):  # Ctrl-C/SIGTERM: see the module docstring
+            if isinstance(executor, RayExecutor):
+                done = _run_ray(
+                    todo, root, executor.threads, keep_checkpoints, executor.address, tracker
+                )
+            else:
+                workers, threads = executor.resolved()
+                done = _run_local(todo, root, workers, threads, keep_checkpoints, tracker)
         records.update(done)
     return [records[j.name] for j in jobs]
 

@@ -28,6 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
+from selfnorm._io import make_dirs
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -65,13 +67,7 @@ class RunLock:
         """Take the lock (the ``with`` statement does, unless it is held already)."""
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"{self.directory} is a file, not a folder; choose another folder")
-        missing = []
-        p = self.directory
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.created = missing[::-1]
+        self.created = make_dirs(self.directory)
         if fcntl is None:  # pragma: no cover
             return self
         while True:

@@ -83,6 +83,7 @@ class TensorBoardSink:
             return
         w = self._open()
         edges = records.bin_edges
+        post_keys = [[k for k in STAT_KEYS if _applies(k, f)] for f in records.family]
         for s, step in enumerate(records.steps.tolist()):
             for i, layer in enumerate(records.layers):
                 for kind, stats, hist in (
@@ -91,9 +92,7 @@ class TensorBoardSink:
                 ):
                     _histogram(w, f"act/{layer}/{kind}", stats, hist[s, i], s, i, edges, step)
                     prefix = "" if kind == "post" else "pre_"
-                    for key in STAT_KEYS:
-                        if kind == "post" and not _applies(key, records.family[i]):
-                            continue
+                    for key in post_keys[i] if kind == "post" else STAT_KEYS:
                         _scalar(w, f"act/{layer}/{prefix}{key}", stats[key][s, i], step)
                 _scalar(w, f"act/{layer}/grad_std", records.grad_std[s, i], step)
             for j, layer in enumerate(records.weight_layers):

@@ -210,16 +210,15 @@ class RunPaths:
         torch.save({**state, "digest": _state_digest(state)}, buf)
         atomic_write_bytes(self.checkpoint, buf.getvalue(), keep=self.previous_checkpoint)
 
-    def load_checkpoint(
-        self, device: torch.device | str = "cpu", fallback: bool = True
-    ) -> dict[str, Any] | None:
+    def load_checkpoint(self, fallback: bool = True) -> dict[str, Any] | None:
         """The newest good checkpoint, or None when the run has none.
 
         A damaged ``checkpoint.pt`` (truncated, garbled, or with contents that do not match
         its digest) falls back to ``checkpoint.prev.pt`` with a one-line ``RuntimeWarning``
         (``fallback=False``: only ``checkpoint.pt`` counts, e.g. to score the final model).
-        Loaded onto the CPU first, so a full GPU is not taken for damage; an ``OSError``
-        (permissions, too many open files) propagates as it is.
+        Loaded onto the CPU (``load_state_dict`` moves it to the model's device), so a full GPU
+        is not taken for damage; an ``OSError`` (permissions, too many open files) propagates
+        as it is.
 
         Raises:
             RunDirError: there are checkpoints but none of them is good.
@@ -229,7 +228,7 @@ class RunPaths:
         for path in candidates:
             if not path.exists():
                 continue
-            state, problem = _load_state(path, device)
+            state, problem = _load_state(path)
             if state is not None:
                 if problems:  # set the damaged file aside (kept for a look), warn once
                     os.replace(self.checkpoint, self.damaged_checkpoint)
@@ -417,7 +416,7 @@ def remove_temporary_files(directory: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _load_state(path: Path, device: torch.device) -> tuple[dict[str, Any] | None, str]:
+def _load_state(path: Path) -> tuple[dict[str, Any] | None, str]:
     """``(state, "")`` for a good checkpoint file, ``(None, what is wrong)`` otherwise."""
     with path.open("rb") as f:  # an OSError here is not damage: it propagates
         data = f.read()
@@ -433,16 +432,4 @@ def _load_state(path: Path, device: torch.device) -> tuple[dict[str, Any] | None
     digest = state.pop("digest", None)
     if digest is not None and digest != _state_digest(state):
         return None, "its contents do not match their digest"
-    if torch.device(device).type != "cpu":
-        state = _to_device(state, torch.device(device))
     return state, ""
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj

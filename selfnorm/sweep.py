@@ -54,7 +54,6 @@ from selfnorm.config import (
 )
 from selfnorm.data import CSV_PREFIX, DataConfig, Dataset
 from selfnorm.executors import (
-    STOPPING_JOBS,
     Executor,
     LocalExecutor,
     Progress,
@@ -64,7 +63,6 @@ from selfnorm.executors import (
     run_job,
     run_jobs,
 )
-from selfnorm.interrupts import graceful_stop
 from selfnorm.locking import RunLock
 from selfnorm.storage import slug
 from selfnorm.summary import mean_std
@@ -634,7 +632,7 @@ def run_sweep(
     executor = LocalExecutor() if executor is None else executor
     jobs = spec.jobs()
     # connected first: a Ray address with no cluster behind it fails before anything is written
-    with connect(executor), RunLock(out, "sweep"), graceful_stop(message=STOPPING_JOBS):
+    with connect(executor), RunLock(out, "sweep"):
         atomic_write_json(out / "spec.json", spec.to_dict())
         records = run_jobs(
             jobs,

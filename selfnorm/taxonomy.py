@@ -37,10 +37,14 @@ from torch import nn
 from selfnorm import theory
 from selfnorm.activations import SELU
 from selfnorm.constants import ALPHA_01, LAMBDA_01
+from selfnorm.dropout import AlphaDropout
 
 __all__ = [
+    "ALPHA_DROPOUT_TYPES",
+    "DROPOUT_TYPES",
     "NONELEMENTWISE_TYPES",
     "NORM_TYPES",
+    "PLAIN_DROPOUT_TYPES",
     "WEIGHT_TYPES",
     "ActivationKind",
     "activation_family",
@@ -200,6 +204,17 @@ def saturation_value(module: nn.Module) -> float | None:
 
 WEIGHT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 """Layers whose weight maps inputs to units: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d."""
+
+ALPHA_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    AlphaDropout, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)  # fmt: skip
+"""Dropouts that set dropped units to the saturation value and correct mean and variance
+(selfnorm's, for any fixed point, and PyTorch's)."""
+PLAIN_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+)  # fmt: skip
+"""Dropouts that zero dropped units and rescale by 1/(1 - p)."""
+DROPOUT_TYPES = ALPHA_DROPOUT_TYPES + PLAIN_DROPOUT_TYPES
 
 NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     t

@@ -537,7 +537,10 @@ def compare(
         ]
         for activation in config.activations
     }  # fmt: skip
-    normalize = lambda d: experiment_from_dict(d).to_dict()  # noqa: E731
+
+    def normalize(stored: dict[str, Any]) -> dict[str, Any]:  # fields added since, defaulted
+        return experiment_from_dict(stored).to_dict()
+
     # refusals before the lock (which would touch the folder), and again under it
     run_dir.check_prepare(config.to_dict(), resume, overwrite, normalize)
     lock = RunLock(run_dir.root, "compare").acquire()

@@ -142,7 +142,7 @@ def test_no_good_checkpoint_left_is_one_clear_error_and_nothing_is_touched(
 
 def test_a_checkpoint_stores_its_predecessor(reference):
     run = RunDir(reference).run("selu", 0)
-    cur = run.load_checkpoint(torch.device("cpu"))
+    cur = run.load_checkpoint()
     prev = torch.load(run.previous_checkpoint, weights_only=True)
     assert (cur["epoch"], prev["epoch"]) == (3, 2)
 

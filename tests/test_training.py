@@ -241,7 +241,7 @@ def test_checkpoints_follow_the_clock_and_the_last_epoch(tmp_path, digits, monke
     saved.clear()
     compare(cfg, str(tmp_path / "every"), progress=False, dataset=digits, checkpoint_seconds=0)
     assert saved == [1, 2, 3]
-    ckpt = RunDir(tmp_path / "slow").run("selu", 0).load_checkpoint(torch.device("cpu"))
+    ckpt = RunDir(tmp_path / "slow").run("selu", 0).load_checkpoint()
     assert ckpt["epoch"] == 3
     for bad in (-1, True, "10"):
         with pytest.raises(ValueError, match="must be a number >= 0"):

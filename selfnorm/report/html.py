@@ -277,7 +277,7 @@ def make_figures(
                 plots.moments_figure(records),
             ),
         ]
-        if any(all(f == "selu" for f in r.family) and len(r.family) for r in records.values()):
+        if any(plots.is_selu_record(r) for r in records.values()):
             figs.append(
                 figure(
                     "fixed_point_distance",

@@ -327,7 +327,7 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
     middle and the end of training, for SELU variants only (the others do not aim at it):
     :math:`\\sqrt{\\mu^2 + (\nu - 1)^2}` of the layer's output mean and variance."""
     colors = _variant_colors(list(records))
-    names = [n for n in records if _is_selu_family(records[n])]  # the others do not aim at it
+    names = [n for n in records if is_selu_record(records[n])]  # the others do not aim at it
     fig = Figure(figsize=(10.5, 3.6), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     for k, (label, frac) in enumerate((("start", 0.0), ("middle", 0.5), ("end", 1.0))):
@@ -363,7 +363,8 @@ def _log_minor_label(v: float, _pos: object) -> str:
     return f"{v:g}" if min(abs(mantissa - m) for m in (2, 3, 5)) < 1e-6 else ""
 
 
-def _is_selu_family(rec) -> bool:
+def is_selu_record(rec) -> bool:
+    """Whether every recorded layer of a variant is a SELU (the variants that aim at (0, 1))."""
     return bool(len(rec.family)) and all(f == "selu" for f in rec.family)
 
 
