@@ -11,8 +11,9 @@ The layout, in the direction imports point:
 * experiments: :mod:`~selfnorm.config`, :mod:`~selfnorm.data`, :mod:`~selfnorm.training`,
   :mod:`~selfnorm.storage` (with :mod:`~selfnorm.locking`, :mod:`~selfnorm.interrupts`,
   :mod:`~selfnorm.resources`), :mod:`~selfnorm.summary`, :mod:`~selfnorm.depth`,
-  :mod:`~selfnorm.auditing`, :mod:`~selfnorm.sweep`, :mod:`~selfnorm.executors`,
-  :mod:`~selfnorm.benchmark`, :mod:`~selfnorm.reproduce`;
+  :mod:`~selfnorm.auditing` (with :mod:`~selfnorm.findings`, :mod:`~selfnorm.tracing`),
+  :mod:`~selfnorm.sweep`, :mod:`~selfnorm.executors`, :mod:`~selfnorm.benchmark`,
+  :mod:`~selfnorm.reproduce`;
 * presenting: :mod:`~selfnorm.tables`, :mod:`selfnorm.report` (from saved files only);
 * interface: :mod:`selfnorm.cli`.
 """

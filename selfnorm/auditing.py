@@ -88,19 +88,26 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from scipy.special import chdtri
 from torch import nn
 
 from selfnorm import taxonomy
-from selfnorm.calls import call_findings, check_dropout_modes, trace_calls
 from selfnorm.constants import ALPHA_01, LAMBDA_01
 from selfnorm.findings import INPUT, KINDS, MODEL, SEVERITIES, Finding, Severity, Value
 from selfnorm.theory import _THEOREM_DOMAINS, fixed_point, jacobian
+from selfnorm.tracing import (
+    Moments,
+    Trace,
+    call_findings,
+    check_dropout_modes,
+    evaluating,
+    registration_trace,
+    run_trace,
+    trace_calls,
+)
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -142,61 +149,6 @@ because the audit runs in eval mode, where a fresh BatchNorm's running statistic
 the identity, so whatever it would normalize in training shows up as drift."""
 
 
-def _r(x: float) -> float:
-    """Round to 6 significant digits for readable, stable output."""
-    x = float(x)
-    return float(f"{x:.6g}") if math.isfinite(x) else x
-
-
-# ---------------------------------------------------------------------------------------------
-# Tracing: execution order of the leaf modules and the statistics of every SELU output.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Moments:
-    """Mean and variance of a layer's output, with their standard errors.
-
-    The layer's statistics are averages over its units (features, or channels of a feature map),
-    so the standard errors are taken over units: ``se_mean = sd_j(m_j) / sqrt(units)`` and
-    ``se_var = sd_j(q_j) / sqrt(units)`` with :math:`m_j` the mean and :math:`q_j` the second
-    moment about the layer mean of unit j (over the batch and any spatial positions). This covers
-    both the finite batch and the finite width: a layer of 16 units wanders further from (0, 1)
-    than a layer of 512, even with a correct init.
-    """
-
-    mean: float
-    var: float
-    se_mean: float
-    se_var: float
-
-    @classmethod
-    def of(cls, x: torch.Tensor) -> _Moments:
-        x = x.detach().to(torch.float64)
-        mean = x.mean()
-        sq = (x - mean) ** 2
-        if x.dim() >= 2 and x.shape[1] > 1:  # (N, units, *rest): unit j's are x[:, j, ...]
-            dims = [d for d in range(x.dim()) if d != 1]
-            m_j, q_j = x.mean(dims), sq.mean(dims)
-        else:  # one unit (or no batch dimension): the values themselves are the sample
-            m_j, q_j = x.reshape(-1), sq.reshape(-1)
-        units = m_j.numel()
-        se_mean = float(m_j.std(unbiased=False)) / math.sqrt(units)
-        se_var = float(q_j.std(unbiased=False)) / math.sqrt(units)
-        return cls(float(mean), float(sq.mean()), se_mean, se_var)
-
-    def band(
-        self, mean0: float, var0: float, walk: float = 0.0
-    ) -> tuple[tuple[float, float], tuple[float, float]]:
-        """Theorem 1's (mean, var) domain around the fixed point ``(mean0, var0)``, widened by
-        _Z standard errors; ``walk`` is the relative sd of the variance that finite-width weights
-        upstream add (see :func:`_variance_walk`)."""
-        half = _MEAN_HALF_WIDTH + _Z * _finite(self.se_mean)
-        se_var = math.hypot(_finite(self.se_var), var0 * walk)
-        lo = max(_VAR_BAND[0] * var0 - _Z * se_var, 0.0)
-        return (mean0 - half, mean0 + half), (lo, _VAR_BAND[1] * var0 + _Z * se_var)
-
-
 def _finite(x: float) -> float:
     return x if math.isfinite(x) else 0.0
 
@@ -205,68 +157,22 @@ def _inside(x: float, band: tuple[float, float]) -> bool:
     return band[0] <= x <= band[1]  # NaN is never inside
 
 
-@dataclass
-class _Trace:
-    names: list[str]
-    modules: list[nn.Module]
-    selu: dict[int, _Moments]
-    executed: bool
+def _band(
+    m: Moments, mean0: float, var0: float, walk: float = 0.0
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Theorem 1's (mean, var) domain around the fixed point ``(mean0, var0)``, widened by
+    _Z standard errors of ``m``; ``walk`` is the relative sd of the variance that finite-width
+    weights upstream add (see :func:`_variance_walk`)."""
+    half = _MEAN_HALF_WIDTH + _Z * _finite(m.se_mean)
+    se_var = math.hypot(_finite(m.se_var), var0 * walk)
+    lo = max(_VAR_BAND[0] * var0 - _Z * se_var, 0.0)
+    return (mean0 - half, mean0 + half), (lo, _VAR_BAND[1] * var0 + _Z * se_var)
 
 
-def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
-    for name, m in model.named_modules():
-        if next(m.children(), None) is None and not isinstance(m, (nn.Sequential, nn.ModuleList)):
-            out.append((name or MODEL, m))
-    return out
-
-
-def _registration_trace(model: nn.Module) -> _Trace:
-    leaves = _leaves(model)
-    return _Trace([n for n, _ in leaves], [m for _, m in leaves], {}, executed=False)
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients inside; every module's own training flag restored after (a
-    model may mix modes, so ``model.train(flag)`` would not restore it)."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
-
-
-def _run_trace(model: nn.Module, args: tuple) -> _Trace:
-    """Run ``model(*args)`` once in eval mode without gradients, recording the order of leaf
-    calls and the moments of each SELU output; every hook is removed and every module's
-    training flag restored, also when the forward raises."""
-    trace = _Trace([], [], {}, executed=True)
-
-    def pre(name: str, module: nn.Module, _args) -> None:
-        trace.names.append(name)
-        trace.modules.append(module)
-
-    def post(module: nn.Module, _args, output) -> None:
-        index = max(i for i, m in enumerate(trace.modules) if m is module)
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            trace.selu[index] = _Moments.of(output)
-
-    handles = []
-    try:
-        for name, m in _leaves(model):
-            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(n, mod, a)))
-            if taxonomy.is_selu(m):
-                handles.append(m.register_forward_hook(post))
-        with _evaluating(model):
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
-    return trace
+def _r(x: float) -> float:
+    """Round to 6 significant digits for readable, stable output."""
+    x = float(x)
+    return float(f"{x:.6g}") if math.isfinite(x) else x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +195,7 @@ def _infer(model: nn.Module, batch_size: int) -> tuple[tuple[int, ...] | None, s
             return None, "the first Linear/Conv is a Conv, whose spatial input size is unknown"
         if isinstance(m, nn.Linear) and m.in_features not in (t for t, _ in tried):
             try:
-                with _evaluating(model):
+                with evaluating(model):
                     model(_standard_gaussian(model, (2, m.in_features), None))
             except _FORWARD_ERRORS as exc:
                 tried.append((m.in_features, _first_line(exc)))
@@ -342,7 +248,7 @@ def _shape_of(args: tuple) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _neighbour(trace: _Trace, i: int, step: int, skip: tuple) -> int | None:
+def _neighbour(trace: Trace, i: int, step: int, skip: tuple) -> int | None:
     j = i + step
     while 0 <= j < len(trace.modules) and isinstance(trace.modules[j], skip):
         j += step
@@ -461,7 +367,7 @@ def _check_bias(name: str, m: nn.Module) -> Finding | None:
     )
 
 
-def _check_dropout(trace: _Trace, i: int, name: str, m: nn.Module) -> list[Finding]:
+def _check_dropout(trace: Trace, i: int, name: str, m: nn.Module) -> list[Finding]:
     found = []
     alpha = isinstance(m, taxonomy.ALPHA_DROPOUT_TYPES)
     p = float(m.p)
@@ -540,11 +446,11 @@ def _check_dropout(trace: _Trace, i: int, name: str, m: nn.Module) -> list[Findi
     return found
 
 
-def _is_selu(trace: _Trace, j: int) -> bool:
+def _is_selu(trace: Trace, j: int) -> bool:
     return taxonomy.is_selu(trace.modules[j])
 
 
-def _static(trace: _Trace) -> list[Finding]:
+def _static(trace: Trace) -> list[Finding]:
     found: list[Finding] = []
     seen: set[str] = set()
     last_affine = max(
@@ -632,8 +538,8 @@ def _check_inputs(args: tuple, mean0: float, var0: float) -> list[Finding]:
     found = []
     tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
     for k, x in enumerate(tensors):
-        mom = _Moments.of(x.reshape(-1))  # elements, not features: spread is the finding
-        mean_band, var_band = mom.band(mean0, var0)
+        mom = Moments.of(x.reshape(-1))  # elements, not features: spread is the finding
+        mean_band, var_band = _band(mom, mean0, var0)
         if _inside(mom.mean, mean_band) and _inside(mom.var, var_band):
             continue
         found.append(
@@ -649,7 +555,7 @@ def _check_inputs(args: tuple, mean0: float, var0: float) -> list[Finding]:
     return found
 
 
-def _variance_walk(trace: _Trace, order: list[int]) -> dict[int, float]:
+def _variance_walk(trace: Trace, order: list[int]) -> dict[int, float]:
     r"""Relative sd of each SELU's output variance that a correct but finite network wanders by.
 
     Two sources, both real inputs to the next layer rather than errors of the estimate: a layer
@@ -676,7 +582,7 @@ def _variance_walk(trace: _Trace, order: list[int]) -> dict[int, float]:
     return walk
 
 
-def _check_drift(trace: _Trace, earlier: list[Finding]) -> list[Finding]:
+def _check_drift(trace: Trace, earlier: list[Finding]) -> list[Finding]:
     order = sorted(trace.selu)
     if not order:
         return []
@@ -685,7 +591,7 @@ def _check_drift(trace: _Trace, earlier: list[Finding]) -> list[Finding]:
     bands = {}
     for i in order:
         mean0, var0 = _selu_fixed_point(trace.modules[i])
-        bands[i] = trace.selu[i].band(mean0, var0, walk[i])
+        bands[i] = _band(trace.selu[i], mean0, var0, walk[i])
         mb, vb = bands[i]
         if first_out is None and not (
             _inside(trace.selu[i].mean, mb) and _inside(trace.selu[i].var, vb)
@@ -779,7 +685,7 @@ def audit(
             the model raised on a given input or shape (the message names the shape).
 
     Functional calls (``F.selu``, ``F.alpha_dropout``, ... inside a ``forward``) are seen by a
-    second forward in training mode (:func:`selfnorm.calls.trace_calls`): a dropout call that
+    second forward in training mode (:func:`selfnorm.tracing.trace_calls`): a dropout call that
     drops nothing there is an ``inert_dropout`` error, functional activations an info (their
     outputs are not measured: only SELU modules' are).
 
@@ -836,14 +742,14 @@ def audit(
         )
     else:
         try:
-            trace = _run_trace(model, args)
+            trace = run_trace(model, args)
         except _FORWARD_ERRORS as exc:
             raise ValueError(
                 f"model(x) failed on the example input of shape {_shape_of(args)}: "
                 f"{_first_line(exc)}; pass an input the model accepts"
             ) from exc
     if trace is None:
-        trace = _registration_trace(model)
+        trace = registration_trace(model)
     if given:
         found += _check_inputs(args, *_input_fixed_point(model))
     found += _static(trace)

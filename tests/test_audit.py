@@ -676,7 +676,7 @@ def test_a_dropout_module_switched_to_eval_is_inert():
 
 
 def test_the_training_mode_trace_restores_buffers_and_flags():
-    from selfnorm.calls import trace_calls
+    from selfnorm.tracing import trace_calls
 
     net = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()).eval()
     before = {k: v.clone() for k, v in net.state_dict().items()}

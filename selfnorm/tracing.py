@@ -1,4 +1,9 @@
-r"""What a forward does outside its modules: functional activations and dropouts, seen by the audit.
+r"""What a forward does, seen by the audit: its leaf modules in order, and its function calls.
+
+:func:`run_trace` runs the model once in eval mode without gradients and records the execution
+order of the leaf modules and the :class:`Moments` of every SELU output (:func:`evaluating`
+restores every module's own training flag); :func:`registration_trace` is the fallback when no
+input can be made.
 
 Module hooks see ``nn.SELU`` and ``nn.AlphaDropout``; they do not see ``F.selu(x)`` or
 ``F.alpha_dropout(x, p)`` called inside a ``forward``. :func:`trace_calls` runs the model once
@@ -31,6 +36,9 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +53,124 @@ __all__ = [
     "ACTIVATION_FUNCTIONS",
     "DROPOUT_FUNCTIONS",
     "FunctionalCall",
+    "Moments",
+    "Trace",
     "call_findings",
     "check_dropout_modes",
+    "evaluating",
+    "leaves",
+    "registration_trace",
+    "run_trace",
     "trace_calls",
 ]
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Mean and variance of a layer's output, with their standard errors.
+
+    The layer's statistics are averages over its units (features, or channels of a feature map),
+    so the standard errors are taken over units: ``se_mean = sd_j(m_j) / sqrt(units)`` and
+    ``se_var = sd_j(q_j) / sqrt(units)`` with :math:`m_j` the mean and :math:`q_j` the second
+    moment about the layer mean of unit j (over the batch and any spatial positions). This covers
+    both the finite batch and the finite width: a layer of 16 units wanders further from (0, 1)
+    than a layer of 512, even with a correct init.
+    """
+
+    mean: float
+    var: float
+    se_mean: float
+    se_var: float
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> Moments:
+        x = x.detach().to(torch.float64)
+        mean = x.mean()
+        sq = (x - mean) ** 2
+        if x.dim() >= 2 and x.shape[1] > 1:  # (N, units, *rest): unit j's are x[:, j, ...]
+            dims = [d for d in range(x.dim()) if d != 1]
+            m_j, q_j = x.mean(dims), sq.mean(dims)
+        else:  # one unit (or no batch dimension): the values themselves are the sample
+            m_j, q_j = x.reshape(-1), sq.reshape(-1)
+        units = m_j.numel()
+        se_mean = float(m_j.std(unbiased=False)) / math.sqrt(units)
+        se_var = float(q_j.std(unbiased=False)) / math.sqrt(units)
+        return cls(float(mean), float(sq.mean()), se_mean, se_var)
+
+
+@dataclass
+class Trace:
+    """Leaf modules in execution order (``names``, ``modules``), the :class:`Moments` of each
+    SELU output by position, and whether the model ran (False: registration order)."""
+
+    names: list[str]
+    modules: list[nn.Module]
+    selu: dict[int, Moments]
+    executed: bool
+
+
+def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, m in model.named_modules():
+        if next(m.children(), None) is None and not isinstance(m, (nn.Sequential, nn.ModuleList)):
+            out.append((name or MODEL, m))
+    return out
+
+
+def registration_trace(model: nn.Module) -> Trace:
+    found = leaves(model)
+    return Trace([n for n, _ in found], [m for _, m in found], {}, executed=False)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients inside; every module's own training flag restored after (a
+    model may mix modes, so ``model.train(flag)`` would not restore it)."""
+    with _flags_restored(model):
+        model.eval()
+        with torch.no_grad():
+            yield
+
+
+@contextmanager
+def _flags_restored(model: nn.Module) -> Iterator[None]:
+    """Every module's own training flag as it was, after the ``with`` body (raising or not)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def run_trace(model: nn.Module, args: tuple) -> Trace:
+    """Run ``model(*args)`` once in eval mode without gradients, recording the order of leaf
+    calls and the moments of each SELU output; every hook is removed and every module's
+    training flag restored, also when the forward raises."""
+    trace = Trace([], [], {}, executed=True)
+
+    def pre(name: str, module: nn.Module, _args) -> None:
+        trace.names.append(name)
+        trace.modules.append(module)
+
+    def post(module: nn.Module, _args, output) -> None:
+        index = max(i for i, m in enumerate(trace.modules) if m is module)
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            trace.selu[index] = Moments.of(output)
+
+    handles = []
+    try:
+        for name, m in leaves(model):
+            handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: pre(n, mod, a)))
+            if taxonomy.is_selu(m):
+                handles.append(m.register_forward_hook(post))
+        with evaluating(model):
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return trace
+
 
 ACTIVATION_FUNCTIONS: dict[object, str] = {
     F.selu: "selu", torch.selu: "selu", torch.selu_: "selu",
@@ -135,7 +257,6 @@ def trace_calls(model: nn.Module, *args: object) -> list[FunctionalCall]:
     mode for the trace. Gradients are off; buffers (BatchNorm's running statistics) and every
     module's training flag are restored afterwards, also when the forward raises.
     """
-    modes = {m: m.training for m in model.modules()}
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     stack: list[tuple[str, nn.Module]] = []
     handles = []
@@ -152,15 +273,13 @@ def trace_calls(model: nn.Module, *args: object) -> list[FunctionalCall]:
         handles.append(m.register_forward_hook(leave))
     log = _Log(stack)
     try:
-        if not model.training:
-            model.train()
-        with torch.no_grad(), log:
+        with _flags_restored(model), torch.no_grad(), log:
+            if not model.training:
+                model.train()
             model(*args)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
