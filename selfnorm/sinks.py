@@ -15,7 +15,7 @@ import numpy as np
 
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, chunk_paths, write_chunk
 
-__all__ = ["NpzChunkSink", "TensorBoardSink"]
+__all__ = ["NpzChunkSink", "TensorBoardSink", "layer_groups"]
 
 
 class NpzChunkSink:
@@ -43,16 +43,21 @@ class NpzChunkSink:
 
 
 class TensorBoardSink:
-    """TensorBoard event files with the recorder's own bins and statistics.
+    """TensorBoard event files with the recorder's own bins and statistics, one tag group per
+    layer: a weight layer and the activations that follow it share the group named after the
+    weight layer (:func:`layer_groups`), so TensorBoard shows ``fc1`` with its weights and its
+    activation ``act1`` side by side.
 
-    Per activation layer and record: histograms ``act/<layer>/post`` and ``act/<layer>/pre``
-    written with ``add_histogram_raw`` over the very same bins (bucket limits: the low edge for
-    the underflow bucket, then each bin's right edge, then the maximum for overflow), scalars
-    ``act/<layer>/<stat>`` for the output statistics (:data:`~selfnorm.records.STAT_KEYS`),
-    ``act/<layer>/pre_<stat>`` for the input's, ``act/<layer>/grad_std``; per Linear/Conv layer
-    ``weight/<layer>/<key>`` (:data:`~selfnorm.records.WEIGHT_KEYS`). Statistics that do not
-    apply to a layer's family (NaN ones, a SELU's always-zero ``zero_frac``, ``fp_distance``
-    of a non-SELU layer) are left out.
+    Per activation layer and record: histograms ``<group>/<layer>/post`` and
+    ``<group>/<layer>/pre`` written with ``add_histogram_raw`` over the very same bins (bucket
+    limits: the low edge for the underflow bucket, then each bin's right edge, then the maximum
+    for overflow), scalars ``<group>/<layer>/<stat>`` for the output statistics
+    (:data:`~selfnorm.records.STAT_KEYS`), ``<group>/<layer>/pre_<stat>`` for the input's,
+    ``<group>/<layer>/grad_std``; per Linear/Conv layer ``<layer>/weight/<key>``
+    (:data:`~selfnorm.records.WEIGHT_KEYS`). The group of an activation that no weight layer
+    precedes is ``act``; without a module order (a sink not given to a recorder) every
+    activation's group is ``act``. Statistics that do not apply to a layer's family (NaN ones,
+    a SELU's always-zero ``zero_frac``, ``fp_distance`` of a non-SELU layer) are left out.
 
     Args:
         log_dir: folder of the event files.
@@ -72,6 +77,15 @@ class TensorBoardSink:
         self.log_dir = Path(log_dir)
         self.purge_step = purge_step
         self._writer = None
+        self._groups: dict[str, str] = {}
+
+    def name_layers(self, groups: dict[str, str]) -> None:
+        """The tag group of each module name (:func:`layer_groups`); the recorder calls this
+        with its model's module order."""
+        self._groups = dict(groups)
+
+    def _group(self, label: str) -> str:
+        return self._groups.get(label.split("#", 1)[0], "act")
 
     def _open(self):
         if self._writer is None:  # created at the first write: no writer thread before that
@@ -86,18 +100,19 @@ class TensorBoardSink:
         post_keys = [[k for k in STAT_KEYS if _applies(k, f)] for f in records.family]
         for s, step in enumerate(records.steps.tolist()):
             for i, layer in enumerate(records.layers):
+                tag = f"{self._group(layer)}/{layer}"
                 for kind, stats, hist in (
                     ("post", records.post, records.hist_post),
                     ("pre", records.pre, records.hist_pre),
                 ):
-                    _histogram(w, f"act/{layer}/{kind}", stats, hist[s, i], s, i, edges, step)
+                    _histogram(w, f"{tag}/{kind}", stats, hist[s, i], s, i, edges, step)
                     prefix = "" if kind == "post" else "pre_"
                     for key in post_keys[i] if kind == "post" else STAT_KEYS:
-                        _scalar(w, f"act/{layer}/{prefix}{key}", stats[key][s, i], step)
-                _scalar(w, f"act/{layer}/grad_std", records.grad_std[s, i], step)
+                        _scalar(w, f"{tag}/{prefix}{key}", stats[key][s, i], step)
+                _scalar(w, f"{tag}/grad_std", records.grad_std[s, i], step)
             for j, layer in enumerate(records.weight_layers):
                 for key in WEIGHT_KEYS:
-                    _scalar(w, f"weight/{layer}/{key}", records.weights[key][s, j], step)
+                    _scalar(w, f"{layer}/weight/{key}", records.weights[key][s, j], step)
         w.flush()
 
     def write_scalars(self, values: dict[str, float], step: int) -> None:
@@ -116,6 +131,24 @@ class TensorBoardSink:
 
     def __repr__(self) -> str:
         return f"TensorBoardSink({str(self.log_dir)!r})"
+
+
+def layer_groups(module_order: list[str], weight_layers: list[str]) -> dict[str, str]:
+    """The TensorBoard group of every module: the name of the last weight layer at or before it
+    in ``module_order`` (registration order, which is the forward order of a Sequential), or
+    ``act`` before the first weight layer.
+
+    Example:
+        >>> layer_groups(["", "fc1", "act1", "drop1", "fc2", "act2"], ["fc1", "fc2"])
+        {'': 'act', 'fc1': 'fc1', 'act1': 'fc1', 'drop1': 'fc1', 'fc2': 'fc2', 'act2': 'fc2'}
+    """
+    weights = set(weight_layers)
+    groups, current = {}, "act"
+    for name in module_order:
+        if name in weights:
+            current = name
+        groups[name] = current
+    return groups
 
 
 def _applies(key: str, family: str) -> bool:

@@ -143,11 +143,12 @@ def test_compare_records_by_default_and_writes_tensorboard_on_request(tmp_path):
         tb = out / "tensorboard" / name / "seed0"
         acc = EventAccumulator(str(tb), size_guidance={"histograms": 0, "scalars": 0})
         acc.Reload()
-        assert [e.step for e in acc.Histograms("act/act2/post")] == r.steps.tolist()
+        assert [e.step for e in acc.Histograms("fc2/act2/post")] == r.steps.tolist()
         tags = acc.Tags()["scalars"]
         # statistics only where they mean something: zeros for ReLU, (0, 1) distance for SELU
-        assert ("act/act1/fp_distance" in tags) == (name == "selu")
-        assert ("act/act1/zero_frac" in tags) == (name == "relu")
+        assert ("fc1/act1/fp_distance" in tags) == (name == "selu")
+        assert ("fc1/act1/zero_frac" in tags) == (name == "relu")
+        assert {"fc1/weight/tau_mean", "out/weight/tau_mean"} <= set(tags)  # one group a layer
         # the run's numbers as scalars, at each epoch's last step, equal to metrics.jsonl
         rows = [json.loads(x) for x in (out / "runs" / name / "seed0" / "metrics.jsonl")
                 .read_text().splitlines()]  # fmt: skip

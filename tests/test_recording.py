@@ -639,24 +639,29 @@ def test_tensorboard_events_hold_the_same_bins_and_grouped_scalars(tmp_path):
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
+    # one group per layer: the Linear before an activation and the activation share it
+    group = {layer: str(int(layer) - 1) for layer in r.layers}
     for layer, family in zip(r.layers, r.family, strict=True):
-        assert {f"act/{layer}/post", f"act/{layer}/pre"} <= set(tags["histograms"])
+        t = f"{group[layer]}/{layer}"
+        assert {f"{t}/post", f"{t}/pre"} <= set(tags["histograms"])
         for key in ("mean", "std", "min", "max", "grad_std"):
-            assert f"act/{layer}/{key}" in tags["scalars"]
+            assert f"{t}/{key}" in tags["scalars"]
         # zeros mean something for ReLU only, the (0, 1) distance for SELU only
-        assert (f"act/{layer}/zero_frac" in tags["scalars"]) == (family in ("relu", "lrelu"))
-        assert (f"act/{layer}/fp_distance" in tags["scalars"]) == (family == "selu")
-        assert f"act/{layer}/pre_mean" in tags["scalars"]
-    assert "act/3/dead_frac" in tags["scalars"] and "act/1/dead_frac" not in tags["scalars"]
-    assert "act/1/saturation_frac" in tags["scalars"]
-    assert f"weight/{r.weight_layers[0]}/tau_mean" in tags["scalars"]
-    events = acc.Histograms("act/1/post")
+        assert (f"{t}/zero_frac" in tags["scalars"]) == (family in ("relu", "lrelu"))
+        assert (f"{t}/fp_distance" in tags["scalars"]) == (family == "selu")
+        assert f"{t}/pre_mean" in tags["scalars"]
+        assert f"{group[layer]}/weight/tau_mean" in tags["scalars"]
+    assert f"{r.weight_layers[-1]}/weight/tau_mean" in tags["scalars"]  # the output layer
+    assert not any(t.startswith(("act/", "weight/")) for t in tags["scalars"])
+    assert "2/3/dead_frac" in tags["scalars"] and "0/1/dead_frac" not in tags["scalars"]
+    assert "0/1/saturation_frac" in tags["scalars"]
+    events = acc.Histograms("0/1/post")
     assert [e.step for e in events] == [0, 2]
     h = events[1].histogram_value
     assert list(h.bucket) == r.hist_post[1, 0].tolist()
     np.testing.assert_array_equal(h.bucket_limit[:-1], r.bin_edges)
     assert h.num == r.hist_post[1, 0].sum()
-    means = acc.Scalars("act/3/mean")
+    means = acc.Scalars("2/3/mean")
     np.testing.assert_allclose([e.value for e in means], r.post["mean"][:, 1], rtol=1e-6)
 
 

@@ -47,6 +47,7 @@ from selfnorm.recording import reduce
 from selfnorm.recording.config import RecordConfig
 from selfnorm.recording.reduce import N_STATS, Binning, ReduceBuffers
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, concat_records
+from selfnorm.sinks import layer_groups
 
 __all__ = ["DENSE_WEIGHT_STEPS", "SATURATION_RTOL", "ActivationRecorder"]
 
@@ -174,6 +175,10 @@ class ActivationRecorder:
         # version counters on the first pass for those that do not say so)
         self._inplace = [bool(getattr(m, "inplace", False)) for _, m in self._acts]
         self._weights = [(n, m) for n, m in model.named_modules() if taxonomy.is_weight_layer(m)]
+        groups = layer_groups([n for n, _ in model.named_modules()], [n for n, _ in self._weights])
+        for sink in self.sinks:  # a sink that groups layers by name learns the module order
+            if hasattr(sink, "name_layers"):
+                sink.name_layers(groups)
         lo, hi = self.config.range
         self.binning = Binning(self.config.bins, lo, hi)
         self.bin_edges = np.linspace(lo, hi, self.config.bins + 1)
