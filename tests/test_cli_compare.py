@@ -42,12 +42,24 @@ def test_compare_json_and_toml_config(tmp_path, capsys):
     assert cfg["model"]["width"] == 16
 
 
-def test_per_variant_dropout(tmp_path):
+def test_per_variant_dropout(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["compare", *FAST, "--activations", "selu,relu", "--dropout", "0.05,relu=0.2"]
-    assert main([*args, "--out", str(out)]) == 0
+    loud = [a for a in FAST if a != "--quiet"]
+    args = ["compare", *loud, "--activations", "selu,relu", "--dropout", "0.05,relu=0.2"]
+    assert main([*args, "--out", str(out), "--show-config"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["dropout"] == 0.05 and cfg["dropout_by_activation"] == {"relu": 0.2}
+    captured = capsys.readouterr()
+    # --show-config: the full configuration first, as stored; then the summary, a variant a
+    # line here, each with its own init and dropout kind and rate
+    shown, _, rest = captured.out.partition("\nselfnorm compare: ")
+    assert json.loads(shown) == cfg
+    line = "  selu: lecun_normal init, alpha_dropout 0.05; relu: he_normal init, dropout 0.2"
+    assert line in rest.splitlines()
+    # the data's sizes once loaded (stderr: progress), as the dataset that trains has them
+    sizes = json.loads((out / "summary.json").read_text())["dataset"]
+    assert (f"  {sizes['train']} training, {sizes['val']} validation, {sizes['test']} test "
+            "samples of shape (1, 8, 8), 10 classes") in captured.err  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -158,28 +158,35 @@ def describe(config, out: str, resume: bool = False) -> str:
         >>> from selfnorm.config import ExperimentConfig
         >>> print(describe(ExperimentConfig(), "runs/x"))
         selfnorm compare: selu, relu, lrelu on digits, 3 seeds (0, 1, 2) each
-          model: MLP, 4 hidden layers of 512 (rect); adam lr 0.001, batch 128, 30 epochs; dropout 0
-          writing runs/x (the full configuration: runs/x/config.json, or --print-config)
+          model: MLP, 4 hidden layers of 512 (rect); adam lr 0.001, batch 128, 30 epochs
+          selu: lecun_normal init, no dropout; relu, lrelu: he_normal init, no dropout
+          writing runs/x (the full configuration: runs/x/config.json, or --show-config)
     """
+    from selfnorm.specs import get_spec
+
     m, t = config.model, config.train
     if m.kind == "mlp":
         model = f"MLP, {m.depth} hidden layers of {m.width} ({m.shape})"
     else:
         model = f"CNN, conv channels {', '.join(map(str, m.channels))}"
-    rates = {a: config.dropout_for(a) for a in config.activations}
-    if len(set(rates.values())) == 1:
-        dropout = f"dropout {config.dropout:g}"
-    else:
-        dropout = "dropout " + ", ".join(f"{a} {p:g}" for a, p in rates.items())
     seeds = ", ".join(map(str, config.seeds))
     n = len(config.seeds)
+    kinds: dict[str, list[str]] = {}  # variants with the same init and dropout: one clause
+    for a in config.activations:
+        spec, p = get_spec(a), config.dropout_for(a)
+        drop = f"{spec.dropout_name} {p:g}" if p > 0 else "no dropout"
+        kinds.setdefault(f"{spec.init_name} init, {drop}", []).append(a)
+    clauses = [f"{', '.join(names)}: {kind}" for kind, names in kinds.items()]
+    joined = "; ".join(clauses)
+    variants = joined if len(joined) <= 94 else "\n  ".join(clauses)
     verb = "resuming" if resume else "writing"
     return (
         f"selfnorm compare: {', '.join(config.activations)} on {config.data.dataset}, "
         f"{n} seed{'s' if n > 1 else ''} ({seeds}) each\n"
         f"  model: {model}; {t.optimizer} lr {t.lr:g}, batch {t.batch_size}, "
-        f"{t.epochs} epochs; {dropout}\n"
-        f"  {verb} {out} (the full configuration: {Path(out) / 'config.json'}, or --print-config)"
+        f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}\n"
+        f"  {variants}\n"
+        f"  {verb} {out} (the full configuration: {Path(out) / 'config.json'}, or --show-config)"
     )
 
 
@@ -352,6 +359,10 @@ def register(sub) -> None:
         "and after its last epoch (default 10; 0: every epoch); --resume continues from it",
     )
     g.add_argument(
-        "--print-config", action="store_true", help="print the resolved configuration (JSON) first"
+        "--show-config",
+        "--print-config",
+        dest="print_config",
+        action="store_true",
+        help="print the full resolved configuration (JSON) before the summary",
     )
     p.set_defaults(func=cmd_compare)
