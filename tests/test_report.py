@@ -8,7 +8,7 @@ from selfnorm.cli import main
 from selfnorm.report.html import verdict
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARGS = ["compare", "--activations", "selu,relu", "--depth", "2", "--width", "32",
+ARGS = ["compare", "--activations", "selu,relu,lrelu,tanh", "--depth", "2", "--width", "32",
         "--epochs", "3", "--seeds", "0,1", "--quiet"]  # fmt: skip
 
 
@@ -107,10 +107,33 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
             "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
         )
         table_box = page.locator("#comparison").bounding_box()
+        # what each figure needs to be read, as the page carries it (figure_keys)
+        keys = page.evaluate(
+            "Array.from(document.querySelectorAll('figure')).map(f => [f.id, "
+            "Object.fromEntries(Object.entries(f.dataset).map(([k, v]) => [k, Number(v)]))])"
+        )
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
+        narrow = browser.new_page(viewport={"width": 800, "height": 900})
+        narrow.goto((run_dir / "report.html").resolve().as_uri())
+        narrow.wait_for_load_state("load")
+        widths = narrow.evaluate(
+            "[document.documentElement.scrollWidth, "
+            "...Array.from(document.images).map(i => i.getBoundingClientRect().right)]"
+        )
         browser.close()
-    assert rows == 2
+    assert rows == 4
+    # every figure with more than one series has a legend, every colour-mapped one a scale
+    assert {k for k, _ in keys} >= {"fig-curves", "fig-histograms", "fig-heatmaps", "fig-moments"}
+    for key, k in keys:
+        assert set(k) == {"series", "legends", "mappables", "colorbars"}, key
+        if k["series"] > 1:
+            assert k["legends"] >= 1, key
+        if k["mappables"]:
+            assert k["colorbars"] >= 1, key
+    assert dict(keys)["fig-heatmaps"]["mappables"] >= 4  # a panel per variant and layer
+    # at 800 px nothing is wider than the window: the figures scale down
+    assert max(widths) <= 800
     assert table_box and table_box["height"] > 40
     n_figures = (run_dir / "report.html").read_text().count("<figure")
     assert n_figures >= 1 and len(images) == n_figures

@@ -15,7 +15,7 @@ import io
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,14 @@ the end of training (for reference: N(0, 1.5^2) sits at 1.25, N(0.5, 1) at 0.5).
 
 @dataclass(frozen=True)
 class ReportFigure:
-    """One figure of the report: an id, a caption and the PNG bytes."""
+    """One figure of the report: an id, a caption, the PNG bytes and what decodes it
+    (:func:`selfnorm.report.plots.figure_keys`, written beside the image as ``data-`` attributes
+    of its ``<figure>``)."""
 
     key: str
     caption: str
     png: bytes
+    keys: Mapping[str, int] = field(default_factory=dict)
 
 
 def _png(fig: Figure) -> bytes:
@@ -299,7 +302,7 @@ table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums}
 th,td{padding:.35rem .7rem;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 table.findings td,table.findings th{text-align:left;font-size:.85rem}
-tr.best td{font-weight:600}#comparison td{white-space:nowrap}
+.wide{overflow-x:auto}tr.best td{font-weight:600}#comparison td{white-space:nowrap}
 .verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.7rem 1rem}
 figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9rem}pre{background:#f6f6f6;padding:1rem;overflow:auto;
@@ -321,7 +324,9 @@ def render_page(title: str, subtitle: str, body_html: str) -> str:
 def figures_html(figures: list[ReportFigure]) -> str:
     """Figures as ``<figure>`` elements with the PNG embedded as a data URI."""
     return "".join(
-        f'<figure id="fig-{f.key}"><img alt="{html.escape(f.caption)}" '
+        f'<figure id="fig-{f.key}"'
+        + "".join(f' data-{k}="{v}"' for k, v in f.keys.items())
+        + f'><img alt="{html.escape(f.caption)}" '
         f'src="data:image/png;base64,{base64.b64encode(f.png).decode()}">'
         f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
         for f in figures
@@ -330,7 +335,7 @@ def figures_html(figures: list[ReportFigure]) -> str:
 
 def figure(key: str, caption: str, fig: Figure) -> ReportFigure:
     """Render a matplotlib figure for a report."""
-    return ReportFigure(key, caption, _png(fig))
+    return ReportFigure(key, caption, _png(fig), plots.figure_keys(fig))
 
 
 def _optional_json(path: Path) -> Any:
@@ -411,7 +416,8 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     findings = _optional_json(rd.root / "audit.json")
     body = (
         (f"<p class=intro>{html.escape(intro)}</p>" if intro else "")
-        + f"{comparison_table(summary, 'html')}<p class=verdict id=verdict>{html.escape(text)}</p>"
+        + f"<div class=wide>{comparison_table(summary, 'html')}</div>"
+        + f"<p class=verdict id=verdict>{html.escape(text)}</p>"
         + f"<h2>Figures</h2>{fig_html}"
         + (_audit_html(findings) if findings else "")
         + "<h2>Configuration</h2>"

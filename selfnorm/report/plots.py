@@ -23,6 +23,39 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def figure_keys(fig: Figure) -> dict[str, int]:
+    """What a reader needs to decode a figure, counted from the figure itself: ``series`` (the
+    most distinct line colours on one axes: more than one needs a legend), ``legends`` (axes and
+    figure legends), ``mappables`` (images, meshes and colour-mapped collections: each needs a
+    colour scale) and ``colorbars``.
+
+    Example:
+        >>> import matplotlib.figure
+        >>> fig = matplotlib.figure.Figure()
+        >>> ax = fig.subplots()
+        >>> _ = ax.plot([0, 1], label="a"), ax.plot([1, 0], label="b")
+        >>> figure_keys(fig)
+        {'series': 2, 'legends': 0, 'mappables': 0, 'colorbars': 0}
+        >>> _ = ax.legend(); fig.colorbar(ax.imshow([[0, 1]]), ax=ax) and None
+        >>> figure_keys(fig)
+        {'series': 2, 'legends': 1, 'mappables': 1, 'colorbars': 1}
+    """
+    from matplotlib.collections import QuadMesh
+
+    bars = [a for a in fig.axes if getattr(a, "_colorbar", None) is not None]
+    plotted = [a for a in fig.axes if a not in bars]
+    series = max(
+        (len({str(line.get_color()) for line in a.get_lines()}) for a in plotted), default=0
+    )
+    mappables = sum(
+        len(a.images)
+        + sum(isinstance(c, QuadMesh) or c.get_array() is not None for c in a.collections)
+        for a in plotted
+    )
+    legends = len(fig.legends) + sum(a.get_legend() is not None for a in plotted)
+    return {"series": series, "legends": legends, "mappables": mappables, "colorbars": len(bars)}
+
+
 def mapping_field_figure(
     mu_range: tuple[float, float] = (-0.5, 0.5),
     nu_range: tuple[float, float] = (0.5, 2.0),
