@@ -142,3 +142,12 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     remote = [u for u in requests if not u.startswith(("file:", "data:"))]
     assert remote == []
     assert shot.stat().st_size > 20_000
+
+
+def test_the_report_audit_leaves_out_what_a_variant_means_to_be(run_dir):
+    # a ReLU variant has no SELU by design: "no_selu" is no finding in a comparison; the tanh
+    # variant's Glorot init is its proper one, so nothing is reported for any variant here
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert set(audit) == {"selu", "relu", "lrelu", "tanh"}
+    assert all(f["kind"] != "no_selu" for findings in audit.values() for f in findings)
+    assert "no_selu" not in (run_dir / "report.html").read_text()

@@ -275,8 +275,8 @@ def make_figures(
             ),
             figure(
                 "moments",
-                "Mean and variance of each layer's activations over training; the fixed point "
-                "is (0, 1).",
+                "Mean and variance of each layer's activations over training (one seed per "
+                "variant). Dashed, SELU variants only: the fixed point (0, 1) they aim at.",
                 plots.moments_figure(records),
             ),
         ]

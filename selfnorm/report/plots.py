@@ -180,6 +180,17 @@ def selu_reference_density(edges: np.ndarray) -> np.ndarray:
     return np.diff(cdf) / np.diff(t)
 
 
+def _figure_legend(fig: Figure, axes) -> None:
+    """One legend for the whole figure, right of the panels, with every label any panel drew
+    (each once), at a size that stays readable however many panels there are."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+
+
 def _label_cell(ax, i: int, j: int, n_rows: int, title: str, ylabel: str, xlabel: str) -> None:
     """Label a layer x variant grid: variant titles on top, layer names left, x label below."""
     if i == 0:
@@ -246,7 +257,7 @@ def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 6
                         ha="right", va="top", fontsize=7,
                         bbox={"facecolor": "white", "alpha": 0.85, "lw": 0})  # fmt: skip
             _label_cell(ax, i, j, n_layers, name, f"{rec.layers[i]}\ndensity", "activation value")
-        axes[0, 0].legend(fontsize=6, loc="upper left")
+    _figure_legend(fig, axes.flat)
     fig.suptitle("Post-activation distributions over training (one seed per variant)")
     return fig
 
@@ -303,15 +314,16 @@ def moments_figure(records: Mapping[str, object]) -> Figure:
             color = cmap(i / max(n - 1, 1))
             axes[0, j].plot(rec.epochs, rec.post["mean"][:, i], color=color, label=rec.layers[i])
             axes[1, j].plot(rec.epochs, rec.post["std"][:, i] ** 2, color=color)
-        axes[0, j].axhline(0.0, color="k", ls="--", lw=0.8)
-        axes[1, j].axhline(1.0, color="k", ls="--", lw=0.8)
+        if is_selu_record(rec):  # the others do not aim at (0, 1)
+            axes[0, j].axhline(0.0, color="k", ls="--", lw=0.8, label="fixed point (0, 1)")
+            axes[1, j].axhline(1.0, color="k", ls="--", lw=0.8)
         axes[0, j].set_title(name)
         axes[1, j].set_xlabel("epoch")
         axes[1, j].set_yscale("log")
     axes[0, 0].set_ylabel("mean")
     axes[1, 0].set_ylabel("variance (log scale)")
-    axes[0, 0].legend(fontsize=6, ncol=2)
-    fig.suptitle("Per-layer mean and variance of the activations; fixed point (0, 1) dashed")
+    _figure_legend(fig, axes.flat)
+    fig.suptitle("Per-layer mean and variance of the activations (fixed point: SELU variants)")
     return fig
 
 
@@ -378,10 +390,18 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
             )
         ax.set_title(f"{label} of training")
         ax.set_xlabel("layer (depth)")
-        ax.set_yscale("symlog", linthresh=0.1)
-        ax.yaxis.set_major_locator(FixedLocator([0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50]))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = np.concatenate([records[n].post["fp_distance"].ravel() for n in names] or [[0.0]])
+    values = values[np.isfinite(values)]
+    top = float(values.max()) if values.size else 1.0
+    if top > 2.0 and np.quantile(values, 0.1) < top / 30:  # decades apart: symlog keeps both
+        axes[0].set_yscale("symlog", linthresh=0.1)
+        axes[0].yaxis.set_major_locator(
+            FixedLocator([0, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])
+        )
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:  # a linear axis from 0: a within-a-decade range still gets its ticks
+        axes[0].set_ylim(0, 1.1 * top if top > 0 else 1.0)
     axes[0].set_ylabel("distance of (mean, var) from (0, 1)")
     axes[0].legend(fontsize=7)
     fig.suptitle("How far each layer's activations sit from the fixed point (0, 1)")
