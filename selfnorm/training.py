@@ -510,8 +510,9 @@ def compare(
     if dataset is None:
         say(f"loading {config.data.dataset} ...")
     ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
-    say(f"  {len(ds.x_train)} training, {len(ds.x_val)} validation, {len(ds.x_test)} test "
-        f"samples of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")  # fmt: skip
+    if dataset is None:
+        say(f"  {len(ds.x_train)} training, {len(ds.x_val)} validation, {len(ds.x_test)} test "
+            f"samples of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")  # fmt: skip
     if config.model.kind == "mlp":
         m = config.model
         widths = layer_widths(m.depth, m.width, ds.num_classes, m.shape)
