@@ -103,7 +103,7 @@ COMPARISON: tuple[Column, ...] = (
     Column("test loss", _stat("test_loss", ".4f")),
     Column("best val %", _stat("best_val_accuracy", ".2f", 100.0)),
     Column("final val %", _stat("final_val_accuracy", ".2f", 100.0)),
-    Column("epochs to 97%", _stat("epochs_to_97", ".1f")),
+    Column("epochs to 97% of best", _stat("epochs_to_97", ".1f")),
     Column("s/epoch", _stat("epoch_seconds", ".3f")),
     Column("diverged", _diverged),
 )
@@ -122,8 +122,8 @@ def comparison_table(summary: Mapping[str, Any], style: str) -> str:
         ...     "epochs_to_97_std": 1.0, "epoch_seconds": 0.5, "epoch_seconds_std": 0.1,
         ...     "diverged": 0.0}}}
         >>> print(comparison_table(s, "text"))  # doctest: +NORMALIZE_WHITESPACE
-        variant  test acc %    test loss        best val %    final val %   epochs to 97%  s/epoch        diverged
-        selu     97.00 ± 1.00  0.1000 ± 0.0200  98.00 ± 0.00  97.50 ± 0.00  3.0 ± 1.0      0.500 ± 0.100  0/1
+        variant  test acc %    test loss        best val %    final val %   epochs to 97% of best  s/epoch        diverged
+        selu     97.00 ± 1.00  0.1000 ± 0.0200  98.00 ± 0.00  97.50 ± 0.00  3.0 ± 1.0              0.500 ± 0.100  0/1
     """  # noqa: E501
     ranking = list(summary.get("ranking", []))
     names = ranking + [n for n in summary["variants"] if n not in ranking]

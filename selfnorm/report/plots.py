@@ -319,9 +319,15 @@ def moments_figure(records: Mapping[str, object]) -> Figure:
             axes[1, j].axhline(1.0, color="k", ls="--", lw=0.8)
         axes[0, j].set_title(name)
         axes[1, j].set_xlabel("epoch")
-        axes[1, j].set_yscale("log")
+        var = rec.post["std"] ** 2
+        var = var[np.isfinite(var) & (var > 0)]
+        if var.size and var.max() / var.min() >= 3:  # a log axis only where it spans a range
+            axes[1, j].set_yscale("log")
+            axes[1, j].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axes[1, j].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axes[1, j].yaxis.set_minor_formatter(NullFormatter())
     axes[0, 0].set_ylabel("mean")
-    axes[1, 0].set_ylabel("variance (log scale)")
+    axes[1, 0].set_ylabel("variance")
     _figure_legend(fig, axes.flat)
     fig.suptitle("Per-layer mean and variance of the activations (fixed point: SELU variants)")
     return fig
