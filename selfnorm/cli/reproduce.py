@@ -65,7 +65,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         result = reproduce.run_figure1(config, out, progress=not args.quiet)
         for key, c in result["curves"].items():
             r = "diverged" if c["roughness"] is None else f"roughness {c['roughness']:.4f}"
-            print(f"{key:>20}: {r}, final loss {c['final_loss']}")
+            loss = c["final_loss"]
+            loss = f"{loss:.4g}" if isinstance(loss, float) else loss  # None: diverged
+            print(f"{key:>20}: {r}, final loss {loss}")
     print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return 0
 
