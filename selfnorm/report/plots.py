@@ -323,9 +323,7 @@ def moments_figure(records: Mapping[str, object]) -> Figure:
         var = var[np.isfinite(var) & (var > 0)]
         if var.size and var.max() / var.min() >= 3:  # a log axis only where it spans a range
             axes[1, j].set_yscale("log")
-            axes[1, j].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            axes[1, j].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axes[1, j].yaxis.set_minor_formatter(NullFormatter())
+            _log_ticks(axes[1, j], (var.min(), var.max()))
     axes[0, 0].set_ylabel("mean")
     axes[1, 0].set_ylabel("variance")
     _figure_legend(fig, axes.flat)
@@ -359,12 +357,7 @@ def training_curves_figure(histories: Mapping[str, Sequence[Sequence[Mapping]]])
             ax.fill_between(epochs, low, mean + std, color=colors[name], alpha=0.2, lw=0)
     for ax, title in ((ax_loss, "training loss"), (ax_vloss, "validation loss")):
         ax.set(title=title, xlabel="epoch", ylabel="cross-entropy (log scale)", yscale="log")
-        lo, hi = ax.get_ylim()
-        decades = np.log10(hi / lo) if lo > 0 and hi > lo else 3.0
-        subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 2.0, 3.0, 5.0)
-        ax.yaxis.set_major_locator(LogLocator(subs=subs))  # ticks enough, not a crowd
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        _log_ticks(ax)
     ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_vloss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -414,12 +407,16 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
     return fig
 
 
-def _log_minor_label(v: float, _pos: object) -> str:
-    """Label the 2, 3 and 5 of each decade on a log axis (enough to read it, not a crowd)."""
-    if v <= 0:
-        return ""
-    mantissa = v / 10 ** np.floor(np.log10(v))
-    return f"{v:g}" if min(abs(mantissa - m) for m in (2, 3, 5)) < 1e-6 else ""
+def _log_ticks(ax, limits: tuple[float, float] | None = None) -> None:
+    """Plain labelled ticks on a log y-axis, enough to read it and not a crowd: each decade's
+    1 over more than three decades, 1-2-5 over one to three, 1-2-3-5 within one (``limits``:
+    the data's range when the axis limits are not set yet)."""
+    lo, hi = limits if limits is not None else ax.get_ylim()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 3.0
+    subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 2.0, 3.0, 5.0)
+    ax.yaxis.set_major_locator(LogLocator(subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def is_selu_record(rec) -> bool:
@@ -455,8 +452,7 @@ def depth_figure(curves: Mapping[str, object]) -> Figure:
     for ax in (ax_m, ax_v, ax_g):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_v, ax_g):
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
+        _log_ticks(ax)
     ax_m.legend(fontsize=8)
     ax_v.plot([], [], "k--", lw=1, label="mean-field map (see below)")
     ax_v.legend(fontsize=8)
@@ -492,7 +488,8 @@ def figure1_figure(curves: Mapping[str, Mapping]) -> Figure:
             lw=1.0,
             label=key,
         )
-    ax.set(xlabel="update step", ylabel="training loss", yscale="log")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set(xlabel="update step", ylabel="training loss (log scale)", yscale="log")
+    _log_ticks(ax)
+    ax.legend(fontsize=8, ncol=2)
     fig.suptitle("Training loss across update steps (Klambauer et al. 2017, Figure 1)")
     return fig
