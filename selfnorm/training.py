@@ -572,7 +572,13 @@ def compare(
         for activation in config.activations:
             total = config.train.epochs * len(config.seeds)
             if progress and not sys.stderr.isatty():  # a log file: plain lines, no \r frames
-                bar: Any = _LineProgress(total, activation)
+                n_seeds = len(config.seeds)
+                unit = (
+                    "epochs"
+                    if n_seeds == 1
+                    else f"epochs ({n_seeds} seeds x {config.train.epochs})"
+                )
+                bar: Any = _LineProgress(total, activation, unit)
             else:
                 bar = tqdm(total=total, desc=f"{activation:>10}", disable=not progress,
                            leave=True, unit="ep")  # fmt: skip
@@ -611,8 +617,8 @@ class _LineProgress:
 
     EVERY = 10.0
 
-    def __init__(self, total: int, name: str) -> None:
-        self.total, self.name, self.n = total, name, 0
+    def __init__(self, total: int, name: str, unit: str = "epochs") -> None:
+        self.total, self.name, self.unit, self.n = total, name, unit, 0
         self.postfix: dict[str, Any] = {}
         self.t0 = self.last = time.perf_counter()
         self.printed = -1
@@ -629,7 +635,7 @@ class _LineProgress:
         self.last = time.perf_counter()
         self.printed = self.n
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        print(f"{self.name}: {self.n}/{self.total} epochs{extra} "
+        print(f"{self.name}: {self.n}/{self.total} {self.unit}{extra} "
               f"({self.last - self.t0:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
 
     def close(self) -> None:

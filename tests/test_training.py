@@ -259,3 +259,9 @@ def test_progress_to_a_file_is_plain_lines(tmp_path, digits, capsys):
     assert lines[0].startswith("auditing each variant's initial model on 512 training samples")
     assert lines[1].startswith("selu: 3/3 epochs") and lines[2].startswith("relu: 3/3 epochs")
     assert len(lines) == 3
+    cfg = small_config(activations=["selu"], seeds=[0, 1])
+    compare(cfg, str(tmp_path / "q"), progress=True, dataset=digits)
+    # several seeds: the count says it spans them
+    assert (
+        capsys.readouterr().err.splitlines()[1].startswith("selu: 6/6 epochs (2 seeds x 3), seed 1")
+    )
