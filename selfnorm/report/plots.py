@@ -453,9 +453,8 @@ def depth_figure(curves: Mapping[str, object]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_v, ax_g):
         _log_ticks(ax)
-    ax_m.legend(fontsize=8)
     ax_v.plot([], [], "k--", lw=1, label="mean-field map (see below)")
-    ax_v.legend(fontsize=8)
+    _figure_legend(fig, (ax_m, ax_v))  # beside the panels, off the curves
     fig.suptitle("Signal propagation at initialization (solid: measured, dashed: theory)")
     fig.text(
         0.01, -0.02,
