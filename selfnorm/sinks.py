@@ -1,8 +1,9 @@
 """Where recorded statistics go: numbered NPZ chunks in the run directory, TensorBoard.
 
 A sink has ``write(records)`` (called by :meth:`selfnorm.recording.ActivationRecorder.flush`,
-out of the hot loop, with plain :class:`~selfnorm.records.Records`) and ``close()``. Sinks
-never touch a model or a tensor.
+out of the hot loop, with plain :class:`~selfnorm.records.Records`) and ``close()``; a sink
+that also has ``name_layers(groups)`` is given :func:`layer_groups` of the model's module
+names when the recorder is made. Sinks never touch a model or a tensor.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ class NpzChunkSink:
 
 class TensorBoardSink:
     """TensorBoard event files with the recorder's own bins and statistics, one tag group per
-    layer: a weight layer and the activations that follow it share the group named after the
-    weight layer (:func:`layer_groups`), so TensorBoard shows ``fc1`` with its weights and its
-    activation ``act1`` side by side.
+    layer: a weight layer and the activations registered after it share the group named after
+    the weight layer (:func:`layer_groups`; registration order, which is the forward order of a
+    Sequential and of the built-in models), so TensorBoard shows ``fc1`` with its weights and
+    its activation ``act1`` side by side. Event files written before version 0.1's grouping
+    (``act/`` and ``weight/`` tags) keep their old tags on resume.
 
     Per activation layer and record: histograms ``<group>/<layer>/post`` and
     ``<group>/<layer>/pre`` written with ``add_histogram_raw`` over the very same bins (bucket

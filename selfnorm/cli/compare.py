@@ -151,6 +151,10 @@ def resolve_compare_config(args: argparse.Namespace):
     return experiment_from_dict(merged)
 
 
+_SUMMARY_WIDTH = 94
+"""The longest variants line kept on one line (indented by 2: under 100 columns with room)."""
+
+
 def describe(config, out: str, resume: bool = False) -> str:
     """What a comparison trains and where it writes, in plain words (the first lines printed).
 
@@ -174,11 +178,14 @@ def describe(config, out: str, resume: bool = False) -> str:
     kinds: dict[str, list[str]] = {}  # variants with the same init and dropout: one clause
     for a in config.activations:
         spec, p = get_spec(a), config.dropout_for(a)
-        drop = f"{spec.dropout_name} {p:g}" if p > 0 else "no dropout"
+        kind = spec.dropout_name  # a CNN drops whole channels (spec.feature_dropout)
+        if m.kind != "mlp":
+            kind = "feature_alpha_dropout" if spec.family.alpha_dropout else "dropout2d"
+        drop = f"{kind} {p:g}" if p > 0 else "no dropout"
         kinds.setdefault(f"{spec.init_name} init, {drop}", []).append(a)
     clauses = [f"{', '.join(names)}: {kind}" for kind, names in kinds.items()]
     joined = "; ".join(clauses)
-    variants = joined if len(joined) <= 94 else "\n  ".join(clauses)
+    variants = joined if len(joined) <= _SUMMARY_WIDTH else "\n  ".join(clauses)
     verb = "resuming" if resume else "writing"
     return (
         f"selfnorm compare: {', '.join(config.activations)} on {config.data.dataset}, "

@@ -65,9 +65,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         result = reproduce.run_figure1(config, out, progress=not args.quiet)
         for key, c in result["curves"].items():
             r = "diverged" if c["roughness"] is None else f"roughness {c['roughness']:.4f}"
-            loss = c["final_loss"]
-            loss = f"{loss:.4g}" if isinstance(loss, float) else loss  # None: diverged
-            print(f"{key:>20}: {r}, final loss {loss}")
+            if c["roughness"] is None:
+                print(f"{key:>20}: diverged")
+            else:
+                print(f"{key:>20}: {r}, final loss {c['final_loss']:.4g}")
     print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return 0
 

@@ -25,9 +25,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
 
 def figure_keys(fig: Figure) -> dict[str, int]:
     """What a reader needs to decode a figure, counted from the figure itself: ``series`` (the
-    most distinct line colours on one axes: more than one needs a legend), ``legends`` (axes and
-    figure legends), ``mappables`` (images, meshes and colour-mapped collections: each needs a
-    colour scale) and ``colorbars``.
+    most distinct colours of labelled lines on one axes: more than one needs a legend),
+    ``legends`` (axes and figure legends), ``mappables`` (images, meshes and colour-mapped
+    collections: each needs a colour scale) and ``colorbars``.
 
     Example:
         >>> import matplotlib.figure
@@ -41,11 +41,22 @@ def figure_keys(fig: Figure) -> dict[str, int]:
         {'series': 2, 'legends': 1, 'mappables': 1, 'colorbars': 1}
     """
     from matplotlib.collections import QuadMesh
+    from matplotlib.colors import to_hex
 
-    bars = [a for a in fig.axes if getattr(a, "_colorbar", None) is not None]
+    bars = [a for a in fig.axes if a.get_label() == "<colorbar>"]
     plotted = [a for a in fig.axes if a not in bars]
-    series = max(
-        (len({str(line.get_color()) for line in a.get_lines()}) for a in plotted), default=0
+    series = max(  # labelled lines only: a reference line or a legend proxy is no series
+        (
+            len(
+                {
+                    to_hex(ln.get_color())
+                    for ln in a.get_lines()
+                    if not ln.get_label().startswith("_")
+                }
+            )
+            for a in plotted
+        ),
+        default=0,
     )
     mappables = sum(
         len(a.images)
@@ -321,9 +332,11 @@ def moments_figure(records: Mapping[str, object]) -> Figure:
         axes[1, j].set_xlabel("epoch")
         var = rec.post["std"] ** 2
         var = var[np.isfinite(var) & (var > 0)]
+        if is_selu_record(rec):  # the dashed 1.0 is on the axis too
+            var = np.append(var, 1.0)
         if var.size and var.max() / var.min() >= 3:  # a log axis only where it spans a range
             axes[1, j].set_yscale("log")
-            _log_ticks(axes[1, j], (var.min(), var.max()))
+            _log_ticks(axes[1, j])
     axes[0, 0].set_ylabel("mean")
     axes[1, 0].set_ylabel("variance")
     _figure_legend(fig, axes.flat)
@@ -390,7 +403,12 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
         ax.set_title(f"{label} of training")
         ax.set_xlabel("layer (depth)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    values = np.concatenate([records[n].post["fp_distance"].ravel() for n in names] or [[0.0]])
+    drawn = [  # the three snapshots plotted, not every record
+        records[n].post["fp_distance"][round(f * (len(records[n].steps) - 1))]
+        for n in names
+        for f in (0.0, 0.5, 1.0)
+    ]
+    values = np.concatenate(drawn or [[0.0]])
     values = values[np.isfinite(values)]
     top = float(values.max()) if values.size else 1.0
     if top > 2.0 and np.quantile(values, 0.1) < top / 30:  # decades apart: symlog keeps both
@@ -407,11 +425,11 @@ def fixed_point_distance_figure(records: Mapping[str, object]) -> Figure:
     return fig
 
 
-def _log_ticks(ax, limits: tuple[float, float] | None = None) -> None:
+def _log_ticks(ax) -> None:
     """Plain labelled ticks on a log y-axis, enough to read it and not a crowd: each decade's
-    1 over more than three decades, 1-2-5 over one to three, 1-2-3-5 within one (``limits``:
-    the data's range when the axis limits are not set yet)."""
-    lo, hi = limits if limits is not None else ax.get_ylim()
+    1 over more than three decades, 1-2-5 over one to three, 1-2-3-5 within one (of the axis
+    range as drawn: call it after plotting)."""
+    lo, hi = ax.get_ylim()
     decades = np.log10(hi / lo) if lo > 0 and hi > lo else 3.0
     subs = (1.0,) if decades > 3 else (1.0, 2.0, 5.0) if decades > 1 else (1.0, 2.0, 3.0, 5.0)
     ax.yaxis.set_major_locator(LogLocator(subs=subs))
