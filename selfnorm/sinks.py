@@ -48,8 +48,8 @@ class TensorBoardSink:
     layer: a weight layer and the activations registered after it share the group named after
     the weight layer (:func:`layer_groups`; registration order, which is the forward order of a
     Sequential and of the built-in models), so TensorBoard shows ``fc1`` with its weights and
-    its activation ``act1`` side by side. Event files written before version 0.1's grouping
-    (``act/`` and ``weight/`` tags) keep their old tags on resume.
+    its activation ``act1`` side by side. A run resumed from event files written before this
+    grouping (``act/`` and ``weight/`` tags) has both sets of tags.
 
     Per activation layer and record: histograms ``<group>/<layer>/post`` and
     ``<group>/<layer>/pre`` written with ``add_histogram_raw`` over the very same bins (bucket

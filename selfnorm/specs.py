@@ -85,6 +85,11 @@ class ActivationSpec:
     def dropout_name(self) -> str:
         return "alpha_dropout" if self.family.alpha_dropout else "dropout"
 
+    @property
+    def feature_dropout_name(self) -> str:
+        """What :meth:`feature_dropout` makes, in words."""
+        return "feature_alpha_dropout" if self.family.alpha_dropout else "dropout2d"
+
     def moments(self, m, s2):
         """Mean-field moments of this activation (:attr:`ActivationKind.moments`)."""
         if self.family.moments is None:

@@ -507,10 +507,10 @@ def compare(
         if progress:
             print(text, file=sys.stderr, flush=True)
 
-    if dataset is None:
+    ds = dataset
+    if ds is None:
         say(f"loading {config.data.dataset} ...")
-    ds = dataset if dataset is not None else load_dataset(config.data, progress=progress)
-    if dataset is None:
+        ds = load_dataset(config.data, progress=progress)
         say(f"  {len(ds.x_train)} training, {len(ds.x_val)} validation, {len(ds.x_test)} test "
             f"samples of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")  # fmt: skip
     if config.model.kind == "mlp":
@@ -570,15 +570,10 @@ def compare(
         data = DeviceData.from_dataset(ds, device)
         results: dict[str, list[dict[str, Any]]] = {}
         histories: dict[str, list[list[dict[str, Any]]]] = {}
+        n_seeds, total = len(config.seeds), config.train.epochs * len(config.seeds)
+        unit = "epochs" if n_seeds == 1 else f"epochs ({n_seeds} seeds x {config.train.epochs})"
         for activation in config.activations:
-            total = config.train.epochs * len(config.seeds)
             if progress and not sys.stderr.isatty():  # a log file: plain lines, no \r frames
-                n_seeds = len(config.seeds)
-                unit = (
-                    "epochs"
-                    if n_seeds == 1
-                    else f"epochs ({n_seeds} seeds x {config.train.epochs})"
-                )
                 bar: Any = _LineProgress(total, activation, unit)
             else:
                 bar = tqdm(total=total, desc=f"{activation:>10}", disable=not progress,

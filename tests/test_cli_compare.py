@@ -284,3 +284,16 @@ def test_every_subcommand_and_option_has_help():
         assert helps.get(name), f"selfnorm {name} has no help line"
         missing = [a.option_strings or a.dest for a in sp._actions if not a.help]
         assert not missing, f"selfnorm {name}: options without help: {missing}"
+
+
+def test_the_summary_names_the_dropout_each_model_kind_uses():
+    from selfnorm.cli.compare import describe
+    from selfnorm.config import experiment_from_dict
+
+    cfg = {"activations": ["selu", "relu"], "dropout": 0.1}
+    mlp = describe(experiment_from_dict(cfg), "x")
+    cnn = describe(experiment_from_dict({**cfg, "model": {"kind": "cnn"}}), "x")
+    assert "selu: lecun_normal init, alpha_dropout 0.1; relu: he_normal init, dropout 0.1" in mlp
+    # a CNN drops whole channels (spec.feature_dropout)
+    assert "selu: lecun_normal init, feature_alpha_dropout 0.1" in cnn
+    assert "relu: he_normal init, dropout2d 0.1" in cnn

@@ -178,9 +178,7 @@ def describe(config, out: str, resume: bool = False) -> str:
     kinds: dict[str, list[str]] = {}  # variants with the same init and dropout: one clause
     for a in config.activations:
         spec, p = get_spec(a), config.dropout_for(a)
-        kind = spec.dropout_name  # a CNN drops whole channels (spec.feature_dropout)
-        if m.kind != "mlp":
-            kind = "feature_alpha_dropout" if spec.family.alpha_dropout else "dropout2d"
+        kind = spec.dropout_name if m.kind == "mlp" else spec.feature_dropout_name  # CNN: channels
         drop = f"{kind} {p:g}" if p > 0 else "no dropout"
         kinds.setdefault(f"{spec.init_name} init, {drop}", []).append(a)
     clauses = [f"{', '.join(names)}: {kind}" for kind, names in kinds.items()]

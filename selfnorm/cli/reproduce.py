@@ -64,11 +64,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise CliError(f"{out} already holds a figure1 run; pass --overwrite or --out NEW_DIR")
         result = reproduce.run_figure1(config, out, progress=not args.quiet)
         for key, c in result["curves"].items():
-            r = "diverged" if c["roughness"] is None else f"roughness {c['roughness']:.4f}"
             if c["roughness"] is None:
                 print(f"{key:>20}: diverged")
             else:
-                print(f"{key:>20}: {r}, final loss {c['final_loss']:.4g}")
+                print(f"{key:>20}: roughness {c['roughness']:.4f}, "
+                      f"final loss {c['final_loss']:.4g}")  # fmt: skip
     print(f"wrote {out / 'report.html'} and {out / 'summary.md'}")
     return 0
 

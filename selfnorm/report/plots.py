@@ -325,14 +325,15 @@ def moments_figure(records: Mapping[str, object]) -> Figure:
             color = cmap(i / max(n - 1, 1))
             axes[0, j].plot(rec.epochs, rec.post["mean"][:, i], color=color, label=rec.layers[i])
             axes[1, j].plot(rec.epochs, rec.post["std"][:, i] ** 2, color=color)
-        if is_selu_record(rec):  # the others do not aim at (0, 1)
+        selu = is_selu_record(rec)
+        if selu:  # the others do not aim at (0, 1)
             axes[0, j].axhline(0.0, color="k", ls="--", lw=0.8, label="fixed point (0, 1)")
             axes[1, j].axhline(1.0, color="k", ls="--", lw=0.8)
         axes[0, j].set_title(name)
         axes[1, j].set_xlabel("epoch")
         var = rec.post["std"] ** 2
         var = var[np.isfinite(var) & (var > 0)]
-        if is_selu_record(rec):  # the dashed 1.0 is on the axis too
+        if selu:  # the dashed 1.0 is on the axis too
             var = np.append(var, 1.0)
         if var.size and var.max() / var.min() >= 3:  # a log axis only where it spans a range
             axes[1, j].set_yscale("log")
