@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfnorm import _validate
-from selfnorm.data import DataConfig
+from selfnorm.data import STANDARDIZE_MODES, DataConfig
 from selfnorm.recording.config import RecordConfig
 from selfnorm.specs import get_spec
 
@@ -208,6 +208,10 @@ class ExperimentConfig:
     """Drop rate of every variant, each with its proper kind (alpha dropout for SELU)."""
     dropout_by_activation: Mapping[str, float] = field(default_factory=dict)
     """Per-variant drop rates that override ``dropout`` (e.g. selu 0.1, relu 0.2)."""
+    standardize_by_activation: Mapping[str, str] = field(default_factory=dict)
+    """Per-variant input scaling that overrides ``data.standardize`` (e.g. ``none`` for a
+    variant that sees pixels in [0, 1] as an example as written did); the statistics are fitted
+    on the same training split."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """One run per seed and variant; a seed fixes init, data order and dropout masks."""
     record: RecordConfig = field(default_factory=RecordConfig)
@@ -233,6 +237,18 @@ class ExperimentConfig:
                 )
             _validate.drop_rate(f"dropout[{k}]", v)
         object.__setattr__(self, "dropout_by_activation", by_act)
+        scaling = {k.strip().lower(): v for k, v in dict(self.standardize_by_activation).items()}
+        for k, v in scaling.items():
+            if k not in acts:
+                raise ValueError(
+                    f"standardize is set for {k!r}, which is not among the activations {list(acts)}"
+                )
+            if v not in STANDARDIZE_MODES:
+                raise ValueError(
+                    f"standardize[{k}]={v!r} is not one of {', '.join(STANDARDIZE_MODES)}; "
+                    "e.g. none for pixels in [0, 1]"
+                )
+        object.__setattr__(self, "standardize_by_activation", scaling)
         seeds = tuple(self.seeds)
         if not seeds:
             raise ValueError("seeds is empty; pass e.g. --seeds 0,1,2")
@@ -246,6 +262,17 @@ class ExperimentConfig:
     def dropout_for(self, activation: str) -> float:
         """The drop rate of one variant."""
         return self.dropout_by_activation.get(activation, self.dropout)
+
+    def standardize_for(self, activation: str) -> str:
+        """The input scaling of one variant (``feature``, ``global`` or ``none``).
+
+        Example:
+            >>> cfg = ExperimentConfig(activations=("a=selu", "b=selu"),
+            ...                        standardize_by_activation={"a=selu": "none"})
+            >>> cfg.standardize_for("a=selu"), cfg.standardize_for("b=selu")
+            ('none', 'feature')
+        """
+        return self.standardize_by_activation.get(activation, self.data.standardize)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""

@@ -23,6 +23,7 @@ MD5 of the uncompressed files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "fit_standardization",
     "load_dataset",
     "read_csv",
+    "restandardize",
     "stratified_split",
 ]
 
@@ -296,6 +298,38 @@ def apply_standardization(x: np.ndarray, stats: dict) -> np.ndarray:
     out = np.asarray(x, dtype=np.float32) - np.asarray(stats["mean"], dtype=np.float32)
     out /= np.asarray(stats["std"], dtype=np.float32)
     return out
+
+
+def restandardize(ds: Dataset, mode: str) -> Dataset:
+    """``ds`` with its inputs scaled by ``mode`` instead: the standardization applied is undone
+    (in float64, :math:`x \\sigma + \\mu`), then ``mode``'s statistics are fitted on the training
+    split and applied to all three splits. ``ds`` itself is unchanged; the same mode returns it.
+
+    Example:
+        >>> ds = load_dataset(DataConfig("iris", seed=1, standardize="global"))
+        >>> raw = restandardize(ds, "none")
+        >>> raw.standardization["mode"], round(float(raw.x_train.max()), 4)
+        ('none', 7.9)
+    """
+    if mode not in STANDARDIZE_MODES:
+        raise ValueError(f"standardize mode {mode!r}; choose one of {STANDARDIZE_MODES}")
+    if ds.standardization.get("mode", "none") == mode:
+        return ds
+    mean = np.asarray(ds.standardization["mean"], dtype=np.float64)
+    std = np.asarray(ds.standardization["std"], dtype=np.float64)
+
+    def raw(x: np.ndarray) -> np.ndarray:
+        return (x.astype(np.float64) * std + mean).astype(np.float32)
+
+    x_train = raw(ds.x_train)
+    stats = fit_standardization(x_train, mode)
+    return dataclasses.replace(
+        ds,
+        x_train=_standardize_(x_train, stats),
+        x_val=_standardize_(raw(ds.x_val), stats),
+        x_test=_standardize_(raw(ds.x_test), stats),
+        standardization=stats,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ __all__ = [
     "InitScheme",
     "fan_in",
     "glorot_normal_",
+    "glorot_uniform_",
     "init_model_",
     "init_snn_",
     "lecun_normal_",
@@ -126,11 +127,28 @@ def init_snn_(model: nn.Module, generator: torch.Generator | None = None) -> nn.
 
 @torch.no_grad()
 def glorot_normal_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Glorot/Xavier normal: :math:`\mathcal N(0, 2 / (n_{in} + n_{out}))` (Keras' default for
-    Dense layers; tanh's customary init). For SELU it is *not* self-normalizing."""
+    r"""Glorot/Xavier normal: :math:`\mathcal N(0, 2 / (n_{in} + n_{out}))` (tanh's customary
+    init). For SELU it is *not* self-normalizing."""
     fan_out = tensor.shape[0] * math.prod(tensor.shape[2:])
     std = math.sqrt(2.0 / (fan_in(tensor) + fan_out))
     return tensor.normal_(0.0, std, generator=generator)
+
+
+@torch.no_grad()
+def glorot_uniform_(tensor: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Glorot/Xavier uniform: :math:`U(-b, b)` with :math:`b = \sqrt{6 / (n_{in} + n_{out})}`,
+    the same variance :math:`2 / (n_{in} + n_{out})` as :func:`glorot_normal_`. Keras' default
+    for Dense layers (``glorot_uniform``) and TensorFlow 1's ``xavier_initializer()``: what the
+    seed examples drew when they set no initializer.
+
+    Example:
+        >>> w = glorot_uniform_(torch.empty(512, 784), torch.Generator().manual_seed(0))
+        >>> bool(w.abs().max() <= (6 / (784 + 512)) ** 0.5)
+        True
+    """
+    fan_out = tensor.shape[0] * math.prod(tensor.shape[2:])
+    bound = math.sqrt(6.0 / (fan_in(tensor) + fan_out))
+    return tensor.uniform_(-bound, bound, generator=generator)
 
 
 @torch.no_grad()
@@ -161,6 +179,11 @@ INIT_SCHEMES: dict[str, InitScheme] = {
             description="N(0, 2/fan_in): ReLU's",
         ),
         InitScheme("glorot", glorot_normal_, description="N(0, 2/(fan_in+fan_out))"),
+        InitScheme(
+            "glorot-uniform",
+            glorot_uniform_,
+            description="U(-b, b), b = sqrt(6/(fan_in+fan_out)): Keras' default",
+        ),
         InitScheme("torch", torch_default_, description="nn.Linear's default, tau = 1/3"),
         InitScheme(
             "selu-gain",
@@ -169,9 +192,10 @@ INIT_SCHEMES: dict[str, InitScheme] = {
         ),
         InitScheme(
             "seed-tf",
-            glorot_normal_,
+            glorot_uniform_,
             bias_std=1.0,
-            description="the seed TensorFlow example: Glorot weights, N(0, 1) biases",
+            description="the seed TensorFlow example: Glorot uniform weights (its "
+            "xavier_initializer()), N(0, 1) biases",
         ),
     )
 }

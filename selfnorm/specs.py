@@ -1,14 +1,17 @@
 """Activation specs: a family of :mod:`selfnorm.taxonomy` resolved with its parameter, its proper
 init and dropout, and an optional normalization; what ``--activations`` names.
 
-``<act>[:PARAM][@INIT][+bn|+ln]``: ``selu``, ``lrelu:0.2``, ``relu+bn``, ``selu@glorot`` (SELU
-forced to Glorot init, to see what the wrong init does). The families are those registered in
-the taxonomy that can be built (``make``).
+``[LABEL=]<act>[:PARAM][@INIT][+bn|+ln]``: ``selu``, ``lrelu:0.2``, ``relu+bn``, ``selu@glorot``
+(SELU forced to Glorot init, to see what the wrong init does). A ``LABEL=`` prefix names a
+variant, so that one spec can appear twice in a comparison with different settings (``a=selu``
+and ``b=selu`` with two drop rates); the label changes nothing about the network. The families
+are those registered in the taxonomy that can be built (``make``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +22,7 @@ from selfnorm.dropout import AlphaDropout, FeatureAlphaDropout
 from selfnorm.init import INIT_SCHEMES, glorot_normal_, variance_scaling_normal_
 from selfnorm.taxonomy import ActivationKind
 
-__all__ = ["NORMS", "ActivationSpec", "get_spec", "spec_names"]
+__all__ = ["NORMS", "ActivationSpec", "get_spec", "spec_names", "split_label"]
 
 NORMS = {"bn": "BatchNorm", "ln": "LayerNorm"}
 
@@ -102,14 +105,43 @@ def spec_names() -> list[str]:
     return [k.name for k in taxonomy.kinds() if k.make is not None]
 
 
-def get_spec(name: str) -> ActivationSpec:
-    """Resolve ``<act>[:<param>][@<init>][+bn|+ln]`` (e.g. ``selu``, ``lrelu:0.2``, ``relu+bn``,
-    ``selu@glorot``: SELU forced to Glorot init, to see what the wrong init does).
+_LABEL = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
-    Raises:
-        ValueError: unknown name (the message lists the valid ones) or a bad parameter.
+
+def split_label(name: str) -> tuple[str | None, str]:
+    """A variant name's label and its spec: ``LABEL=SPEC`` -> (LABEL, SPEC); a plain spec has
+    no label.
+
+    Example:
+        >>> split_label("written=selu@seed-tf"), split_label("relu+bn")
+        (('written', 'selu@seed-tf'), (None, 'relu+bn'))
     """
     text = name.strip().lower()
+    label, sep, spec = text.rpartition("=")
+    if not sep:
+        return None, text
+    if not _LABEL.fullmatch(label):
+        raise ValueError(
+            f"variant label {label!r} in {name!r}: use letters, digits, '_', '.' or '-' "
+            "(starting with a letter or digit), e.g. written=selu@seed-tf"
+        )
+    return label, spec
+
+
+def get_spec(name: str) -> ActivationSpec:
+    """Resolve ``[LABEL=]<act>[:<param>][@<init>][+bn|+ln]`` (e.g. ``selu``, ``lrelu:0.2``,
+    ``relu+bn``, ``selu@glorot``: SELU forced to Glorot init, to see what the wrong init does;
+    ``corrected=selu``: SELU under the label ``corrected``). The spec's ``name`` is without the
+    label.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones), a bad parameter or label.
+
+    Example:
+        >>> get_spec("corrected=selu").name, get_spec("corrected=selu").init_name
+        ('selu', 'lecun_normal')
+    """
+    _, text = split_label(name)
     base, _, norm = text.partition("+")
     if norm and norm not in NORMS:
         raise ValueError(

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from selfnorm._io import atomic_write_json
 from selfnorm.auditing import audit
 from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
-from selfnorm.data import Dataset, load_dataset
+from selfnorm.data import Dataset, load_dataset, restandardize
 from selfnorm.interrupts import Interrupted, graceful_stop
 from selfnorm.locking import RunLock
 from selfnorm.models import build_cnn, build_mlp, layer_widths
@@ -522,11 +522,24 @@ def compare(
             "choose a smaller --width or --depth",
             device,
         )
+
     # Every variant's initial model (first seed) is built before anything is written, so a model
     # that cannot be built fails cleanly; each is audited on a batch of the training data.
+    # a variant with its own input scaling gets the same splits scaled its way (one per mode)
+    def scaling(activation: str) -> str | None:
+        return config.standardize_by_activation.get(activation)
+
+    scaled = {
+        mode: ds if mode is None else restandardize(ds, mode)
+        for mode in dict.fromkeys(map(scaling, config.activations))
+    }
     say(f"auditing each variant's initial model on {min(AUDIT_BATCH, len(ds.x_train))} "
         "training samples ...")  # fmt: skip
-    sample = torch.from_numpy(np.ascontiguousarray(ds.x_train[:AUDIT_BATCH]))
+
+    def sample(activation: str) -> torch.Tensor:
+        x = scaled[scaling(activation)].x_train[:AUDIT_BATCH]
+        return torch.from_numpy(np.ascontiguousarray(x))
+
     findings = {
         activation: [
             f.to_dict()
@@ -535,7 +548,7 @@ def compare(
                     config.model, activation, config.dropout_for(activation), ds.input_shape,
                     ds.num_classes, config.seeds[0],
                 ),
-                sample,
+                sample(activation),
             )
             # a ReLU variant is meant to have no SELU: no news there (a SELU one still hears)
             if f.kind != "no_selu" or get_spec(activation).family.selu is not None
@@ -567,7 +580,7 @@ def compare(
         raise
     with lock, nullcontext(stop) if stop is not None else graceful_stop() as stop:
         atomic_write_json(run_dir.root / "audit.json", findings)
-        data = DeviceData.from_dataset(ds, device)
+        on_device = {mode: DeviceData.from_dataset(d, device) for mode, d in scaled.items()}
         results: dict[str, list[dict[str, Any]]] = {}
         histories: dict[str, list[list[dict[str, Any]]]] = {}
         n_seeds, total = len(config.seeds), config.train.epochs * len(config.seeds)
@@ -591,8 +604,8 @@ def compare(
 
                     try:
                         result = train_run(
-                            data, config, activation, seed, paths, on_epoch,
-                            checkpoint_seconds, stop, digest,
+                            on_device[scaling(activation)], config, activation, seed, paths,
+                            on_epoch, checkpoint_seconds, stop, digest,
                         )  # fmt: skip
                     except Interrupted:
                         bar.close()

@@ -116,7 +116,8 @@ CASES = [
     ([*C, "--dataset", f"csv:{I}/ragged.csv"], "2 values, expected 3"),
     ([*C, "--dataset", f"csv:{I}/ok.csv", "--target", "nosuch"], "no column 'nosuch'"),
     ([*C, "--dataset", f"csv:{I}/ok.csv", "--target", "99"], "target=99 is out of range"),
-    ([*C, "--dataset", f"csv:{I}/ok.csv", "--standardize", "x"], "invalid choice: 'x'"),
+    ([*C, "--dataset", f"csv:{I}/ok.csv", "--standardize", "x"], "'x' is not one of feature"),
+    ([*C, "--standardize", "nosuch=none"], "standardize is set for 'nosuch'"),
     # compare: config files
     ([*C, "--config", f"{I}/missing.toml"], "missing.toml' does not exist"),
     ([*C, "--config", f"{I}/a_folder"], "is a folder"),

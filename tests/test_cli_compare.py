@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from selfnorm.cli import main
 from selfnorm.records import read_records
@@ -60,6 +61,35 @@ def test_per_variant_dropout(tmp_path, capsys):
     sizes = json.loads((out / "summary.json").read_text())["dataset"]
     assert (f"  {sizes['train']} training, {sizes['val']} validation, {sizes['test']} test "
             "samples of shape (1, 8, 8), 10 classes") in captured.err  # fmt: skip
+
+
+def test_labelled_variants_with_their_own_dropout_and_input_scaling(tmp_path, capsys):
+    # one spec twice under two labels: each its own folder, drop rate and inputs
+    out = tmp_path / "run"
+    loud = [a for a in FAST if a != "--quiet"]
+    args = ["compare", *loud, "--activations", "raw=selu,std=selu", "--dropout", "raw=selu=0.1",
+            "--standardize", "global,raw=selu=none", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dropout_by_activation"] == {"raw=selu": 0.1}
+    assert cfg["standardize_by_activation"] == {"raw=selu": "none"}
+    assert cfg["data"]["standardize"] == "global"
+    rest = capsys.readouterr().out.splitlines()
+    assert "  raw=selu: lecun_normal init, alpha_dropout 0.1, inputs unstandardized" in rest
+    assert "  std=selu: lecun_normal init, no dropout, inputs standardized globally" in rest
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["raw_selu", "std_selu"]
+    # the raw variant's audit saw its own inputs (digits pixels in [0, 1]); the other's did not
+    findings = json.loads((out / "audit.json").read_text())
+    raw = [f for f in findings["raw=selu"] if f["kind"] == "input_not_standardized"]
+    assert raw and 0.2 < raw[0]["measured"]["mean"] < 0.5
+    assert "input_not_standardized" not in {f["kind"] for f in findings["std=selu"]}
+    # a label changes nothing about the network: same spec and seed, the same initial weights
+    from selfnorm.config import MlpConfig
+    from selfnorm.training import build_model
+
+    nets = [build_model(MlpConfig(2, 32), v, 0.1, (64,), 10, 0) for v in ("raw=selu", "selu")]
+    for (k, a), (_, b) in zip(*(n.state_dict().items() for n in nets), strict=True):
+        assert torch.equal(a, b), k
 
 
 @pytest.mark.parametrize(

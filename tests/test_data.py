@@ -455,6 +455,24 @@ def test_global_and_none_standardization():
     }
 
 
+def test_restandardize_gives_what_loading_in_that_mode_gives():
+    from selfnorm.data import restandardize
+
+    g = load_dataset(DataConfig("digits", standardize="global"))
+    for mode in ("none", "feature"):
+        direct = load_dataset(DataConfig("digits", standardize=mode))
+        again = restandardize(g, mode)
+        assert again.standardization["mode"] == mode
+        for split in ("train", "val", "test"):
+            assert np.allclose(getattr(again, f"x_{split}"), getattr(direct, f"x_{split}"),
+                               atol=2e-6)  # fmt: skip
+            assert np.array_equal(getattr(again, f"y_{split}"), getattr(direct, f"y_{split}"))
+    assert restandardize(g, "global") is g
+    assert g.standardization["mode"] == "global" and abs(float(g.x_train.mean())) < 1e-6
+    with pytest.raises(ValueError, match="standardize mode 'pixel'"):
+        restandardize(g, "pixel")
+
+
 # ---------------------------------------------------------------------------------------------
 # Configuration and registry
 # ---------------------------------------------------------------------------------------------

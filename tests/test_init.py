@@ -52,3 +52,18 @@ def test_deep_selu_stack_self_normalizes_only_with_lecun_init():
     torch.manual_seed(1)
     default = _deep_selu_stack(32, 512)
     assert float(default(x).var()) < 0.1
+
+
+def test_glorot_uniform_is_torchs_xavier_uniform_and_the_seed_tf_scheme_uses_it():
+    from selfnorm.init import INIT_SCHEMES, glorot_uniform_
+
+    for shape in ((512, 784), (16, 3, 5, 5)):
+        ours = glorot_uniform_(torch.empty(shape), torch.Generator().manual_seed(3))
+        ref = nn.init.xavier_uniform_(
+            torch.empty(shape), generator=torch.Generator().manual_seed(3)
+        )
+        assert torch.equal(ours, ref)
+    w = INIT_SCHEMES["seed-tf"].weight(torch.empty(512, 784), torch.Generator().manual_seed(0))
+    bound = math.sqrt(6 / (784 + 512))  # TF 1's xavier_initializer(): uniform by default
+    assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.999 * bound
+    assert INIT_SCHEMES["seed-tf"].bias_std == 1.0

@@ -2,31 +2,71 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from selfnorm.cli import main
+from selfnorm.dropout import AlphaDropout
 from selfnorm.reproduce import roughness
+from selfnorm.reproduce.seed_tf import SEED_TF_VARIANTS, printed_comparison, seed_tf_config
 
 
 @pytest.mark.slow
-def test_seed_tf_trains_both_and_audits_the_bugs(tmp_path, capsys):
+def test_seed_tf_trains_three_variants_and_audits_the_bugs(tmp_path, capsys):
     out = tmp_path / "bugs"
     # the earlier name, seed-tf-bugs, still works
     args = ["reproduce", "seed-tf-bugs", "--dataset", "digits", "--epochs", "2", "--quiet",
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["variants"]) == {"selu@seed-tf", "selu"}
+    written, training, corrected = SEED_TF_VARIANTS
+    assert set(summary["variants"]) == {written, training, corrected}
     cfg = json.loads((out / "config.json").read_text())
-    # as written, the seed's dropout never fires (training defaulted to False): no dropout
-    assert cfg["dropout_by_activation"] == {"selu@seed-tf": 0.0, "selu": 0.3}
+    # as written, the seed's dropout never fires (training defaulted to False): no dropout;
+    # with training=True, keep_prob 0.7 lands in the drop-rate slot: 70% dropped
+    assert cfg["dropout_by_activation"] == {written: 0.0, training: 0.7, corrected: 0.3}
+    assert cfg["standardize_by_activation"] == {written: "none", training: "none"}
+    assert cfg["data"]["standardize"] == "global"
     findings = json.loads((out / "audit.json").read_text())
-    bugged = {(f["kind"], f["severity"]) for f in findings["selu@seed-tf"]}
+    bugged = {(f["kind"], f["severity"]) for f in findings[written]}
     assert ("bias_nonzero", "error") in bugged
     assert ("weight_init", "error") in bugged  # Glorot on the 64 -> 512 input layer
-    assert not [f for f in findings["selu"] if f["severity"] == "error"]
+    assert "input_not_standardized" in {f["kind"] for f in findings[written]}  # [0, 1] pixels
+    assert not [f for f in findings[corrected] if f["severity"] == "error"]
+    assert "input_not_standardized" not in {f["kind"] for f in findings[corrected]}
     html = (out / "report.html").read_text()
     assert "seed TensorFlow example" in html and "id=audit" in html
-    assert "defaults to False" in html and "bias_nonzero" in (out / "summary.md").read_text()
+    assert 'id="carries"' in html and "defaults to False" in html
+    assert "0.9764 after 50 epochs; this run trained 2 epochs" in html
+    assert "bias_nonzero" in (out / "summary.md").read_text()
+
+
+def test_seed_tf_as_written_never_drops_a_unit_and_training_true_drops_70_percent():
+    from selfnorm.config import experiment_from_dict
+    from selfnorm.training import build_model
+
+    cfg = experiment_from_dict(seed_tf_config())
+    written, training, _ = SEED_TF_VARIANTS
+    x = torch.randn(256, 1, 28, 28)
+    net = build_model(cfg.model, written, cfg.dropout_for(written), (1, 28, 28), 10, 0).train()
+    assert torch.equal(net(x), net(x))  # train mode, yet deterministic: nothing is dropped
+    net = build_model(cfg.model, training, cfg.dropout_for(training), (1, 28, 28), 10, 0).train()
+    assert not torch.equal(net(x), net(x))
+    acts = {}
+    first = next(m for m in net.modules() if isinstance(m, AlphaDropout))
+    first.register_forward_hook(lambda m, i, o: acts.update(inp=i[0], out=o))
+    net(x)
+    # a dropped unit is set to the same value a * alpha' + b; the kept ones vary
+    dropped = acts["out"] == acts["out"].flatten().mode().values
+    assert abs(float(dropped.float().mean()) - 0.7) < 0.01
+
+
+def test_seed_tf_printed_comparison_at_the_seeds_epoch_count():
+    written = next(iter(SEED_TF_VARIANTS))
+    summary = {"variants": {written: {"test_accuracy": 0.9712}}}
+    assert printed_comparison(summary, 50).endswith("as written here: 0.9712.")
+    summary = {"variants": {written: {"test_accuracy": None}}}
+    assert printed_comparison(summary, 50).endswith("as written here: diverged.")
+    assert "--epochs 50" in printed_comparison(summary, 3)
 
 
 def test_figure1_curves_and_variability(tmp_path, capsys):

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from selfnorm.cli.common import CliError, csv_list
 from selfnorm.cli.common import print_json as _print_json
@@ -33,22 +34,48 @@ def _parse_activations(text: str | None) -> list[str] | None:
     return names
 
 
-def _parse_dropout(text: str) -> dict:
-    """``0.1`` -> every variant; ``selu=0.1,relu=0.2`` -> per variant; both may be mixed."""
-    out: dict = {}
+def _per_variant(flag: str, text: str, parse, example: str) -> tuple[Any, dict]:
+    """``V`` -> (V, {}): one value for every variant; ``selu=V1,relu=V2`` -> (None, per
+    variant); both may be mixed. ``parse`` turns a value's text into the value or raises
+    ValueError."""
+    default, by_variant = None, {}
     for item in csv_list(text):
         key, sep, value = item.rpartition("=")
         try:
-            rate = float(value)
+            parsed = parse(value.strip())
         except ValueError:
-            raise CliError(
-                f"--dropout {text!r}: {value!r} is not a number; pass e.g. 0.1 or selu=0.1,relu=0.2"
-            ) from None
+            raise CliError(f"{flag} {text!r}: {value!r} is not {example}") from None
         if sep:
-            out.setdefault("dropout_by_activation", {})[key.strip().lower()] = rate
+            by_variant[key.strip().lower()] = parsed
         else:
-            out["dropout"] = rate
-    return out
+            default = parsed
+    return default, by_variant
+
+
+def _parse_dropout(text: str) -> dict:
+    """``0.1`` -> every variant; ``selu=0.1,relu=0.2`` -> per variant; both may be mixed."""
+    rate, by_variant = _per_variant(
+        "--dropout", text, float, "a number; pass e.g. 0.1 or selu=0.1,relu=0.2"
+    )
+    out: dict = {} if rate is None else {"dropout": rate}
+    return {**out, "dropout_by_activation": by_variant} if by_variant else out
+
+
+def _parse_standardize(text: str) -> dict:
+    """``global`` -> every variant; ``written=selu=none`` -> that variant; both may be mixed."""
+    from selfnorm.data import STANDARDIZE_MODES
+
+    def mode_of(value: str) -> str:
+        if value not in STANDARDIZE_MODES:
+            raise ValueError(value)
+        return value
+
+    mode, by_variant = _per_variant(
+        "--standardize", text, mode_of,
+        f"one of {', '.join(STANDARDIZE_MODES)}; pass e.g. global or relu=none,selu=global",
+    )  # fmt: skip
+    out: dict = {} if mode is None else {"data": {"standardize": mode}}
+    return {**out, "standardize_by_activation": by_variant} if by_variant else out
 
 
 def _parse_ints(flag: str, text: str) -> list[int]:
@@ -67,7 +94,6 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "target": (int(args.target) if args.target.lstrip("-").isdigit() else args.target)
             if args.target is not None
             else None,
-            "standardize": args.standardize,
             "val_fraction": args.val_fraction,
         },
         "model": {
@@ -103,6 +129,10 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
     out = {k: v for k, v in out.items() if v not in (None, {})}
     if args.dropout is not None:
         out.update(_parse_dropout(args.dropout))
+    if args.standardize is not None:
+        from selfnorm.config import merge
+
+        out = merge(out, _parse_standardize(args.standardize))
     return out
 
 
@@ -136,23 +166,32 @@ def resolve_compare_config(args: argparse.Namespace):
     merged: dict = {}
     for layer in layers:
         merged = merge(merged, layer)
+    # one value on the command line means one value: the layers' per-variant ones go
     if "dropout" in flags and "dropout_by_activation" not in flags:
-        merged.pop("dropout_by_activation", None)  # one rate on the command line means one rate
+        merged.pop("dropout_by_activation", None)
+    if "standardize" in flags.get("data", {}) and "standardize_by_activation" not in flags:
+        merged.pop("standardize_by_activation", None)
     merged = merge(merged, flags)
     model = merged.get("model", {})
     if isinstance(model, Mapping):  # else experiment_from_dict says what [model] must be
         _check_model_flags(flags.get("model", {}), model.get("kind", "mlp"))
     # per-variant rates a preset or file set for variants that are not compared now
-    if "dropout_by_activation" in merged and "activations" in flags:
-        chosen = {a.strip().lower() for a in merged["activations"]}
-        merged["dropout_by_activation"] = {
-            k: v for k, v in merged["dropout_by_activation"].items() if k in chosen
-        }
+    for key in ("dropout_by_activation", "standardize_by_activation"):
+        if key in merged and "activations" in flags:
+            chosen = {a.strip().lower() for a in merged["activations"]}
+            merged[key] = {k: v for k, v in merged[key].items() if k in chosen}
     return experiment_from_dict(merged)
 
 
 _SUMMARY_WIDTH = 94
 """The longest variants line kept on one line (indented by 2: under 100 columns with room)."""
+
+
+_INPUTS = {
+    "feature": "inputs standardized per feature",
+    "global": "inputs standardized globally",
+    "none": "inputs unstandardized",
+}
 
 
 def describe(config, out: str, resume: bool = False) -> str:
@@ -180,7 +219,10 @@ def describe(config, out: str, resume: bool = False) -> str:
         spec, p = get_spec(a), config.dropout_for(a)
         kind = spec.dropout_name if m.kind == "mlp" else spec.feature_dropout_name  # CNN: channels
         drop = f"{kind} {p:g}" if p > 0 else "no dropout"
-        kinds.setdefault(f"{spec.init_name} init, {drop}", []).append(a)
+        inputs = ""
+        if config.standardize_by_activation:  # say each variant's inputs where they differ
+            inputs = f", {_INPUTS[config.standardize_for(a)]}"
+        kinds.setdefault(f"{spec.init_name} init, {drop}{inputs}", []).append(a)
     clauses = [f"{', '.join(names)}: {kind}" for kind, names in kinds.items()]
     joined = "; ".join(clauses)
     variants = joined if len(joined) <= _SUMMARY_WIDTH else "\n  ".join(clauses)
@@ -292,10 +334,10 @@ def register(sub) -> None:
     g.add_argument("--target", help="CSV target column: name or index (default: last)")
     g.add_argument(
         "--standardize",
-        choices=["feature", "global", "none"],
-        default=None,
+        metavar="MODE",
         help="inputs standardized per feature (default) or by one global mean/std, fitted on "
-        "the training split; none: the values as stored (image pixels scaled to [0, 1])",
+        "the training split; none: the values as stored (image pixels scaled to [0, 1]); one "
+        "mode for every variant, or per variant, e.g. global,written=selu@seed-tf=none",
     )
     g.add_argument("--val-fraction", type=float, help="validation share of train (default 0.1)")
     g = p.add_argument_group("model")

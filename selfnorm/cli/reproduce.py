@@ -31,7 +31,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             other = "figure1" if args.name == "seed-tf" else "seed-tf"
             raise CliError(f"{flag} belongs to `reproduce {other}`, not {args.name}; drop it")
     if args.name == "seed-tf":
-        summary = reproduce.run_seed_tf_bugs(
+        summary = reproduce.run_seed_tf(
             out,
             epochs=args.epochs or 3,
             seeds=tuple(_ints("--seeds", args.seeds or "0")),

@@ -25,7 +25,7 @@ from selfnorm._io import atomic_write_text
 from selfnorm.records import read_records
 from selfnorm.report import plots
 from selfnorm.storage import RunDir, read_jsonl
-from selfnorm.tables import comparison_table
+from selfnorm.tables import comparison_table, render
 
 __all__ = [
     "DRIFT_THRESHOLD",
@@ -301,7 +301,8 @@ h1{font-size:1.5rem;margin-bottom:.2rem}.sub{color:#666;margin-top:0}
 table{border-collapse:collapse;margin:1rem 0;font-variant-numeric:tabular-nums}
 th,td{padding:.35rem .7rem;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
-table.findings td,table.findings th{text-align:left;font-size:.85rem}
+table.findings td,table.findings th,#carries td,#carries th{text-align:left;font-size:.85rem}
+#carries td:first-child{white-space:nowrap}
 .wide{overflow-x:auto}tr.best td{font-weight:600}#comparison td{white-space:nowrap}
 .verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.7rem 1rem}
 figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
@@ -413,9 +414,18 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     notes = _optional_json(rd.root / "notes.json") or {}
     title = notes.get("title", title)
     intro = notes.get("intro", "")
+    carries = notes.get("variants") or {}  # a reproduction's word on each variant
+    rows = [[name, carries[name]] for name in names if name in carries]
+    carried = {
+        style: render(["variant", "what it carries"], rows, style, html_id="carries")
+        if rows
+        else ""
+        for style in ("html", "markdown")
+    }
     findings = _optional_json(rd.root / "audit.json")
     body = (
         (f"<p class=intro>{html.escape(intro)}</p>" if intro else "")
+        + (f"<div class=wide>{carried['html']}</div>" if rows else "")
         + f"<div class=wide>{comparison_table(summary, 'html')}</div>"
         + f"<p class=verdict id=verdict>{html.escape(text)}</p>"
         + f"<h2>Figures</h2>{fig_html}"
@@ -426,6 +436,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     html_path = atomic_write_text(rd.root / "report.html", render_page(title, sub, body))
     md = (
         f"# {title}\n\n{sub}\n\n{intro + chr(10) + chr(10) if intro else ''}"
+        f"{carried['markdown'] + chr(10) + chr(10) if rows else ''}"
         f"{comparison_table(summary, 'markdown')}\n\n{text}\n\n"
         f"Figures: see report.html ({', '.join(f.key for f in figures)}).\n\n"
         + (_audit_md(findings) if findings else "")

@@ -1,26 +1,14 @@
-r"""Reproductions: the seed TensorFlow example's bugs, and the paper's Figure 1.
+r"""The paper's Figure 1, reproduced (``selfnorm reproduce figure1``).
 
-``seed-tf`` (also ``seed-tf-bugs``)
-    The seed example's 784-512x4-10 SELU network as written (variant ``selu@seed-tf``: Glorot
-    weights, N(0, 1) biases, and no dropout at all: its ``dropout_selu(x, keep_prob)`` is called
-    without ``training``, which defaults to False, so it returns its input at train and at test
-    time and the fed ``keep_prob`` 0.7 changes nothing) against the corrected SNN (LeCun init,
-    zero biases, alpha dropout with drop rate 0.3 = keep 0.7 as intended), same data, same seed,
-    same batches: one ``selfnorm compare`` run, with its report, per-layer histograms and the
-    audit of both. The seed's second bug, ``keep_prob`` passed into a parameter that is a drop
-    *rate* (70% dropped), only bites a caller that passes ``training=True``: it is described,
-    not run, here. Both variants see standardized inputs (the seed fed [0, 1] pixels).
-
-``figure1``
-    Klambauer et al. (2017), Figure 1: training loss against update steps for SNNs and ReLU
-    networks with BatchNorm of depth 8, 16 and 32, plain SGD, width equal to the input
-    dimension, on MNIST. The paper trained with learning rate 1e-5 for 2000 epochs; the default
-    here (lr 0.01, 2 epochs over 10,000 training images, batch 128) finishes on 2 CPU cores in
-    minutes and says so in its report; ``paper=True`` restores the paper's settings. Each curve
-    gets a number for its step-to-step variability, the standard deviation of
-    :math:`\Delta_t = \log L_t - \log L_{t-1}` (``roughness``), to test the claim that SNN
-    curves are smoother, and the mean log-loss over the run (``mean_log_loss``: lower means it
-    fell faster).
+Klambauer et al. (2017), Figure 1: training loss against update steps for SNNs and ReLU
+networks with BatchNorm of depth 8, 16 and 32, plain SGD, width equal to the input
+dimension, on MNIST. The paper trained with learning rate 1e-5 for 2000 epochs; the default
+here (lr 0.01, 2 epochs over 10,000 training images, batch 128) finishes on 2 CPU cores in
+minutes and says so in its report; ``paper=True`` restores the paper's settings. Each curve
+gets a number for its step-to-step variability, the standard deviation of
+:math:`\Delta_t = \log L_t - \log L_{t-1}` (``roughness``), to test the claim that SNN
+curves are smoother, and the mean log-loss over the run (``mean_log_loss``: lower means it
+fell faster).
 """
 
 from __future__ import annotations
@@ -37,7 +25,6 @@ import torch
 
 from selfnorm import _validate
 from selfnorm._io import atomic_write_json, atomic_write_text
-from selfnorm.config import experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
 from selfnorm.models import build_mlp
 from selfnorm.report.html import figure, figures_html, render_page
@@ -46,67 +33,12 @@ from selfnorm.specs import get_spec
 from selfnorm.tables import render
 from selfnorm.training import (
     batch_bounds,
-    compare,
     epoch_permutation,
     resolve_device,
     train_epoch,
 )
 
-__all__ = ["REPRODUCTIONS", "Figure1Config", "run_figure1", "run_seed_tf_bugs", "roughness"]
-
-REPRODUCTIONS = ("seed-tf", "figure1")
-
-SEED_TF_INTRO = (
-    "The seed TensorFlow example as written (selu@seed-tf: Glorot weights, N(0, 1) biases, and "
-    "no dropout: its dropout_selu(x, keep_prob) is called without training=, which defaults to "
-    "False, so the function returns its input and the fed keep_prob 0.7 does nothing) against "
-    "the corrected SNN (selu: LeCun normal weights, zero biases, alpha dropout with drop rate "
-    "0.3 = keep probability 0.7 as intended). Had the seed passed training=True, its second bug "
-    "would bite: keep_prob goes into a parameter that is a drop rate, so 70% of the units would "
-    "be dropped. Same network (784-512x4-10), data, seed and batches; Adam lr 1e-3, batch 100; "
-    "both on standardized inputs (the seed fed pixels in [0, 1]). The seed's tutorial printed "
-    "test accuracy 0.9764 after 50 epochs (--epochs 50)."
-)
-
-
-def seed_tf_bugs_config(
-    epochs: int = 3,
-    seeds: tuple[int, ...] = (0,),
-    dataset: str = "mnist",
-    data_dir: str | None = None,
-) -> dict[str, Any]:
-    """The experiment of the ``seed-tf`` reproduction, as a config dict."""
-    return {
-        "data": {"dataset": dataset, "data_dir": data_dir, "standardize": "global"},
-        "model": {"kind": "mlp", "depth": 4, "width": 512},
-        "train": {"optimizer": "adam", "lr": 1e-3, "batch_size": 100, "epochs": epochs},
-        "activations": ["selu@seed-tf", "selu"],
-        "dropout_by_activation": {"selu@seed-tf": 0.0, "selu": 0.3},  # as written: inert
-        "seeds": list(seeds),
-    }
-
-
-def run_seed_tf_bugs(
-    out: str | Path,
-    epochs: int = 3,
-    seeds: tuple[int, ...] = (0,),
-    dataset: str = "mnist",
-    data_dir: str | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train the buggy and the corrected network; write the run directory and its report."""
-    from selfnorm.report.html import build_report
-
-    config = experiment_from_dict(seed_tf_bugs_config(epochs, seeds, dataset, data_dir))
-    summary = compare(config, str(out), resume=resume, overwrite=overwrite, progress=progress)
-    atomic_write_json(
-        Path(out) / "notes.json",
-        {"title": "Reproduction: the seed TensorFlow example's bugs", "intro": SEED_TF_INTRO},
-    )
-    build_report(out)
-    return summary
+__all__ = ["Figure1Config", "run_figure1", "roughness"]
 
 
 def roughness(losses: np.ndarray) -> float:
