@@ -164,8 +164,14 @@ class TrainConfig:
     """Passes over the training split, >= 1."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    test_every_epoch: bool = False
+    """Also score the test split after every epoch (``test_loss``, ``test_accuracy`` in each
+    metrics row), to show what picking an epoch on the test set would report; the reported test
+    score stays the last epoch's."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.test_every_epoch, bool):
+            raise ValueError(f"test_every_epoch={self.test_every_epoch!r}; pass true or false")
         if self.optimizer not in ("adam", "sgd", "rmsprop"):
             raise ValueError(f"optimizer={self.optimizer!r}; choose one of adam, sgd, rmsprop")
         lr = _validate.finite("lr", self.lr)

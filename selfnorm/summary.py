@@ -26,14 +26,25 @@ def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
     ``final_*`` are the last epoch's (the model whose test score is reported); ``epochs_to_97``
     is the first epoch whose validation accuracy reaches 97% of the run's best;
     ``epoch_seconds`` is the median epoch time (the only number that is not deterministic).
+    With a test score per epoch (``train.test_every_epoch``), ``best_test_accuracy`` is the best
+    of them (the number a model picked on the test set reports) and
+    ``test_accuracy_at_best_val`` the test score of the epoch with the best validation accuracy
+    (the first such epoch: the model picked honestly); both None without.
 
     Example:
         >>> h = [{"val_accuracy": a, "epoch_seconds": 1.0} for a in (0.5, 0.9, 0.95, 0.93)]
         >>> m = run_metrics({"test_accuracy": 0.94, "test_loss": 0.2, "diverged": False}, h)
         >>> m["best_val_accuracy"], m["final_val_accuracy"], m["epochs_to_97"]
         (0.95, 0.93, 3)
+        >>> for row, t in zip(h, (0.4, 0.92, 0.91, 0.935)):
+        ...     row["test_accuracy"] = t
+        >>> m = run_metrics({"test_accuracy": 0.935}, h)
+        >>> m["best_test_accuracy"], m["test_accuracy_at_best_val"]
+        (0.935, 0.91)
     """
     accs = [row["val_accuracy"] for row in history]
+    tests = [row.get("test_accuracy") for row in history]
+    scored = bool(tests) and all(t is not None for t in tests)
     losses = [row["val_loss"] for row in history if "val_loss" in row]
     best = max(accs) if accs else None
     last = history[-1] if history else {}
@@ -54,6 +65,8 @@ def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
         "epochs_completed": result.get("epochs_completed", len(history)),
         "diverged": bool(result.get("diverged")),
         "diverged_reason": result.get("diverged_reason"),
+        "best_test_accuracy": max(tests) if scored else None,
+        "test_accuracy_at_best_val": tests[accs.index(best)] if scored else None,
     }
 
 

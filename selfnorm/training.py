@@ -408,6 +408,8 @@ def train_run(
                 "val_accuracy": val_acc,
                 "epoch_seconds": seconds,
             }
+            if cfg.test_every_epoch:
+                row["test_loss"], row["test_accuracy"] = evaluate(model, data.x_test, data.y_test)
             paths.append_metrics(row)
             history.append(row)
             if board is not None:  # on the step axis of the records: the epoch's last step

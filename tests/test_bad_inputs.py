@@ -163,6 +163,11 @@ CASES = [
     (["depth", "--activations", "foo"], "'foo'"),
     (["reproduce", "nosuch"], "invalid choice: 'nosuch'"),
     (["reproduce", "figure1", "--depths", "8,x"], "8,x"),
+    (["reproduce", "figure1", "--seeds", "1"], "--seeds belongs to `reproduce seed-tf and seed"),
+    (["reproduce", "seed-keras", "--paper"], "--paper belongs to `reproduce figure1`"),
+    (["reproduce", "seed-keras", "--seeds", "0,x"], "0,x"),
+    (["reproduce", "seed-keras", "--epochs", "0"], "epochs=0"),
+    (["reproduce", "seed-tf", "--epochs", "0"], "epochs=0"),
     # sweep and benchmark
     (["sweep", f"{I}/missing.toml"], "missing.toml"),
     (["sweep", f"{I}/sweep_depth0.toml"], "depth=0 must be an integer >= 1"),

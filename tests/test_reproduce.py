@@ -95,3 +95,55 @@ def test_roughness_of_known_curves():
     assert roughness(np.array([1.0, 0.5, 0.25])) == pytest.approx(0.0)
     zigzag = np.array([1.0, 0.5, 1.0, 0.5, 1.0])
     assert roughness(zigzag) == pytest.approx(np.log(2))
+
+
+@pytest.mark.slow
+def test_seed_keras_as_written_validates_on_test_and_corrected_picks_on_validation(tmp_path):
+    from selfnorm.reproduce.seed_keras import selection_rows
+
+    out = tmp_path / "keras"
+    args = ["reproduce", "seed-keras", "--dataset", "digits", "--epochs", "3", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    written = json.loads((out / "as-written/summary.json").read_text())
+    corrected = json.loads((out / "corrected/summary.json").read_text())
+    # as written: every training image, and the test set is the validation data
+    assert written["dataset"]["val"] == written["dataset"]["test"] == corrected["dataset"]["test"]
+    assert (
+        written["dataset"]["train"] == corrected["dataset"]["train"] + corrected["dataset"]["val"]
+    )
+    run = written["variants"]["selu@glorot-uniform"]["runs"][0]
+    rows = [json.loads(x) for x in (out / "as-written/runs/selu_glorot-uniform/seed0/metrics.jsonl")
+            .read_text().splitlines()]  # fmt: skip
+    assert rows[-1]["val_accuracy"] == pytest.approx(run["test_accuracy"])  # the same set
+    cfg = json.loads((out / "as-written/config.json").read_text())
+    assert cfg["data"]["standardize"] == "none" and cfg["train"]["optimizer"] == "rmsprop"
+    assert cfg["train"]["rmsprop_alpha"] == 0.9 and cfg["train"]["batch_size"] == 128
+    assert cfg["dropout_by_activation"] == {"selu@glorot-uniform": 0.1, "relu@glorot-uniform": 0.2}
+    # corrected: the test set scored every epoch; the pick on validation is its own epoch's
+    for name in ("selu", "relu"):
+        history = [json.loads(x) for x in (out / f"corrected/runs/{name}/seed0/metrics.jsonl")
+                   .read_text().splitlines()]  # fmt: skip
+        tests = [r["test_accuracy"] for r in history]
+        vals = [r["val_accuracy"] for r in history]
+        m = corrected["variants"][name]["runs"][0]
+        assert m["best_test_accuracy"] == max(tests)
+        assert m["test_accuracy_at_best_val"] == tests[vals.index(max(vals))]
+        assert m["test_accuracy"] == pytest.approx(tests[-1])  # the last epoch's model
+    picked = {(r["net"], r["activation"]): r for r in selection_rows(
+        {"as-written": written, "corrected": corrected})}  # fmt: skip
+    assert picked["as-written", "selu"]["picked_on_val"] == (None, None)
+    assert picked["corrected", "relu"]["optimism"][0] >= 0  # picking on test never reports less
+    page = (out / "report.html").read_text()
+    assert 'id="selection"' in page and 'href="as-written/report.html"' in page
+    assert "this run trained 3" in page
+    assert (out / "as-written/report.html").exists() and (out / "corrected/report.html").exists()
+    assert "validation_data" in (out / "as-written/report.html").read_text()
+    assert main(args) == 2  # an existing run is neither replaced nor mixed into
+    assert main([*args, "--resume"]) == 0  # finished: resumes to the same numbers
+    assert (
+        json.loads((out / "corrected/summary.json").read_text())["variants"]["selu"][
+            "test_accuracy"
+        ]
+        == corrected["variants"]["selu"]["test_accuracy"]
+    )

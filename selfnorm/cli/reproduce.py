@@ -15,25 +15,31 @@ def _ints(flag: str, text: str) -> list[int]:
         raise CliError(f"{flag} {text!r}: pass comma-separated integers, e.g. 0,1") from None
 
 
+_COMPARE_RUNS = ("seed-tf", "seed-keras")
+"""The reproductions that are ``selfnorm compare`` runs (seeds, resume); the rest is figure1."""
+_DEFAULT_EPOCHS = {"seed-tf": 3, "seed-keras": 20}
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from selfnorm import reproduce
 
     if args.name == "seed-tf-bugs":  # the earlier name
         args.name = "seed-tf"
     out = Path(args.out or f"runs/reproduce-{args.name}")
-    only = {
-        "seed-tf": {"paper": "--paper", "lr": "--lr", "depths": "--depths",
-                         "train_samples": "--train-samples"},
-        "figure1": {"seeds": "--seeds", "resume": "--resume"},
-    }[args.name]  # fmt: skip
+    figure1_only = {"paper": "--paper", "lr": "--lr", "depths": "--depths",
+                    "train_samples": "--train-samples"}  # fmt: skip
+    compare_only = {"seeds": "--seeds", "resume": "--resume"}
+    only = figure1_only if args.name in _COMPARE_RUNS else compare_only
     for attr, flag in only.items():
         if getattr(args, attr):
-            other = "figure1" if args.name == "seed-tf" else "seed-tf"
-            raise CliError(f"{flag} belongs to `reproduce {other}`, not {args.name}; drop it")
-    if args.name == "seed-tf":
-        summary = reproduce.run_seed_tf(
+            owner = "figure1" if only is figure1_only else "seed-tf and seed-keras"
+            raise CliError(f"{flag} belongs to `reproduce {owner}`, not {args.name}; drop it")
+    if args.name in _COMPARE_RUNS:
+        run = reproduce.run_seed_tf if args.name == "seed-tf" else reproduce.run_seed_keras
+        epochs = _DEFAULT_EPOCHS[args.name] if args.epochs is None else args.epochs
+        summary = run(
             out,
-            epochs=args.epochs or 3,
+            epochs=epochs,
             seeds=tuple(_ints("--seeds", args.seeds or "0")),
             dataset=args.dataset or "mnist",
             data_dir=args.data_dir,
@@ -41,9 +47,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
         )
-        from selfnorm.tables import comparison_table
+        if args.name == "seed-tf":
+            from selfnorm.tables import comparison_table
 
-        print(comparison_table(summary, "text"))
+            print(comparison_table(summary, "text"))
+        else:
+            from selfnorm.reproduce import seed_keras
+
+            rows = seed_keras.selection_rows(summary)
+            print(seed_keras.selection_table(rows, epochs, "text"))
+            print(seed_keras.selection_verdict(rows, epochs))
     else:
         over = {
             k: v
@@ -77,13 +90,19 @@ def register(sub) -> None:
     """Add the ``reproduce`` subcommand."""
     p = sub.add_parser(
         "reproduce",
-        help="seed-tf (the seed TF example as written vs corrected) or figure1 (the paper's)",
+        help="seed-tf, seed-keras (the seed examples as they ran vs corrected) or figure1 "
+        "(the paper's)",
     )
-    p.add_argument("name", choices=["seed-tf", "seed-tf-bugs", "figure1"],
-                   help="seed-tf (also seed-tf-bugs): the seed TensorFlow MLP as written vs "
-                   "corrected; figure1: the paper's Figure 1")  # fmt: skip
-    p.add_argument("--epochs", type=int, help="seed-tf: 3 (original 50); figure1: 2")
-    p.add_argument("--seeds", help="seed-tf: comma-separated seeds (default 0)")
+    p.add_argument("name", choices=["seed-tf", "seed-tf-bugs", "seed-keras", "figure1"],
+                   help="seed-tf (also seed-tf-bugs): the seed TensorFlow MLP as written, with "
+                   "training=True, and corrected; seed-keras: the seed Keras MLP (SELU vs ReLU) "
+                   "as written and corrected; figure1: the paper's Figure 1")  # fmt: skip
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="seed-tf: 3 (the seed's 50); seed-keras: 20 (the seed's); figure1: 2",
+    )
+    p.add_argument("--seeds", help="seed-tf, seed-keras: comma-separated seeds (default 0)")
     p.add_argument("--dataset", help="mnist (default); figure1 also takes cifar10")
     p.add_argument("--data-dir", help="dataset folder or cache root")
     p.add_argument("--lr", type=float, help="figure1: SGD learning rate (default 0.01)")
@@ -91,7 +110,7 @@ def register(sub) -> None:
     p.add_argument("--train-samples", type=int, help="figure1: first N images (default 10000)")
     p.add_argument("--paper", action="store_true", help="figure1: the paper's exact settings")
     p.add_argument("--out", help="output folder (default runs/reproduce-NAME)")
-    p.add_argument("--resume", action="store_true", help="seed-tf: continue a run")
+    p.add_argument("--resume", action="store_true", help="seed-tf, seed-keras: continue a run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_reproduce)

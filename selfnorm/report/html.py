@@ -303,6 +303,7 @@ th,td{padding:.35rem .7rem;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f4f4f4}
 table.findings td,table.findings th,#carries td,#carries th{text-align:left;font-size:.85rem}
 #carries td:first-child{white-space:nowrap}
+#selection td:nth-child(-n+2),#selection th:nth-child(-n+2){text-align:left;white-space:nowrap}
 .wide{overflow-x:auto}tr.best td{font-weight:600}#comparison td{white-space:nowrap}
 .verdict{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.7rem 1rem}
 figure{margin:1.5rem 0}img{max-width:100%;height:auto;border:1px solid #eee}
