@@ -59,6 +59,33 @@ def test_selu_stays_at_the_fixed_point_and_theory_tracks_it():
     assert abs(tanh.theory_var[-1] - tanh.var[-1]) < 0.1 * tanh.var[-1]
 
 
+def test_mean_field_recursion_closed_forms_and_measurement():
+    curves = depth_propagation(
+        DepthConfig(("selu", "relu", "tanh", "relu+bn"), depth=12, width=256, batch=1024,
+                    networks=2)
+    )  # fmt: skip
+    relu = curves["relu"]
+    # He init: q stays at 2, so every layer's variance is 1 - 1/pi and chi = 1 (flat gradients)
+    taus = relu.tau_mean
+    assert all(abs(t - 2) < 0.05 for t in taus)
+    second = relu.mean[0] ** 2 + relu.var[0]  # E[x^2] of the inputs
+    for layer in range(1, 13):
+        q = taus[layer - 1] * second
+        second = q / 2  # E[relu(sqrt(q) z)^2]
+        assert relu.mf_var[layer] == pytest.approx(q / 2 - q / (2 * math.pi), rel=1e-4)
+    # with BatchNorm before it every layer's pre-activation is N(0, 1): 1/2 - 1/(2 pi)
+    assert curves["relu+bn"].mf_var[1:] == pytest.approx([0.5 - 1 / (2 * math.pi)] * 12)
+    assert all(math.isnan(g) for g in curves["relu+bn"].mf_grad)
+    # the measurement agrees where finite width does not matter much (12 layers of 256)
+    selu, tanh = curves["selu"], curves["tanh"]
+    assert all(abs(m - v) < 0.05 for m, v in zip(selu.mf_var[1:], selu.var[1:], strict=True))
+    assert selu.mf_grad[1] == pytest.approx(selu.grad_norm[1], rel=0.05)  # chi > 1 for SELU
+    assert selu.mf_grad[1] / selu.mf_grad[-1] > 1.3
+    assert tanh.mf_var[-1] == pytest.approx(tanh.var[-1], rel=0.1)
+    assert tanh.mf_grad[1] == pytest.approx(tanh.grad_norm[1], rel=0.1)  # chi < 1: vanishing
+    assert len(relu.var_range) == 13 and all(lo <= hi for lo, hi in relu.var_range)
+
+
 def test_the_selu_gain_trap_collapses_the_variance():
     curves = depth_propagation(
         DepthConfig(("selu",), depth=16, width=256, batch=1024, init="selu-gain")

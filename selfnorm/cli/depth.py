@@ -24,6 +24,7 @@ def cmd_depth(args: argparse.Namespace) -> int:
         batch=args.batch,
         init=args.init,
         seed=args.seed,
+        networks=args.networks,
     )
     inputs = None
     if args.dataset:
@@ -47,12 +48,19 @@ def cmd_depth(args: argparse.Namespace) -> int:
         _print_json(payload)
         return 0
     n_in = len(inputs) if inputs is not None else config.batch
-    print(f"depth {config.depth}, width {config.width}, {n_in} inputs, init {config.init}")
-    print(f"{'last layer':>12}  {'mean':>8} {'var':>9} {'theory var':>10} {'grad norm':>10}")
+    nets = f"mean of {config.networks} networks" if config.networks > 1 else "one network"
+    print(f"depth {config.depth}, width {config.width}, {n_in} inputs, init {config.init}, "
+          f"{nets}")  # fmt: skip
+    print(f"{'last layer':>12}  {'mean':>8} {'var':>9} {'g var':>9} {'mean-field':>10} "
+          f"{'grad layer 1':>12} {'mean-field':>10}")  # fmt: skip
+
+    def cell(v: float, width: int, fmt: str) -> str:
+        return f"{v:{width}{fmt}}" if v == v else f"{'—':>{width}}"
+
     for n, c in curves.items():
-        tv = c.theory_var[-1]
-        tv_s = f"{tv:10.4f}" if tv == tv else f"{'—':>10}"
-        print(f"{n:>12}  {c.mean[-1]:8.4f} {c.var[-1]:9.4f} {tv_s} {c.grad_norm[-1]:10.4g}")
+        print(f"{n:>12}  {c.mean[-1]:8.4f} {c.var[-1]:9.4f} {cell(c.theory_var[-1], 9, '.4f')} "
+              f"{cell(c.mf_var[-1], 10, '.4f')} {cell(c.grad_norm[1], 12, '.4g')} "
+              f"{cell(c.mf_grad[1], 10, '.4g')}")  # fmt: skip
     print(f"wrote {out / 'depth.png'} and {out / 'depth.json'}")
     return 0
 
@@ -76,6 +84,9 @@ def register(sub) -> None:
     p.add_argument("--dataset", help="push a batch of this dataset instead of Gaussian inputs")
     p.add_argument("--data-dir", help="dataset folder or cache root")
     p.add_argument("--seed", type=int, default=0, help="weights and inputs seed (default 0)")
+    p.add_argument("--networks", type=int, default=4,
+                   help="random networks per activation, averaged (default 4): one finite "
+                   "network wanders around the infinite-width theory")  # fmt: skip
     p.add_argument("--out", default="depth", help="folder for depth.png and depth.json")
     p.add_argument("--json", action="store_true", help="print depth.json")
     p.set_defaults(func=cmd_depth)

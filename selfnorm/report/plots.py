@@ -444,23 +444,40 @@ def is_selu_record(rec) -> bool:
 
 
 def depth_figure(curves: Mapping[str, object]) -> Figure:
-    """Per-layer mean, variance and gradient norm at initialization against depth, measured
-    (solid) and the mean-field prediction (dashed); the fixed point (0, 1) in grey."""
+    """Per-layer mean, variance and gradient norm at initialization against depth: measured
+    (solid: the mean over the networks, shaded: their range), the map g with each layer's
+    measured weight sums (dashed) and the mean-field recursion (dotted); (0, 1) in grey."""
     names = list(curves)
     colors = _variant_colors(names)
-    fig = Figure(figsize=(13.0, 4.0), layout="constrained")
+    fig = Figure(figsize=(13.0, 4.2), layout="constrained")
     ax_m, ax_v, ax_g = fig.subplots(1, 3)
+    n_nets = 1
     for name in names:
         c = curves[name]
+        col = colors[name]
         layers = np.arange(len(c.mean))
-        theory_m = np.array(c.theory_mean, dtype=float)
-        theory_v = np.array(c.theory_var, dtype=float)
-        ax_m.plot(layers, c.mean, color=colors[name], label=name)
-        ax_v.plot(layers, c.var, color=colors[name], label=name)
+
+        def arr(v):
+            return np.array([np.nan if x is None else x for x in v], dtype=float)
+
+        ax_m.plot(layers, c.mean, color=col, label=name)
+        ax_v.plot(layers, c.var, color=col, label=name)
+        ax_g.plot(layers[1:], c.grad_norm[1:], color=col, label=name)
+        if c.var_range and len(c.var_range) == len(layers):
+            lo_hi = arr(np.array(c.var_range, dtype=float).ravel()).reshape(-1, 2)
+            if (lo_hi[:, 1] > lo_hi[:, 0]).any():
+                n_nets = max(n_nets, 2)
+                ax_v.fill_between(layers, lo_hi[:, 0], lo_hi[:, 1], color=col, alpha=0.15, lw=0)
+                g = arr(np.array(c.grad_range, dtype=float).ravel()).reshape(-1, 2)
+                ax_g.fill_between(layers[1:], g[1:, 0], g[1:, 1], color=col, alpha=0.15, lw=0)
+        theory_m, theory_v = arr(c.theory_mean), arr(c.theory_var)
         if np.isfinite(theory_m[1:]).any():
-            ax_m.plot(layers, theory_m, "--", color=colors[name], lw=1)
-            ax_v.plot(layers, theory_v, "--", color=colors[name], lw=1)
-        ax_g.plot(layers[1:], c.grad_norm[1:], color=colors[name], label=name)
+            ax_m.plot(layers, theory_m, "--", color=col, lw=1)
+            ax_v.plot(layers, theory_v, "--", color=col, lw=1)
+        if c.mf_var:
+            ax_m.plot(layers, arr(c.mf_mean), ":", color=col, lw=1.6)
+            ax_v.plot(layers, arr(c.mf_var), ":", color=col, lw=1.6)
+            ax_g.plot(layers[1:], arr(c.mf_grad)[1:], ":", color=col, lw=1.6)
     ax_m.axhline(0.0, color="0.6", lw=0.8)
     ax_v.axhline(1.0, color="0.6", lw=0.8)
     ax_m.set(title="mean of the activations", xlabel="layer", ylabel="mean over units and samples")
@@ -472,16 +489,20 @@ def depth_figure(curves: Mapping[str, object]) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax_v, ax_g):
         _log_ticks(ax)
-    ax_v.plot([], [], "k--", lw=1, label="mean-field map (see below)")
+    ax_v.plot([], [], "k--", lw=1, label="map g, measured ω, τ")
+    ax_v.plot([], [], "k:", lw=1.6, label="mean-field q recursion")
     _figure_legend(fig, (ax_m, ax_v))  # beside the panels, off the curves
-    fig.suptitle("Signal propagation at initialization (solid: measured, dashed: theory)")
+    measured = "the mean over networks, shaded: their range" if n_nets > 1 else "one network"
+    fig.suptitle(f"Signal propagation at initialization (solid: measured, {measured})")
     fig.text(
         0.01, -0.02,
-        "Dashed: the mean-field map of (mean, variance) through each layer with that layer's "
-        "measured weight sums ω, τ (for SELU the paper's g). It treats every unit alike; for "
-        "ReLU-like activations the units' means spread apart with depth, so the measured\n"
-        "variance falls below it. No dashed curve where a norm layer or non-zero biases "
-        "make the map not apply.",
+        "Dashed: the map g of (mean, variance) with each layer's measured weight sums ω, τ "
+        "(for SELU the paper's g; none with a norm layer or random biases). Dotted: the "
+        "mean-field recursion q_l = σ_w² E[φ(√q z)²] + σ_b²\n(Poole et al. 2016) and, "
+        "backwards, √χ per layer, χ = σ_w² E[φ'(√q z)²] (Schoenholz et al. 2017), anchored at "
+        "the last hidden layer; both are infinite-width limits: one network's second moment "
+        "random-walks around them\n(for ReLU by a factor of order exp(±√(5·layer/width))), "
+        "so hold them against the mean of several networks, or a wider one.",
         fontsize=8, ha="left", va="top",
     )  # fmt: skip
     return fig
