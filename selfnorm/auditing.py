@@ -99,6 +99,7 @@ from selfnorm.constants import ALPHA_01, LAMBDA_01
 from selfnorm.findings import INPUT, KINDS, MODEL, SEVERITIES, Finding, Severity, Value
 from selfnorm.theory import _THEOREM_DOMAINS, fixed_point, jacobian
 from selfnorm.tracing import (
+    FunctionalCall,
     Moments,
     Trace,
     call_findings,
@@ -134,12 +135,7 @@ _BIAS_WARNING_RMS = 0.1
 _BIAS_ERROR_RMS = 0.5
 _KEEP_PROB_RATE = 0.5
 
-_SHAPE_ONLY = (
-    nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-)  # fmt: skip
+_SHAPE_ONLY = taxonomy.SHAPE_ONLY_TYPES
 """Skipped when looking for a module's neighbour: they move values, not which unit made them."""
 
 _INIT_FIX = "selfnorm.init_snn_(model) or torch.nn.init.normal_(w, 0, 1/sqrt(fan_in))"
@@ -652,6 +648,22 @@ def _check_drift(trace: Trace, earlier: list[Finding]) -> list[Finding]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _functional_selu_layers(
+    model: nn.Module, calls: Sequence[FunctionalCall], found: Sequence[Finding]
+) -> list[Finding]:
+    """The weight and bias checks of every weight layer that feeds a functional SELU
+    (``F.selu(self.fc(x))`` in a forward), as a SELU module after it gets them."""
+    modules = dict(model.named_modules())
+    have = {(f.layer, f.kind) for f in found}
+    feeders = [c.after for c in calls if c.function == "selu" and not c.in_module and c.after]
+    out = []
+    for name in dict.fromkeys(feeders):
+        for f in (_check_weight(name, modules[name]), _check_bias(name, modules[name])):
+            if f is not None and (f.layer, f.kind) not in have:
+                out.append(f)
+    return out
+
+
 def audit(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -687,7 +699,8 @@ def audit(
     Functional calls (``F.selu``, ``F.alpha_dropout``, ... inside a ``forward``) are seen by a
     second forward in training mode (:func:`selfnorm.tracing.trace_calls`): a dropout call that
     drops nothing there is an ``inert_dropout`` error, functional activations an info (their
-    outputs are not measured: only SELU modules' are).
+    outputs are not measured: only SELU modules' are), and a weight layer whose output goes
+    straight into ``F.selu`` gets the weight and bias checks of one followed by a SELU module.
 
     Example:
         >>> import torch
@@ -760,6 +773,7 @@ def audit(
         except _FORWARD_ERRORS:  # the eval-mode forward worked; this one is extra
             calls = []
         found = call_findings(calls, found)
+        found += _functional_selu_layers(model, calls, found)
     if trace.executed:
         found += _check_drift(trace, found)
     position = {INPUT: -2, MODEL: -1}

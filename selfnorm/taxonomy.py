@@ -216,6 +216,15 @@ PLAIN_DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
 """Dropouts that zero dropped units and rescale by 1/(1 - p)."""
 DROPOUT_TYPES = ALPHA_DROPOUT_TYPES + PLAIN_DROPOUT_TYPES
 
+SHAPE_ONLY_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)  # fmt: skip
+"""Modules that move or pool values without changing which unit made them (skipped when
+looking for what a weight layer feeds)."""
+
 NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     t
     for t in (

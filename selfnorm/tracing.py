@@ -207,6 +207,9 @@ class FunctionalCall:
     in_module: bool
     """True when the calling module is itself a dropout or activation module (``nn.Dropout``
     calls ``F.dropout``): then the module checks already cover it."""
+    after: str | None = None
+    """For activations: the weight layer that ran last before the call, with nothing between
+    them but dropouts and shape-only modules (what the call most likely activates), or None."""
 
 
 def _dropout_args(func, args: tuple, kwargs: dict) -> tuple[bool, float]:
@@ -228,6 +231,16 @@ class _Log(TorchFunctionMode):
         self.stack = stack
         self.calls: list[FunctionalCall] = []
         self.counts: dict[str, int] = {}
+        self.last_weight: str | None = None
+        """The weight layer that finished last with only pass-through modules since."""
+
+    def left(self, name: str, module: nn.Module) -> None:
+        """A leaf module's forward finished: remember a weight layer, forget it after any other
+        module that changes values."""
+        if taxonomy.is_weight_layer(module):
+            self.last_weight = name
+        elif not isinstance(module, taxonomy.SHAPE_ONLY_TYPES + taxonomy.DROPOUT_TYPES):
+            self.last_weight = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -244,7 +257,10 @@ class _Log(TorchFunctionMode):
             wrapped = module is not None and (
                 taxonomy.is_activation(module) or isinstance(module, taxonomy.DROPOUT_TYPES)
             )
-            self.calls.append(FunctionalCall(name, order, kind, training, p, wrapped))
+            after = None
+            if func not in DROPOUT_FUNCTIONS and not wrapped:
+                after, self.last_weight = self.last_weight, None  # it changes the values
+            self.calls.append(FunctionalCall(name, order, kind, training, p, wrapped, after))
         return func(*args, **kwargs)
 
 
@@ -259,19 +275,21 @@ def trace_calls(model: nn.Module, *args: object) -> list[FunctionalCall]:
     """
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     stack: list[tuple[str, nn.Module]] = []
+    log = _Log(stack)
     handles = []
     for name, m in model.named_modules():
 
         def enter(mod, _args, name=name or MODEL):
             stack.append((name, mod))
 
-        def leave(mod, _args, _out):
+        def leave(mod, _args, _out, name=name or MODEL):
             if stack and stack[-1][1] is mod:
                 stack.pop()
+            if not any(True for _ in mod.children()):
+                log.left(name, mod)
 
         handles.append(m.register_forward_pre_hook(enter))
         handles.append(m.register_forward_hook(leave))
-    log = _Log(stack)
     try:
         with _flags_restored(model), torch.no_grad(), log:
             if not model.training:

@@ -725,3 +725,26 @@ def test_check_groups_a_finding_repeated_on_layers_and_names_module_types(tmp_pa
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if "bias_nonzero" in line]
     assert len(rows) == 1 and rows[0].endswith("0 (Linear), 2 (Linear), 4 (Linear)")
+
+
+def test_weight_layers_feeding_a_functional_selu_get_the_weight_checks():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(64, 64), nn.Linear(64, 64), nn.Linear(64, 3)
+
+        def forward(self, x):
+            h = F.selu(self.fc1(x))
+            h = F.selu(torch.flatten(self.fc2(h), 1))  # a function between: still fc2's output
+            return self.out(h)  # no SELU after it: not checked
+
+    net = Functional()  # PyTorch's default init: tau = 1/3, biases drawn
+    found = audit(net, input_shape=(256, 64))
+    kinds = {(f.layer, f.kind, f.severity) for f in found}
+    for layer in ("fc1", "fc2"):
+        assert (layer, "weight_init", "error") in kinds
+        assert (layer, "bias_nonzero", "info") in kinds
+    assert not [f for f in found if f.layer == "out" and f.kind == "weight_init"]
+    assert "no_selu" not in {f.kind for f in found}
+    init_snn_(net)
+    assert not [f for f in audit(net, input_shape=(256, 64)) if f.kind == "weight_init"]
