@@ -28,6 +28,7 @@ else:  # pragma: no cover
 __all__ = [
     "PRESETS",
     "ExperimentConfig",
+    "AvhConfig",
     "CnnConfig",
     "MODEL_KINDS",
     "MlpConfig",
@@ -90,10 +91,41 @@ class CnnConfig:
             _validate.positive_int("channels", c)
 
 
-ModelConfig = MlpConfig | CnnConfig
+@dataclass(frozen=True)
+class AvhConfig:
+    """The network of the Activation-Visualization-Histogram project (``reproduce
+    activation-histograms``): three 5x5 stride-2 convolutions, each followed by dropout, then
+    fully connected ``16 n -> 4 n -> n`` (n classes); :func:`selfnorm.models.build_avh`.
+
+    Example:
+        >>> AvhConfig().channels, AvhConfig(as_written=False).as_written
+        ((32, 64, 128), False)
+    """
+
+    kind: str = field(default="avh", init=False)
+    """``avh`` (fixed: the kind of this config)."""
+    channels: tuple[int, ...] = (32, 64, 128)
+    """Conv channels (the project: 32, 64, 128 on MNIST; 64, 128, 256 on SVHN and CIFAR-10)."""
+    as_written: bool = True
+    """The project's network as it ran (truncated-normal 0.02 conv and Glorot uniform fc
+    weights, plain dropout for every activation, BatchNorm after ReLU/Leaky ReLU only, the
+    activation on the logits too); False: each variant's own init and dropout kind, no
+    BatchNorm, logits left linear."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if len(self.channels) != 3:
+            raise ValueError(f"channels={list(self.channels)}: the network has 3 conv layers")
+        for c in self.channels:
+            _validate.positive_int("channels", c)
+        if not isinstance(self.as_written, bool):
+            raise ValueError(f"as_written={self.as_written!r}; pass true or false")
+
+
+ModelConfig = MlpConfig | CnnConfig | AvhConfig
 """The architecture shared by every variant: one config per model kind."""
 
-MODEL_KINDS: dict[str, type] = {"mlp": MlpConfig, "cnn": CnnConfig}
+MODEL_KINDS: dict[str, type] = {"mlp": MlpConfig, "cnn": CnnConfig, "avh": AvhConfig}
 
 
 def model_keys(kind: str) -> tuple[str, ...]:
@@ -164,12 +196,17 @@ class TrainConfig:
     """Passes over the training split, >= 1."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu`` or ``cuda``."""
+    clip_grad_norm: float = 0.0
+    """Rescale the gradient to this global L2 norm where it is larger (0: off), as
+    TensorFlow's ``clip_gradients``."""
     test_every_epoch: bool = False
     """Also score the test split after every epoch (``test_loss``, ``test_accuracy`` in each
     metrics row), to show what picking an epoch on the test set would report; the reported test
     score stays the last epoch's."""
 
     def __post_init__(self) -> None:
+        if _validate.finite("clip_grad_norm", self.clip_grad_norm) < 0:
+            raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be >= 0 (0: off)")
         if not isinstance(self.test_every_epoch, bool):
             raise ValueError(f"test_every_epoch={self.test_every_epoch!r}; pass true or false")
         if self.optimizer not in ("adam", "sgd", "rmsprop"):
@@ -224,8 +261,10 @@ class ExperimentConfig:
     """Activation recording during training (statistics and histograms per layer)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, (MlpConfig, CnnConfig)):
-            raise TypeError(f"model must be an MlpConfig or CnnConfig, got {self.model!r}")
+        if not isinstance(self.model, (MlpConfig, CnnConfig, AvhConfig)):
+            raise TypeError(
+                f"model must be an MlpConfig, CnnConfig or AvhConfig, got {self.model!r}"
+            )
         acts = tuple(a.strip().lower() for a in self.activations)
         if not acts:
             raise ValueError("activations is empty; name at least one, e.g. selu,relu")

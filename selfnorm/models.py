@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from selfnorm import _validate
-from selfnorm.init import init_model_
+from selfnorm.init import glorot_uniform_, init_model_
 from selfnorm.linear import Linear
 from selfnorm.specs import ActivationSpec, get_spec
 
@@ -158,6 +158,73 @@ def build_cnn(
     layers["out"] = Linear(prev * height * width, out_features)
     model = nn.Sequential(layers)
     _init_(model, spec, generator)
+    return model
+
+
+def build_avh(
+    input_shape: Sequence[int],
+    out_features: int,
+    spec: ActivationSpec | str,
+    channels: Sequence[int] = (32, 64, 128),
+    dropout: float = 0.5,
+    as_written: bool = True,
+    generator: torch.Generator | None = None,
+) -> nn.Sequential:
+    r"""The Activation-Visualization-Histogram project's classifier.
+
+    ``conv{i}`` (5x5, stride 2, padding 2: 28 -> 14 -> 7 -> 4) -> ``act{i}`` -> [``bn{i}``] ->
+    ``drop{i}`` for i = 1..3, then ``fc4`` (16 n) -> ``act4`` -> ``fc5`` (4 n) -> ``act5`` ->
+    ``out`` (n) [-> ``act_out``], n = ``out_features``.
+
+    ``as_written``: conv weights :math:`\mathcal N(0, 0.02^2)` truncated at 2 std, fully
+    connected weights Glorot uniform, zero biases; plain elementwise dropout for every
+    activation; a BatchNorm after the activation (eps 1e-3, as TensorFlow's) for everything but
+    SELU; the activation on the logits too. Otherwise: the spec's own init, elementwise dropout
+    of the spec's kind (alpha dropout for SELU), no BatchNorm (unless the spec asks for one
+    before the activation), and linear logits.
+
+    Example:
+        >>> net = build_avh((1, 28, 28), 10, "relu")
+        >>> net(torch.zeros(2, 1, 28, 28)).shape, "bn1" in dict(net.named_children())
+        (torch.Size([2, 10]), True)
+    """
+    spec = _resolve(spec)
+    if len(input_shape) != 3:
+        raise ValueError(f"build_avh needs input_shape (C, H, W), got {tuple(input_shape)}")
+    dropout = _validate.drop_rate("dropout", dropout)
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    prev, (height, width) = int(input_shape[0]), (int(input_shape[1]), int(input_shape[2]))
+    for i, c in enumerate(channels, start=1):
+        layers[f"conv{i}"] = nn.Conv2d(prev, c, 5, stride=2, padding=2)
+        if not as_written and spec.norm == "bn":
+            layers[f"bn{i}"] = nn.BatchNorm2d(c)
+        layers[f"act{i}"] = spec.activation()
+        if as_written and spec.family.selu is None:
+            layers[f"bn{i}"] = nn.BatchNorm2d(c, eps=1e-3)
+        if dropout > 0:
+            layers[f"drop{i}"] = nn.Dropout(dropout) if as_written else spec.dropout(dropout)
+        prev, height, width = c, (height + 1) // 2, (width + 1) // 2
+    n = out_features
+    layers["flatten"] = nn.Flatten()
+    layers["fc4"] = Linear(prev * height * width, 16 * n)
+    layers["act4"] = spec.activation()
+    layers["fc5"] = Linear(16 * n, 4 * n)
+    layers["act5"] = spec.activation()
+    layers["out"] = Linear(4 * n, n)
+    if as_written:
+        layers["act_out"] = spec.activation()
+    model = nn.Sequential(layers)
+    if not as_written:
+        _init_(model, spec, generator)
+        return model
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.trunc_normal_(m.weight, 0.0, 0.02, -0.04, 0.04, generator=generator)
+            elif isinstance(m, nn.Linear):
+                glorot_uniform_(m.weight, generator)
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.bias.zero_()
     return model
 
 

@@ -29,7 +29,7 @@ from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experime
 from selfnorm.data import Dataset, load_dataset, restandardize
 from selfnorm.interrupts import Interrupted, graceful_stop
 from selfnorm.locking import RunLock
-from selfnorm.models import build_cnn, build_mlp, layer_widths
+from selfnorm.models import build_avh, build_cnn, build_mlp, layer_widths
 from selfnorm.recording import ActivationRecorder
 from selfnorm.resources import check_fits, mlp_training_bytes
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
@@ -126,6 +126,9 @@ def build_model(
     gen = torch.Generator().manual_seed(seed)
     if cfg.kind == "cnn":
         return build_cnn(input_shape, num_classes, spec, cfg.channels, dropout, gen)
+    if cfg.kind == "avh":
+        return build_avh(input_shape, num_classes, spec, cfg.channels, dropout, cfg.as_written,
+                         gen)  # fmt: skip
     return build_mlp(
         math.prod(input_shape), num_classes, cfg.depth, cfg.width, spec, dropout, cfg.shape, gen
     )
@@ -202,8 +205,10 @@ def train_epoch(
     start_batch: int = 0,
     sums: tuple[torch.Tensor, torch.Tensor] | None = None,
     stop: Callable[[], bool] | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> tuple[float, float]:
     """One pass over ``x[perm]`` in mini-batches: the hot loop, shared by every variant.
+    ``clip_grad_norm`` > 0 rescales each step's gradient to at most that global norm.
 
     The data are gathered in epoch order once (one copy, then contiguous slices); loss and
     accuracy accumulate on the device and are read back once at the end. With a ``recorder``,
@@ -239,6 +244,8 @@ def train_epoch(
         loss = F.cross_entropy(out, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         loss_sum += loss.detach() * len(yb)
         correct += (out.detach().argmax(1) == yb).sum()
@@ -380,6 +387,7 @@ def train_run(
                 train_loss, train_acc = train_epoch(
                     model, optimizer, data.x_train, data.y_train, perm, bs, recorder,
                     start_batch=start_batch, sums=sums, stop=stop,
+                    clip_grad_norm=cfg.clip_grad_norm,
                 )  # fmt: skip
             except StopTraining as st:
                 if recorder is not None:

@@ -163,7 +163,7 @@ CASES = [
     (["depth", "--activations", "foo"], "'foo'"),
     (["reproduce", "nosuch"], "invalid choice: 'nosuch'"),
     (["reproduce", "figure1", "--depths", "8,x"], "8,x"),
-    (["reproduce", "figure1", "--seeds", "1"], "--seeds belongs to `reproduce seed-tf and seed"),
+    (["reproduce", "figure1", "--seeds", "1"], "--seeds belongs to `reproduce seed-tf, seed-keras"),
     (["reproduce", "seed-keras", "--paper"], "--paper belongs to `reproduce figure1`"),
     (["reproduce", "seed-keras", "--seeds", "0,x"], "0,x"),
     (["reproduce", "seed-keras", "--epochs", "0"], "epochs=0"),

@@ -147,3 +147,50 @@ def test_seed_keras_as_written_validates_on_test_and_corrected_picks_on_validati
         ]
         == corrected["variants"]["selu"]["test_accuracy"]
     )
+
+
+@pytest.mark.slow
+def test_activation_histograms_as_written_and_corrected(tmp_path):
+    out = tmp_path / "avh"
+    args = ["reproduce", "activation-histograms", "--dataset", "digits", "--epochs", "1",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    written = json.loads((out / "as-written/config.json").read_text())
+    assert written["model"] == {"kind": "avh", "channels": [32, 64, 128], "as_written": True}
+    assert written["train"]["clip_grad_norm"] == 20.0 and written["train"]["lr"] == 1e-4
+    assert written["data"]["standardize"] == "none" and written["dropout"] == 0.5
+    findings = json.loads((out / "as-written/audit.json").read_text())
+    selu = {f["kind"] for f in findings["selu"]}
+    assert "output_activation" in selu  # the activation on the logits
+    assert {"dropout_with_selu", "weight_init", "input_not_standardized"} <= selu
+    assert "norm_with_selu" not in selu  # BatchNorm only for the ReLUs
+    assert "output_activation" in {f["kind"] for f in findings["relu"]}
+    corrected = json.loads((out / "corrected/audit.json").read_text())
+    # (on 8x8 digits the zero padding of 5x5 convolutions still shrinks SELU's variance: drift)
+    fixed = {f["kind"] for f in corrected["selu"]}
+    assert not fixed & {"dropout_with_selu", "weight_init", "output_activation", "bias_nonzero"}
+    page = (out / "report.html").read_text()
+    assert 'href="as-written/report.html"' in page and "BatchNorm after ReLU" in page
+    assert "histograms" in (out / "corrected/report.html").read_text()
+
+
+def test_the_activation_histograms_network_as_written():
+    from selfnorm.models import build_avh
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        relu = dict(build_avh((1, 28, 28), 10, "relu", generator=gen).named_children())
+    names = list(relu)
+    assert names.index("bn1") == names.index("act1") + 1  # BatchNorm after the activation
+    assert isinstance(relu["act_out"], torch.nn.ReLU)  # activated logits
+    assert relu["fc4"].out_features == 160 and relu["fc5"].out_features == 40
+    w = relu["conv1"].weight.detach()
+    assert float(w.abs().max()) <= 0.04 and abs(float(w.std()) - 0.0176) < 0.002  # 2-std cut
+    bound = (6 / (128 * 4 * 4 + 160)) ** 0.5  # Glorot uniform
+    assert float(relu["fc4"].weight.detach().abs().max()) <= bound
+    selu = dict(build_avh((1, 28, 28), 10, "selu", generator=gen).named_children())
+    assert "bn1" not in selu and type(selu["drop1"]) is torch.nn.Dropout  # plain, as written
+    fixed = dict(build_avh((1, 28, 28), 10, "selu", as_written=False, generator=gen)
+                 .named_children())  # fmt: skip
+    assert isinstance(fixed["drop1"], AlphaDropout) and "act_out" not in fixed
+    assert abs(float(fixed["fc5"].weight.detach().var()) * 160 - 1) < 0.1  # LeCun: var 1 / fan_in

@@ -210,6 +210,11 @@ def describe(config, out: str, resume: bool = False) -> str:
     m, t = config.model, config.train
     if m.kind == "mlp":
         model = f"MLP, {m.depth} hidden layers of {m.width} ({m.shape})"
+    elif m.kind == "avh":
+        how = "as written" if m.as_written else "corrected"
+        model = (
+            f"the activation-histograms CNN {how}, conv channels {', '.join(map(str, m.channels))}"
+        )
     else:
         model = f"CNN, conv channels {', '.join(map(str, m.channels))}"
     seeds = ", ".join(map(str, config.seeds))
@@ -217,12 +222,15 @@ def describe(config, out: str, resume: bool = False) -> str:
     kinds: dict[str, list[str]] = {}  # variants with the same init and dropout: one clause
     for a in config.activations:
         spec, p = get_spec(a), config.dropout_for(a)
-        kind = spec.dropout_name if m.kind == "mlp" else spec.feature_dropout_name  # CNN: channels
+        kind = spec.feature_dropout_name if m.kind == "cnn" else spec.dropout_name  # CNN: channels
+        init = f"{spec.init_name} init"
+        if m.kind == "avh" and m.as_written:  # the project's own, for every variant
+            kind, init = "dropout", "truncated N(0, 0.02^2) conv / glorot_uniform fc init"
         drop = f"{kind} {p:g}" if p > 0 else "no dropout"
         inputs = ""
         if config.standardize_by_activation:  # say each variant's inputs where they differ
             inputs = f", {_INPUTS[config.standardize_for(a)]}"
-        kinds.setdefault(f"{spec.init_name} init, {drop}{inputs}", []).append(a)
+        kinds.setdefault(f"{init}, {drop}{inputs}", []).append(a)
     clauses = [f"{', '.join(names)}: {kind}" for kind, names in kinds.items()]
     joined = "; ".join(clauses)
     variants = joined if len(joined) <= _SUMMARY_WIDTH else "\n  ".join(clauses)

@@ -15,9 +15,9 @@ def _ints(flag: str, text: str) -> list[int]:
         raise CliError(f"{flag} {text!r}: pass comma-separated integers, e.g. 0,1") from None
 
 
-_COMPARE_RUNS = ("seed-tf", "seed-keras")
+_COMPARE_RUNS = ("seed-tf", "seed-keras", "activation-histograms")
 """The reproductions that are ``selfnorm compare`` runs (seeds, resume); the rest is figure1."""
-_DEFAULT_EPOCHS = {"seed-tf": 3, "seed-keras": 20}
+_DEFAULT_EPOCHS = {"seed-tf": 3, "seed-keras": 20, "activation-histograms": 2}
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -32,10 +32,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     only = figure1_only if args.name in _COMPARE_RUNS else compare_only
     for attr, flag in only.items():
         if getattr(args, attr):
-            owner = "figure1" if only is figure1_only else "seed-tf and seed-keras"
+            owner = (
+                "figure1" if only is figure1_only else "seed-tf, seed-keras, activation-histograms"
+            )
             raise CliError(f"{flag} belongs to `reproduce {owner}`, not {args.name}; drop it")
     if args.name in _COMPARE_RUNS:
-        run = reproduce.run_seed_tf if args.name == "seed-tf" else reproduce.run_seed_keras
+        run = {
+            "seed-tf": reproduce.run_seed_tf,
+            "seed-keras": reproduce.run_seed_keras,
+            "activation-histograms": reproduce.run_activation_histograms,
+        }[args.name]
         epochs = _DEFAULT_EPOCHS[args.name] if args.epochs is None else args.epochs
         summary = run(
             out,
@@ -51,6 +57,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             from selfnorm.tables import comparison_table
 
             print(comparison_table(summary, "text"))
+        elif args.name == "activation-histograms":
+            from selfnorm.reproduce.activation_histograms import summary_table
+
+            print(summary_table(summary, "text"))
         else:
             from selfnorm.reproduce import seed_keras
 
@@ -93,10 +103,14 @@ def register(sub) -> None:
         help="seed-tf, seed-keras (the seed examples as they ran vs corrected) or figure1 "
         "(the paper's)",
     )
-    p.add_argument("name", choices=["seed-tf", "seed-tf-bugs", "seed-keras", "figure1"],
+    p.add_argument("name",
+                   choices=["seed-tf", "seed-tf-bugs", "seed-keras", "activation-histograms",
+                            "figure1"],
                    help="seed-tf (also seed-tf-bugs): the seed TensorFlow MLP as written, with "
                    "training=True, and corrected; seed-keras: the seed Keras MLP (SELU vs ReLU) "
-                   "as written and corrected; figure1: the paper's Figure 1")  # fmt: skip
+                   "as written and corrected; activation-histograms: the seed CNN comparing "
+                   "SELU, ReLU, Leaky ReLU, as written and corrected; figure1: the paper's "
+                   "Figure 1")  # fmt: skip
     p.add_argument(
         "--epochs",
         type=int,

@@ -32,9 +32,9 @@ import numpy as np
 from selfnorm._io import atomic_write_json, atomic_write_text
 from selfnorm.config import experiment_from_dict
 from selfnorm.data import Dataset, load_dataset
+from selfnorm.reproduce._runs import compare_runs
 from selfnorm.summary import mean_std
 from selfnorm.tables import mean_std_cell, render
-from selfnorm.training import compare
 
 __all__ = [
     "SEED_KERAS_PRINTED",
@@ -225,7 +225,7 @@ def run_seed_keras(
     """Train both networks as written and corrected; write ``out/as-written``,
     ``out/corrected`` (each a run directory with its report), ``out/selection.json`` and the
     top page ``out/report.html``. Returns the summaries by network."""
-    from selfnorm.report.html import build_report, render_page
+    from selfnorm.report.html import render_page
 
     out = Path(out)
     configs = {
@@ -234,14 +234,6 @@ def run_seed_keras(
     }
     written = configs["as-written"]
     ds = as_written_dataset(load_dataset(written.data, progress=progress))
-    summaries = {
-        "as-written": compare(
-            written, str(out / "as-written"), resume, overwrite, progress, dataset=ds
-        ),
-        "corrected": compare(
-            configs["corrected"], str(out / "corrected"), resume, overwrite, progress
-        ),  # fmt: skip
-    }
     notes = {
         "as-written": "The seed Keras MLP as written: Keras' default glorot_uniform weights "
         "for both nets, pixels / 255, all 60,000 training images, and the test set passed as "
@@ -250,12 +242,13 @@ def run_seed_keras(
         "standardized inputs, a validation split carved from train; the test set is scored "
         "every epoch only to show what picking an epoch on it would report.",
     }
-    for net, text in notes.items():
-        atomic_write_json(
-            out / net / "notes.json",
-            {"title": f"Reproduction: the seed Keras MLP, {net}", "intro": text},
-        )
-        build_report(out / net)
+    notes = {
+        net: {"title": f"Reproduction: the seed Keras MLP, {net}", "intro": text}
+        for net, text in notes.items()
+    }
+    summaries = compare_runs(
+        configs, out, notes, resume, overwrite, progress, datasets={"as-written": ds}
+    )
     rows = selection_rows(summaries)
     atomic_write_json(out / "selection.json", {"epochs": epochs, "rows": rows})
     verdict = selection_verdict(rows, epochs)
