@@ -3,9 +3,9 @@
 
 The project (shaohua0116/Activation-Visualization-Histogram) compares SELU, ReLU and Leaky ReLU
 (slope 0.2) on MNIST with one CNN (:func:`selfnorm.models.build_avh`): three 5x5 stride-2
-convolutions (32, 64, 128 filters), each followed by dropout keep 0.5, then fully connected
-16 n -> 4 n -> n; Adam lr 1e-4, batch 64, gradients clipped at global norm 20, pixels / 255. As
-written it carries three confounds:
+convolutions (32, 64, 128 filters; 64, 128, 256 on SVHN and CIFAR-10), each followed by
+dropout keep 0.5, then fully connected 16 n -> 4 n -> n; Adam lr 1e-4, batch 64, gradients
+clipped at global norm 20, pixels / 255. As written it carries three confounds:
 
 * a BatchNorm after the activation for ReLU and Leaky ReLU only (its ``conv2d`` skips it for
   SELU), so two of the three variants are normalized networks;
@@ -59,22 +59,25 @@ def histogram_configs(
     Example:
         >>> cfgs = histogram_configs()
         >>> cfgs["as-written"]["model"], cfgs["corrected"]["data"]["standardize"]
-        ({'kind': 'avh', 'as_written': True}, 'global')
+        ({'kind': 'avh', 'channels': [32, 64, 128], 'as_written': True}, 'global')
+        >>> histogram_configs(dataset="svhn")["corrected"]["model"]["channels"]
+        [64, 128, 256]
     """
     train = {"optimizer": "adam", "lr": 1e-4, "batch_size": 64, "clip_grad_norm": 20.0,
              "epochs": epochs}  # fmt: skip
     base = {"train": train, "activations": list(VARIANTS), "dropout": 0.5, "seeds": list(seeds)}
     data = {"dataset": dataset, "data_dir": data_dir}
+    channels = [64, 128, 256] if dataset in ("svhn", "cifar10") else [32, 64, 128]  # its sizes
     return {
         "as-written": {
             **base,
             "data": {**data, "standardize": "none"},
-            "model": {"kind": "avh", "as_written": True},
+            "model": {"kind": "avh", "channels": channels, "as_written": True},
         },
         "corrected": {
             **base,
             "data": {**data, "standardize": "global"},
-            "model": {"kind": "avh", "as_written": False},
+            "model": {"kind": "avh", "channels": channels, "as_written": False},
         },
     }
 
