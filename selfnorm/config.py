@@ -95,10 +95,11 @@ class CnnConfig:
 class AvhConfig:
     """The network of the Activation-Visualization-Histogram project (``reproduce
     activation-histograms``): three 5x5 stride-2 convolutions, each followed by dropout, then
-    fully connected ``16 n -> 4 n -> n`` (n classes); :func:`selfnorm.models.build_avh`.
+    fully connected ``16 n -> 4 n -> n`` (n classes); :func:`selfnorm.models.build_avh`. The
+    four flags are the project's choices, all on as it ran, all off corrected.
 
     Example:
-        >>> AvhConfig().channels, AvhConfig(as_written=False).as_written
+        >>> AvhConfig().channels, AvhConfig.corrected().activated_logits
         ((32, 64, 128), False)
     """
 
@@ -106,11 +107,15 @@ class AvhConfig:
     """``avh`` (fixed: the kind of this config)."""
     channels: tuple[int, ...] = (32, 64, 128)
     """Conv channels (the project: 32, 64, 128 on MNIST; 64, 128, 256 on SVHN and CIFAR-10)."""
-    as_written: bool = True
-    """The project's network as it ran (truncated-normal 0.02 conv and Glorot uniform fc
-    weights, plain dropout for every activation, BatchNorm after ReLU/Leaky ReLU only, the
-    activation on the logits too); False: each variant's own init and dropout kind, no
-    BatchNorm, logits left linear."""
+    project_init: bool = True
+    """Truncated-normal std 0.02 conv and Glorot uniform fc weights for every activation
+    (else each activation's own init)."""
+    bn_after_relus: bool = True
+    """A BatchNorm after the activation for every activation but SELU."""
+    plain_dropout: bool = True
+    """Plain dropout for every activation (else the activation's kind: alpha for SELU)."""
+    activated_logits: bool = True
+    """The activation applied to the logits too."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -118,8 +123,23 @@ class AvhConfig:
             raise ValueError(f"channels={list(self.channels)}: the network has 3 conv layers")
         for c in self.channels:
             _validate.positive_int("channels", c)
-        if not isinstance(self.as_written, bool):
-            raise ValueError(f"as_written={self.as_written!r}; pass true or false")
+        for name in AVH_FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r}; pass true or false")
+
+    @classmethod
+    def corrected(cls, **over: Any) -> AvhConfig:
+        """Every flag off: each activation's own init and dropout, no BatchNorm, linear logits."""
+        return cls(**{**{name: False for name in AVH_FLAGS}, **over})
+
+    @property
+    def as_written(self) -> bool:
+        """Every flag on: the network as the project ran it."""
+        return all(getattr(self, name) for name in AVH_FLAGS)
+
+
+AVH_FLAGS = ("project_init", "bn_after_relus", "plain_dropout", "activated_logits")
+"""The project's choices that :class:`AvhConfig` can switch off one by one."""
 
 
 ModelConfig = MlpConfig | CnnConfig | AvhConfig

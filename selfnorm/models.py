@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from selfnorm import _validate
 from selfnorm.init import glorot_uniform_, init_model_
 from selfnorm.linear import Linear
 from selfnorm.specs import ActivationSpec, get_spec
+
+if TYPE_CHECKING:
+    from selfnorm.config import AvhConfig
 
 __all__ = [
     "build_cnn",
@@ -165,44 +168,47 @@ def build_avh(
     input_shape: Sequence[int],
     out_features: int,
     spec: ActivationSpec | str,
-    channels: Sequence[int] = (32, 64, 128),
+    cfg: AvhConfig | None = None,
     dropout: float = 0.5,
-    as_written: bool = True,
     generator: torch.Generator | None = None,
 ) -> nn.Sequential:
-    r"""The Activation-Visualization-Histogram project's classifier.
+    r"""The Activation-Visualization-Histogram project's classifier (``cfg``: its choices; the
+    default all of them, as it ran).
 
     ``conv{i}`` (5x5, stride 2, padding 2: 28 -> 14 -> 7 -> 4) -> ``act{i}`` -> [``bn{i}``] ->
     ``drop{i}`` for i = 1..3, then ``fc4`` (16 n) -> ``act4`` -> ``fc5`` (4 n) -> ``act5`` ->
     ``out`` (n) [-> ``act_out``], n = ``out_features``.
 
-    ``as_written``: conv weights :math:`\mathcal N(0, 0.02^2)` truncated at 2 std, fully
-    connected weights Glorot uniform, zero biases; plain elementwise dropout for every
-    activation; a BatchNorm after the activation (eps 1e-3, as TensorFlow's) for everything but
-    SELU; the activation on the logits too. Otherwise: the spec's own init, elementwise dropout
-    of the spec's kind (alpha dropout for SELU), no BatchNorm (unless the spec asks for one
-    before the activation), and linear logits.
+    - ``project_init``: conv weights :math:`\mathcal N(0, 0.02^2)` truncated at 2 std, fully
+      connected weights Glorot uniform, zero biases (else the spec's own init);
+    - ``bn_after_relus``: a BatchNorm after the activation (eps 1e-3, as TensorFlow's) for
+      everything but SELU (else only a spec's ``+bn``, before the activation);
+    - ``plain_dropout``: plain elementwise dropout (else the spec's kind, alpha for SELU);
+    - ``activated_logits``: the activation on the logits too.
 
     Example:
         >>> net = build_avh((1, 28, 28), 10, "relu")
         >>> net(torch.zeros(2, 1, 28, 28)).shape, "bn1" in dict(net.named_children())
         (torch.Size([2, 10]), True)
     """
+    from selfnorm.config import AvhConfig
+
+    cfg = AvhConfig() if cfg is None else cfg
     spec = _resolve(spec)
     if len(input_shape) != 3:
         raise ValueError(f"build_avh needs input_shape (C, H, W), got {tuple(input_shape)}")
     dropout = _validate.drop_rate("dropout", dropout)
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     prev, (height, width) = int(input_shape[0]), (int(input_shape[1]), int(input_shape[2]))
-    for i, c in enumerate(channels, start=1):
+    for i, c in enumerate(cfg.channels, start=1):
         layers[f"conv{i}"] = nn.Conv2d(prev, c, 5, stride=2, padding=2)
-        if not as_written and spec.norm == "bn":
+        if not cfg.bn_after_relus and spec.norm == "bn":
             layers[f"bn{i}"] = nn.BatchNorm2d(c)
         layers[f"act{i}"] = spec.activation()
-        if as_written and spec.family.selu is None:
+        if cfg.bn_after_relus and spec.family.selu is None:
             layers[f"bn{i}"] = nn.BatchNorm2d(c, eps=1e-3)
         if dropout > 0:
-            layers[f"drop{i}"] = nn.Dropout(dropout) if as_written else spec.dropout(dropout)
+            layers[f"drop{i}"] = nn.Dropout(dropout) if cfg.plain_dropout else spec.dropout(dropout)
         prev, height, width = c, (height + 1) // 2, (width + 1) // 2
     n = out_features
     layers["flatten"] = nn.Flatten()
@@ -211,10 +217,10 @@ def build_avh(
     layers["fc5"] = Linear(16 * n, 4 * n)
     layers["act5"] = spec.activation()
     layers["out"] = Linear(4 * n, n)
-    if as_written:
+    if cfg.activated_logits:
         layers["act_out"] = spec.activation()
     model = nn.Sequential(layers)
-    if not as_written:
+    if not cfg.project_init:
         _init_(model, spec, generator)
         return model
     with torch.no_grad():

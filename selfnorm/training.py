@@ -127,8 +127,7 @@ def build_model(
     if cfg.kind == "cnn":
         return build_cnn(input_shape, num_classes, spec, cfg.channels, dropout, gen)
     if cfg.kind == "avh":
-        return build_avh(input_shape, num_classes, spec, cfg.channels, dropout, cfg.as_written,
-                         gen)  # fmt: skip
+        return build_avh(input_shape, num_classes, spec, cfg, dropout, gen)
     return build_mlp(
         math.prod(input_shape), num_classes, cfg.depth, cfg.width, spec, dropout, cfg.shape, gen
     )

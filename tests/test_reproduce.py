@@ -156,7 +156,18 @@ def test_activation_histograms_as_written_and_corrected(tmp_path):
             "--quiet", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     written = json.loads((out / "as-written/config.json").read_text())
-    assert written["model"] == {"kind": "avh", "channels": [32, 64, 128], "as_written": True}
+    flags = ["project_init", "bn_after_relus", "plain_dropout", "activated_logits"]
+    assert written["model"] == {
+        "kind": "avh",
+        "channels": [32, 64, 128],
+        **dict.fromkeys(flags, True),
+    }
+    assert json.loads((out / "corrected/config.json").read_text())["model"] == {
+        "kind": "avh", "channels": [32, 64, 128], **dict.fromkeys(flags, False)}  # fmt: skip
+    # one run per confound, for the variants it touches
+    no_bn = json.loads((out / "no-bn/config.json").read_text())
+    assert no_bn["activations"] == ["relu", "lrelu:0.2"] and not no_bn["model"]["bn_after_relus"]
+    assert json.loads((out / "alpha-dropout/config.json").read_text())["activations"] == ["selu"]
     assert written["train"]["clip_grad_norm"] == 20.0 and written["train"]["lr"] == 1e-4
     assert written["data"]["standardize"] == "none" and written["dropout"] == 0.5
     findings = json.loads((out / "as-written/audit.json").read_text())
@@ -171,10 +182,12 @@ def test_activation_histograms_as_written_and_corrected(tmp_path):
     assert not fixed & {"dropout_with_selu", "weight_init", "output_activation", "bias_nonzero"}
     page = (out / "report.html").read_text()
     assert 'href="as-written/report.html"' in page and "BatchNorm after ReLU" in page
+    assert "without the BatchNorm after the ReLUs: " in page and "with linear logits: " in page
     assert "histograms" in (out / "corrected/report.html").read_text()
 
 
 def test_the_activation_histograms_network_as_written():
+    from selfnorm.config import AvhConfig
     from selfnorm.models import build_avh
 
     gen = torch.Generator().manual_seed(0)
@@ -190,7 +203,7 @@ def test_the_activation_histograms_network_as_written():
     assert float(relu["fc4"].weight.detach().abs().max()) <= bound
     selu = dict(build_avh((1, 28, 28), 10, "selu", generator=gen).named_children())
     assert "bn1" not in selu and type(selu["drop1"]) is torch.nn.Dropout  # plain, as written
-    fixed = dict(build_avh((1, 28, 28), 10, "selu", as_written=False, generator=gen)
+    fixed = dict(build_avh((1, 28, 28), 10, "selu", AvhConfig.corrected(), generator=gen)
                  .named_children())  # fmt: skip
     assert isinstance(fixed["drop1"], AlphaDropout) and "act_out" not in fixed
     assert abs(float(fixed["fc5"].weight.detach().var()) * 160 - 1) < 0.1  # LeCun: var 1 / fan_in

@@ -211,7 +211,10 @@ def describe(config, out: str, resume: bool = False) -> str:
     if m.kind == "mlp":
         model = f"MLP, {m.depth} hidden layers of {m.width} ({m.shape})"
     elif m.kind == "avh":
-        how = "as written" if m.as_written else "corrected"
+        from selfnorm.config import AVH_FLAGS
+
+        on = [f for f in AVH_FLAGS if getattr(m, f)]
+        how = "as written" if m.as_written else "corrected" if not on else "with " + ", ".join(on)
         model = (
             f"the activation-histograms CNN {how}, conv channels {', '.join(map(str, m.channels))}"
         )
@@ -224,8 +227,10 @@ def describe(config, out: str, resume: bool = False) -> str:
         spec, p = get_spec(a), config.dropout_for(a)
         kind = spec.feature_dropout_name if m.kind == "cnn" else spec.dropout_name  # CNN: channels
         init = f"{spec.init_name} init"
-        if m.kind == "avh" and m.as_written:  # the project's own, for every variant
-            kind, init = "dropout", "truncated N(0, 0.02^2) conv / glorot_uniform fc init"
+        if m.kind == "avh" and m.plain_dropout:  # the project's own, for every variant
+            kind = "dropout"
+        if m.kind == "avh" and m.project_init:
+            init = "truncated N(0, 0.02^2) conv / glorot_uniform fc init"
         drop = f"{kind} {p:g}" if p > 0 else "no dropout"
         inputs = ""
         if config.standardize_by_activation:  # say each variant's inputs where they differ

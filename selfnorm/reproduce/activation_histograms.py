@@ -13,10 +13,13 @@ clipped at global norm 20, pixels / 255. As written it carries three confounds:
 * the activation applied to the logits too (``fc(c_5, n, ..., activation_fn)``).
 
 Its weights are truncated-normal std 0.02 (conv) and Glorot uniform (fully connected) for every
-activation, with zero biases. Two :func:`~selfnorm.training.compare` runs, same seeds and
-batches: ``as-written/`` and ``corrected/`` (each activation's own init, alpha dropout for SELU,
-no BatchNorm for anyone, linear logits, standardized inputs); the top page sets them side by
-side and links their reports, which show each layer's signed histograms over training.
+activation, with zero biases. :func:`~selfnorm.training.compare` runs, same seeds and batches:
+``as-written/``; one per confound (:data:`ABLATIONS`: the network as written with that one
+choice undone, for the variants it touches); and ``corrected/`` (each activation's own init,
+alpha dropout for SELU, no BatchNorm for anyone, linear logits, standardized inputs). The top
+page sets them side by side, says which confound changes the ranking
+(:func:`confound_verdict`), and links the reports, which show each layer's signed histograms
+over training.
 """
 
 from __future__ import annotations
@@ -26,14 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from selfnorm._io import atomic_write_text
-from selfnorm.config import experiment_from_dict
+from selfnorm.config import AVH_FLAGS, experiment_from_dict
 from selfnorm.reproduce._runs import compare_runs
 from selfnorm.summary import mean_std
 from selfnorm.tables import mean_std_cell, render
 
-__all__ = ["histogram_configs", "run_activation_histograms", "summary_table"]
+__all__ = [
+    "ABLATIONS",
+    "confound_verdict",
+    "histogram_configs",
+    "run_activation_histograms",
+    "summary_table",
+]
 
 VARIANTS = ("selu", "relu", "lrelu:0.2")
+"""The project's three activations (its Leaky ReLU slope is 0.2)."""
 
 INTRO = (
     "The Activation-Visualization-Histogram project's CNN (three 5x5 stride-2 convolutions of "
@@ -42,44 +52,90 @@ INTRO = (
     "and Leaky ReLU only, plain dropout for SELU, the activation on the logits, "
     "truncated-normal 0.02 / Glorot weights for all, pixels / 255. Corrected: each "
     "activation's own init (LeCun for SELU, He for the ReLUs), alpha dropout for SELU, no "
-    "BatchNorm, linear logits, standardized inputs. The per-layer signed histograms over "
+    "BatchNorm, linear logits, standardized inputs. Between them, one run per confound: as "
+    "written with that one choice undone. The per-layer signed histograms over "
     "training, the view that project drew as 10-bin TensorBoard images, are in each run's "
     "report."
 )
 
 
+ABLATIONS = {
+    "no-bn": ("bn_after_relus", ("relu", "lrelu:0.2"), "without the BatchNorm after the ReLUs"),
+    "alpha-dropout": ("plain_dropout", ("selu",), "with alpha dropout for SELU"),
+    "linear-logits": ("activated_logits", VARIANTS, "with linear logits"),
+}
+"""One run per confound: the network as written with that one choice undone, for the variants
+it touches (name -> (flag switched off, variants, in words))."""
+
+
 def histogram_configs(
-    epochs: int = 2,
+    epochs: int = 1,
     seeds: tuple[int, ...] = (0,),
     dataset: str = "mnist",
     data_dir: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The two experiments, ``as-written`` and ``corrected``, as config dicts.
+    """The experiments as config dicts: ``as-written``, one per confound of :data:`ABLATIONS`
+    (as written but for that one), and ``corrected``.
 
     Example:
         >>> cfgs = histogram_configs()
-        >>> cfgs["as-written"]["model"], cfgs["corrected"]["data"]["standardize"]
-        ({'kind': 'avh', 'channels': [32, 64, 128], 'as_written': True}, 'global')
+        >>> list(cfgs)
+        ['as-written', 'no-bn', 'alpha-dropout', 'linear-logits', 'corrected']
+        >>> cfgs["no-bn"]["model"]["bn_after_relus"], cfgs["no-bn"]["activations"]
+        (False, ['relu', 'lrelu:0.2'])
         >>> histogram_configs(dataset="svhn")["corrected"]["model"]["channels"]
         [64, 128, 256]
     """
     train = {"optimizer": "adam", "lr": 1e-4, "batch_size": 64, "clip_grad_norm": 20.0,
              "epochs": epochs}  # fmt: skip
-    base = {"train": train, "activations": list(VARIANTS), "dropout": 0.5, "seeds": list(seeds)}
+    base = {"train": train, "dropout": 0.5, "seeds": list(seeds)}
     data = {"dataset": dataset, "data_dir": data_dir}
     channels = [64, 128, 256] if dataset in ("svhn", "cifar10") else [32, 64, 128]  # its sizes
-    return {
-        "as-written": {
-            **base,
-            "data": {**data, "standardize": "none"},
-            "model": {"kind": "avh", "channels": channels, "as_written": True},
-        },
-        "corrected": {
-            **base,
-            "data": {**data, "standardize": "global"},
-            "model": {"kind": "avh", "channels": channels, "as_written": False},
-        },
+    model = {"kind": "avh", "channels": channels}
+    raw = {**data, "standardize": "none"}
+    out = {"as-written": {**base, "data": raw, "model": model, "activations": list(VARIANTS)}}
+    for name, (flag, variants, _) in ABLATIONS.items():
+        out[name] = {**base, "data": raw, "model": {**model, flag: False},
+                     "activations": list(variants)}  # fmt: skip
+    out["corrected"] = {
+        **base,
+        "data": {**data, "standardize": "global"},
+        "model": {**model, **dict.fromkeys(AVH_FLAGS, False)},
+        "activations": list(VARIANTS),
     }
+    return out
+
+
+def confound_verdict(summaries: dict[str, dict[str, Any]]) -> str:
+    """For each confound, the as-written ranking with that one undone (the variants it does
+    not touch keep their as-written numbers: the same network, seed and batches), and whether
+    the order changes.
+
+    Example:
+        >>> def s(**acc):
+        ...     return {"variants": {k: {"test_accuracy": v} for k, v in acc.items()}}
+        >>> runs = {"as-written": s(selu=0.9, relu=0.8), "no-bn": s(relu=0.95),
+        ...         "alpha-dropout": s(selu=0.91), "linear-logits": s(selu=0.9, relu=0.8)}
+        >>> print(confound_verdict(runs).splitlines()[1])
+        without the BatchNorm after the ReLUs: relu 95.00 > selu 90.00: the order changes.
+    """
+
+    def order(acc: dict[str, float | None]) -> list[str]:
+        return sorted((n for n in acc if acc[n] is not None), key=lambda n: -acc[n])
+
+    def said(acc: dict[str, float | None]) -> str:
+        return " > ".join(f"{n} {100 * acc[n]:.2f}" for n in order(acc))
+
+    written = {n: v["test_accuracy"] for n, v in summaries["as-written"]["variants"].items()}
+    lines = [f"As written: {said(written)}."]
+    for name, (_, _, words) in ABLATIONS.items():
+        if name not in summaries:
+            continue
+        acc = dict(written)
+        acc.update({n: v["test_accuracy"] for n, v in summaries[name]["variants"].items()})
+        moved = "the order changes" if order(acc) != order(written) else "the same order"
+        lines.append(f"{words}: {said(acc)}: {moved}.")
+    return "\n".join(lines)
 
 
 def summary_table(summaries: dict[str, dict[str, Any]], style: str) -> str:
@@ -113,7 +169,7 @@ def _ranking(summary: dict[str, Any]) -> str:
 
 def run_activation_histograms(
     out: str | Path,
-    epochs: int = 2,
+    epochs: int = 1,
     seeds: tuple[int, ...] = (0,),
     dataset: str = "mnist",
     data_dir: str | None = None,
@@ -134,11 +190,15 @@ def run_activation_histograms(
     title = "Reproduction: the activation-histograms CNN, {}"
     notes = {net: {"title": title.format(net), "intro": INTRO} for net in configs}
     summaries = compare_runs(configs, out, notes, resume, overwrite, progress)
+    corrected = {n: v["test_accuracy"] for n, v in summaries["corrected"]["variants"].items()}
+    ranked = sorted((n for n in corrected if corrected[n] is not None), key=lambda n: -corrected[n])
     verdict = (
-        f"As written: {_ranking(summaries['as-written'])}. Corrected: "
-        f"{_ranking(summaries['corrected'])} ({epochs} epoch{'s' if epochs != 1 else ''}, "
-        f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}). Which confound moves the "
-        "ranking is not separated here: the two runs differ in all of them at once."
+        confound_verdict(summaries)
+        + "\nCorrected (all of them undone, each activation's own init, standardized inputs): "
+        + " > ".join(f"{n} {100 * corrected[n]:.2f}" for n in ranked)
+        + f". {epochs} epoch{'s' if epochs != 1 else ''}, {len(seeds)} seed"
+        + ("s" if len(seeds) != 1 else "")
+        + ": a difference inside the seed-to-seed spread is no difference."
     )
     links = " · ".join(
         f'<a href="{net}/report.html">{net}: its report and histograms</a>' for net in configs
@@ -146,7 +206,8 @@ def run_activation_histograms(
     body = (
         f"<p class=intro>{html.escape(INTRO)}</p>"
         f"<div class=wide>{summary_table(summaries, 'html')}</div>"
-        f"<p class=verdict id=verdict>{html.escape(verdict)}</p><p>{links}</p>"
+        f"<p class=verdict id=verdict>{html.escape(verdict).replace(chr(10), '<br>')}</p>"
+        f"<p>{links}</p>"
     )
     title = "Reproduction: the activation-histograms project, as it ran and corrected"
     sub = (
