@@ -182,7 +182,7 @@ def test_activation_histograms_as_written_and_corrected(tmp_path):
     assert not fixed & {"dropout_with_selu", "weight_init", "output_activation", "bias_nonzero"}
     page = (out / "report.html").read_text()
     assert 'href="as-written/report.html"' in page and "BatchNorm after ReLU" in page
-    assert "without the BatchNorm after the ReLUs: " in page and "with linear logits: " in page
+    assert "Without the BatchNorm after the ReLUs: " in page and "With linear logits: " in page
     assert "histograms" in (out / "corrected/report.html").read_text()
 
 

@@ -117,7 +117,7 @@ def confound_verdict(summaries: dict[str, dict[str, Any]]) -> str:
         >>> runs = {"as-written": s(selu=0.9, relu=0.8), "no-bn": s(relu=0.95),
         ...         "alpha-dropout": s(selu=0.91), "linear-logits": s(selu=0.9, relu=0.8)}
         >>> print(confound_verdict(runs).splitlines()[1])
-        without the BatchNorm after the ReLUs: relu 95.00 > selu 90.00: the order changes.
+        Without the BatchNorm after the ReLUs: relu 95.00 > selu 90.00: the order changes.
     """
 
     def order(acc: dict[str, float | None]) -> list[str]:
@@ -134,7 +134,7 @@ def confound_verdict(summaries: dict[str, dict[str, Any]]) -> str:
         acc = dict(written)
         acc.update({n: v["test_accuracy"] for n, v in summaries[name]["variants"].items()})
         moved = "the order changes" if order(acc) != order(written) else "the same order"
-        lines.append(f"{words}: {said(acc)}: {moved}.")
+        lines.append(f"{words[0].upper()}{words[1:]}: {said(acc)}: {moved}.")
     return "\n".join(lines)
 
 
