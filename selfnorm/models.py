@@ -195,6 +195,13 @@ def build_avh(
 
     cfg = AvhConfig() if cfg is None else cfg
     spec = _resolve(spec)
+    if spec.norm == "ln" or (spec.norm == "bn" and cfg.bn_after_relus):
+        raise ValueError(
+            f"{spec.name}: the activation-histograms network takes no +{spec.norm} (it places "
+            "its own BatchNorm after the ReLUs); drop +" + spec.norm
+            + (" or set bn_after_relus = false for a BatchNorm before it" if spec.norm == "bn"
+               else "")
+        )  # fmt: skip
     if len(input_shape) != 3:
         raise ValueError(f"build_avh needs input_shape (C, H, W), got {tuple(input_shape)}")
     dropout = _validate.drop_rate("dropout", dropout)

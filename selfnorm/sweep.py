@@ -267,12 +267,14 @@ def _job_config(
     point: Mapping[str, Any],
     dropouts: ExperimentConfig,
 ) -> ExperimentConfig:
+    # one job, one variant: its per-variant drop rate and input scaling become the job's own
     override: dict[str, Any] = {
-        "data": {"dataset": dataset},
+        "data": {"dataset": dataset, "standardize": dropouts.standardize_for(activation)},
         "activations": [activation],
         "seeds": [seed],
         "dropout": float(dropouts.dropout_for(activation)),
         "dropout_by_activation": {},
+        "standardize_by_activation": {},
     }
     for key, value in point.items():
         section, name = GRID_KEYS[key]
@@ -281,7 +283,7 @@ def _job_config(
         else:
             override.setdefault(section, {})[name] = value
     merged = merge(base, override)
-    merged["dropout_by_activation"] = {}
+    merged["dropout_by_activation"] = merged["standardize_by_activation"] = {}
     return experiment_from_dict(merged)
 
 

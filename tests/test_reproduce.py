@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -141,6 +142,8 @@ def test_seed_keras_as_written_validates_on_test_and_corrected_picks_on_validati
     assert "validation_data" in (out / "as-written/report.html").read_text()
     assert main(args) == 2  # an existing run is neither replaced nor mixed into
     assert main([*args, "--resume"]) == 0  # finished: resumes to the same numbers
+    shutil.rmtree(out / "corrected")  # stopped before the second run had started
+    assert main([*args, "--resume"]) == 0  # it starts afresh, the first is kept
     assert (
         json.loads((out / "corrected/summary.json").read_text())["variants"]["selu"][
             "test_accuracy"
@@ -206,4 +209,10 @@ def test_the_activation_histograms_network_as_written():
     fixed = dict(build_avh((1, 28, 28), 10, "selu", AvhConfig.corrected(), generator=gen)
                  .named_children())  # fmt: skip
     assert isinstance(fixed["drop1"], AlphaDropout) and "act_out" not in fixed
+    with pytest.raises(ValueError, match=r"takes no \+ln"):
+        build_avh((1, 28, 28), 10, "relu+ln")
+    with pytest.raises(ValueError, match="bn_after_relus = false"):
+        build_avh((1, 28, 28), 10, "selu+bn")
+    net = build_avh((1, 28, 28), 10, "selu+bn", AvhConfig.corrected())
+    assert isinstance(dict(net.named_children())["bn1"], torch.nn.BatchNorm2d)
     assert abs(float(fixed["fc5"].weight.detach().var()) * 160 - 1) < 0.1  # LeCun: var 1 / fan_in

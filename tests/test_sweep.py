@@ -104,6 +104,16 @@ def test_per_variant_grid_and_base_dropout():
         assert j.config.dropout_for(j.activation) == j.params["dropout"]
 
 
+def test_per_variant_input_scaling_becomes_each_jobs_own():
+    spec = sweep_from_dict(
+        {"datasets": ["digits"], "activations": ["selu", "relu"],
+         "standardize_by_activation": {"selu": "none"}, "grid": {}}
+    )  # fmt: skip
+    scaling = {j.activation: j.config.data.standardize for j in spec.jobs()}
+    assert scaling == {"selu": "none", "relu": "feature"}
+    assert all(j.config.standardize_by_activation == {} for j in spec.jobs())
+
+
 @pytest.mark.parametrize(
     ("d", "message"),
     [

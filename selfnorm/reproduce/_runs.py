@@ -9,6 +9,7 @@ from typing import Any
 
 from selfnorm._io import atomic_write_json
 from selfnorm.data import Dataset
+from selfnorm.storage import RunDir
 from selfnorm.training import compare
 
 
@@ -27,9 +28,11 @@ def compare_runs(
     from selfnorm.report.html import build_report
 
     datasets = datasets or {}
+    # resuming: a run the interruption never reached starts afresh
     summaries = {
         name: compare(
-            cfg, str(out / name), resume, overwrite, progress, dataset=datasets.get(name)
+            cfg, str(out / name), resume and RunDir(out / name).is_run_dir(), overwrite,
+            progress, dataset=datasets.get(name),
         )  # fmt: skip
         for name, cfg in configs.items()
     }
