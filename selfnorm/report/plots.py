@@ -464,11 +464,11 @@ def depth_figure(curves: Mapping[str, object]) -> Figure:
         ax_v.plot(layers, c.var, color=col, label=name)
         ax_g.plot(layers[1:], c.grad_norm[1:], color=col, label=name)
         if c.var_range and len(c.var_range) == len(layers):
-            lo_hi = arr(np.array(c.var_range, dtype=float).ravel()).reshape(-1, 2)
+            lo_hi = np.array(c.var_range, dtype=float)
             if (lo_hi[:, 1] > lo_hi[:, 0]).any():
                 n_nets = max(n_nets, 2)
                 ax_v.fill_between(layers, lo_hi[:, 0], lo_hi[:, 1], color=col, alpha=0.15, lw=0)
-                g = arr(np.array(c.grad_range, dtype=float).ravel()).reshape(-1, 2)
+                g = np.array(c.grad_range, dtype=float)
                 ax_g.fill_between(layers[1:], g[1:, 0], g[1:, 1], color=col, alpha=0.15, lw=0)
         theory_m, theory_v = arr(c.theory_mean), arr(c.theory_var)
         if np.isfinite(theory_m[1:]).any():

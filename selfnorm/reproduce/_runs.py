@@ -31,8 +31,12 @@ def compare_runs(
     # resuming: a run the interruption never reached starts afresh
     summaries = {
         name: compare(
-            cfg, str(out / name), resume and RunDir(out / name).is_run_dir(), overwrite,
-            progress, dataset=datasets.get(name),
+            cfg,
+            str(out / name),
+            resume and RunDir(out / name).is_run_dir(),
+            overwrite,
+            progress,
+            dataset=datasets.get(name),
         )  # fmt: skip
         for name, cfg in configs.items()
     }

@@ -120,21 +120,15 @@ def confound_verdict(summaries: dict[str, dict[str, Any]]) -> str:
         Without the BatchNorm after the ReLUs: relu 95.00 > selu 90.00: the order changes.
     """
 
-    def order(acc: dict[str, float | None]) -> list[str]:
-        return sorted((n for n in acc if acc[n] is not None), key=lambda n: -acc[n])
-
-    def said(acc: dict[str, float | None]) -> str:
-        return " > ".join(f"{n} {100 * acc[n]:.2f}" for n in order(acc))
-
-    written = {n: v["test_accuracy"] for n, v in summaries["as-written"]["variants"].items()}
-    lines = [f"As written: {said(written)}."]
+    written = _accuracies(summaries["as-written"])
+    lines = [f"As written: {_said(written)}."]
     for name, (_, _, words) in ABLATIONS.items():
         if name not in summaries:
             continue
         acc = dict(written)
-        acc.update({n: v["test_accuracy"] for n, v in summaries[name]["variants"].items()})
-        moved = "the order changes" if order(acc) != order(written) else "the same order"
-        lines.append(f"{words[0].upper()}{words[1:]}: {said(acc)}: {moved}.")
+        acc.update(_accuracies(summaries[name]))
+        moved = "the order changes" if _order(acc) != _order(written) else "the same order"
+        lines.append(f"{words[0].upper()}{words[1:]}: {_said(acc)}: {moved}.")
     return "\n".join(lines)
 
 
@@ -161,10 +155,17 @@ def _rows(summaries: dict[str, dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def _ranking(summary: dict[str, Any]) -> str:
-    acc = {n: v["test_accuracy"] for n, v in summary["variants"].items()}
-    ranked = sorted((n for n in acc if acc[n] is not None), key=lambda n: -acc[n])
-    return " > ".join(f"{n} {100 * acc[n]:.2f}" for n in ranked)
+def _accuracies(summary: dict[str, Any]) -> dict[str, float | None]:
+    return {n: v["test_accuracy"] for n, v in summary["variants"].items()}
+
+
+def _order(acc: dict[str, float | None]) -> list[str]:
+    """The variants by test accuracy, best first (diverged ones left out)."""
+    return sorted((n for n in acc if acc[n] is not None), key=lambda n: -acc[n])
+
+
+def _said(acc: dict[str, float | None]) -> str:
+    return " > ".join(f"{n} {100 * acc[n]:.2f}" for n in _order(acc))
 
 
 def run_activation_histograms(
@@ -190,12 +191,10 @@ def run_activation_histograms(
     title = "Reproduction: the activation-histograms CNN, {}"
     notes = {net: {"title": title.format(net), "intro": INTRO} for net in configs}
     summaries = compare_runs(configs, out, notes, resume, overwrite, progress)
-    corrected = {n: v["test_accuracy"] for n, v in summaries["corrected"]["variants"].items()}
-    ranked = sorted((n for n in corrected if corrected[n] is not None), key=lambda n: -corrected[n])
     verdict = (
         confound_verdict(summaries)
         + "\nCorrected (all of them undone, each activation's own init, standardized inputs): "
-        + " > ".join(f"{n} {100 * corrected[n]:.2f}" for n in ranked)
+        + _said(_accuracies(summaries["corrected"]))
         + f". {epochs} epoch{'s' if epochs != 1 else ''}, {len(seeds)} seed"
         + ("s" if len(seeds) != 1 else "")
         + ": a difference inside the seed-to-seed spread is no difference."
