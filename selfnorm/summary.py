@@ -42,7 +42,9 @@ def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
         >>> m["best_test_accuracy"], m["test_accuracy_at_best_val"]
         (0.935, 0.91)
     """
-    accs = [row["val_accuracy"] for row in history]
+    accs = [row.get("val_accuracy") for row in history]
+    if None in accs:  # a training without validation scores (selfnorm.integrations)
+        accs = []
     tests = [row.get("test_accuracy") for row in history]
     scored = bool(tests) and all(t is not None for t in tests)
     losses = [row["val_loss"] for row in history if "val_loss" in row]
@@ -60,7 +62,7 @@ def run_metrics(result: Mapping[str, Any], history: Sequence[Mapping[str, Any]])
         if accs
         else None,
         "epoch_seconds": statistics.median(r["epoch_seconds"] for r in history)
-        if history
+        if history and all("epoch_seconds" in r for r in history)
         else None,
         "epochs_completed": result.get("epochs_completed", len(history)),
         "diverged": bool(result.get("diverged")),
@@ -110,15 +112,19 @@ def summarize(
         (n for n in variants if variants[n]["test_accuracy"] is not None),
         key=lambda n: -variants[n]["test_accuracy"],
     )
-    return {
-        "dataset": {
+    if isinstance(dataset, Mapping):  # a training selfnorm did not run: what its caller knows
+        described = dict(dataset)
+    else:
+        described = {
             "name": dataset.name,
             "train": len(dataset.y_train),
             "val": len(dataset.y_val),
             "test": len(dataset.y_test),
             "num_classes": dataset.num_classes,
             "input_shape": list(dataset.input_shape),
-        },
+        }
+    return {
+        "dataset": described,
         "device": device,
         "ranking": ranked,
         "variants": variants,

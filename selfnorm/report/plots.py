@@ -362,7 +362,10 @@ def training_curves_figure(histories: Mapping[str, Sequence[Sequence[Mapping]]])
             (ax_vloss, "val_loss", 1.0),
             (ax_acc, "val_accuracy", 100.0),
         ):
-            vals = np.array([[row[key] for row in r[:n]] for r in runs]) * scale
+            vals = np.array([[row.get(key, np.nan) for row in r[:n]] for r in runs], float)
+            if np.isnan(vals).all():  # a training that did not report it (integrations)
+                continue
+            vals *= scale
             mean, std = vals.mean(0), vals.std(0)
             ax.plot(epochs, mean, color=colors[name], label=f"{name} ({len(runs)} seeds)")
             low = mean - std
@@ -375,7 +378,12 @@ def training_curves_figure(histories: Mapping[str, Sequence[Sequence[Mapping]]])
     ax_acc.set(title="validation accuracy (%)", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_vloss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_acc.legend(fontsize=8 if len(names) <= 4 else 7)
+    for ax in (ax_loss, ax_vloss, ax_acc):
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not reported", ha="center", va="center", transform=ax.transAxes)
+    drawn = next((ax for ax in (ax_acc, ax_vloss, ax_loss) if ax.lines), None)
+    if drawn is not None:
+        drawn.legend(fontsize=8 if len(names) <= 4 else 7)
     fig.suptitle("Learning curves, mean ± std over seeds")
     return fig
 
