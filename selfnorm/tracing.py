@@ -178,6 +178,8 @@ ACTIVATION_FUNCTIONS: dict[object, str] = {
     F.leaky_relu: "leaky_relu", F.elu: "elu", F.celu: "celu", F.gelu: "gelu", F.silu: "silu",
     F.mish: "mish", F.tanh: "tanh", torch.tanh: "tanh", F.sigmoid: "sigmoid",
     torch.sigmoid: "sigmoid", F.softplus: "softplus", F.prelu: "prelu",
+    torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu", torch.Tensor.tanh: "tanh",
+    torch.Tensor.sigmoid: "sigmoid",
 }  # fmt: skip
 """Functions logged as activations, with the name their calls are reported by."""
 

@@ -518,7 +518,11 @@ def test_every_activation_module_is_recorded_with_its_family(module, family):
 
 def test_bad_arguments_name_the_fix():
     with pytest.raises(ValueError, match="no activation modules"):
-        ActivationRecorder(nn.Linear(3, 3))
+        ActivationRecorder(nn.Linear(3, 3), functional=False)
+    with ActivationRecorder(nn.Linear(3, 3)) as rec:  # functions could be called: seen at once
+        rec.step()
+        with pytest.raises(RuntimeError, match="called no activation"):
+            rec.model(torch.ones(2, 3))
     with pytest.raises(ValueError, match="start_step"):
         ActivationRecorder(nn.ReLU(), start_step=-1)
     with pytest.raises(RuntimeError, match="without sinks"):

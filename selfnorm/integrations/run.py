@@ -189,7 +189,8 @@ class TrainingRun:
         self.recorder.flush()
         row: dict[str, Any] = {"epoch": len(self.history) + 1}
         row |= {k: float(v) for k, v in metrics.items() if v is not None}
-        row["epoch_seconds"] = float(now - self._t_epoch if epoch_seconds is None else epoch_seconds)
+        seconds = now - self._t_epoch if epoch_seconds is None else epoch_seconds
+        row["epoch_seconds"] = float(seconds)
         self._t_epoch = now
         self.paths.append_metrics(row)
         self.history.append(row)
@@ -259,4 +260,3 @@ def _number(v: float | None) -> float | None:
         return None
     v = float(v)
     return v if math.isfinite(v) else None
-

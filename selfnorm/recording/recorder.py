@@ -45,6 +45,7 @@ from torch import nn
 from selfnorm import taxonomy
 from selfnorm.recording import reduce
 from selfnorm.recording.config import RecordConfig
+from selfnorm.recording.functional import CallCapture, function_module, writes_input
 from selfnorm.recording.reduce import N_STATS, Binning, ReduceBuffers
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, concat_records
 from selfnorm.sinks import layer_groups
@@ -101,6 +102,11 @@ class ActivationRecorder:
             ``model.training == False`` records nothing and leaves the recorder armed).
         activation_types: module types treated as activation layers (default: every type
             registered in :mod:`selfnorm.taxonomy`).
+        functional: also record activation functions called inside a ``forward``
+            (``F.selu(x)``, ``torch.relu(x)``, ``x.tanh()``; :mod:`selfnorm.recording.functional`)
+            as layers named ``<module>.<function>.<k>``: the calling module's name (omitted for
+            the root), the function, and the call's position among that forward's activation
+            calls. Default True; a recorded pass then runs under a ``TorchFunctionMode``.
 
     Warning:
         Layers are fixed by the first recorded forward pass, in call order; a module called
@@ -137,6 +143,7 @@ class ActivationRecorder:
         steps_per_epoch: int | None = None,
         record_eval: bool = False,
         activation_types: Sequence[type[nn.Module]] | None = None,
+        functional: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -161,12 +168,14 @@ class ActivationRecorder:
         self.sinks = [] if sinks is None else list(sinks)
         types = taxonomy.activation_types() if activation_types is None else tuple(activation_types)
         self._acts = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
-        if not self._acts:
+        self._types = types
+        if not self._acts and not functional:
             raise ValueError(
                 f"{type(model).__name__} has no activation modules to record (looked for "
-                f"{', '.join(t.__name__ for t in types[:8])}, ...); activations called as "
-                "functions (F.relu) cannot be hooked: use modules, or pass activation_types="
+                f"{', '.join(t.__name__ for t in types[:8])}, ...); pass functional=True to "
+                "record activation functions (F.relu) called in a forward, or activation_types="
             )
+        self._calls_capture = CallCapture(model, self._on_call) if functional else None
         self._hooks = [
             (m, partial(self._on_pre, i), partial(self._on_post, i))
             for i, (_, m) in enumerate(self._acts)
@@ -187,7 +196,7 @@ class ActivationRecorder:
         self._bufs = ReduceBuffers()
 
         # layout: slots in call order, fixed by the first captured pass
-        self._slot_of: dict[tuple[int, int], int] = {}
+        self._slot_of: dict[tuple, int] = {}  # (module index, call) or (caller, order)
         self._slot_names: list[str] = []
         self._slot_family: list[str] = []
         self._thresholds: list[float] = []  # per row (2 * slot + kind)
@@ -287,15 +296,26 @@ class ActivationRecorder:
             return
         hs = self._module_handles
         hs.append(self.model.register_forward_pre_hook(self._on_root_pre))
+        if self._calls_capture is not None:  # after the root's pre-hook: it sees the root
+            self._calls_capture.attach()
         for m, pre, post in self._hooks:
             hs.append(m.register_forward_pre_hook(pre))
             hs.append(m.register_forward_hook(post))
         hs.append(self.model.register_forward_hook(self._on_root_post))
+        hs.append(self.model.register_forward_hook(self._end_calls, always_call=True))
 
     def _remove_module_hooks(self) -> None:
         for h in self._module_handles:
             h.remove()
         self._module_handles.clear()
+        if self._calls_capture is not None:
+            self._end_calls()
+            self._calls_capture.detach()
+
+    def _end_calls(self, *_: Any) -> None:
+        """Leave the function mode of a recorded pass (also when its forward raised)."""
+        if self._calls_capture is not None and self._calls_capture.entered:
+            self._calls_capture.__exit__(None, None, None)
 
     def _remove_tensor_hooks(self) -> None:
         for h in self._tensor_handles:
@@ -311,6 +331,8 @@ class ActivationRecorder:
         self._calls.clear()
         self._held.clear()
         self._cap.clear()
+        if self._calls_capture is not None:
+            self._calls_capture.__enter__()
 
     def _slot(self, i: int) -> int:
         call = self._calls.get(i, 0) + 1
@@ -319,23 +341,29 @@ class ActivationRecorder:
         if slot is None:
             name, module = self._acts[i]
             label = (name or type(module).__name__) + (f"#{call}" if call > 1 else "")
-            if self._frozen:
-                raise RuntimeError(
-                    f"activation {label!r} was called in this recorded forward pass but not in "
-                    f"the first one, which fixed the layers {self._slot_names}; record a model "
-                    "whose forward pass calls the same activations every time"
-                )
-            slot = len(self._slot_names)
-            self._slot_of[(i, call)] = slot
-            self._slot_names.append(label)
-            kind = taxonomy.activation_kind(module)
-            self._slot_family.append(kind.name if kind is not None else "other")
-            sat = taxonomy.saturation_value(module)
-            thr = -math.inf if sat is None else sat + SATURATION_RTOL * abs(sat)
-            dead = kind is not None and kind.dead_units
-            self._thresholds += [-math.inf, thr]  # rows pre, post
-            self._dead += [dead, dead]
-            self._grad_hooks.append(partial(self._on_grad, slot))
+            slot = self._new_slot((i, call), label, module)
+        return slot
+
+    def _new_slot(self, key: tuple, label: str, module: nn.Module) -> int:
+        """The next slot, for the layer ``label`` that ``module`` (or a function of its kind)
+        computes; only while the first recorded pass fixes the layout."""
+        if self._frozen:
+            raise RuntimeError(
+                f"activation {label!r} was called in this recorded forward pass but not in "
+                f"the first one, which fixed the layers {self._slot_names}; record a model "
+                "whose forward pass calls the same activations every time"
+            )
+        slot = len(self._slot_names)
+        self._slot_of[key] = slot
+        self._slot_names.append(label)
+        kind = taxonomy.activation_kind(module)
+        self._slot_family.append(kind.name if kind is not None else "other")
+        sat = taxonomy.saturation_value(module)
+        thr = -math.inf if sat is None else sat + SATURATION_RTOL * abs(sat)
+        dead = kind is not None and kind.dead_units
+        self._thresholds += [-math.inf, thr]  # rows pre, post
+        self._dead += [dead, dead]
+        self._grad_hooks.append(partial(self._on_grad, slot))
         return slot
 
     @staticmethod
@@ -396,6 +424,29 @@ class ActivationRecorder:
         if out.requires_grad:
             self._tensor_handles.append(out.register_hook(self._grad_hooks[slot]))
 
+    def _on_call(self, key: tuple[str, int], name: str, func, args: tuple, kwargs: dict):
+        """An activation function called in a recorded forward (:class:`CallCapture`): its
+        input and output are captured like an activation module's."""
+        caller, order = key
+        slot = self._slot_of.get(key)
+        if slot is None:
+            label = f"{caller + '.' if caller else ''}{name}.{order}"
+            slot = self._new_slot(key, label, function_module(name))
+        x = args[0] if args else None
+        floating = isinstance(x, torch.Tensor) and x.is_floating_point()
+        if floating:  # the input, before the call (a copy where the call overwrites it)
+            copy = (
+                not self._frozen or writes_input(func, args, kwargs) or 2 * slot in self._copy_rows
+            )
+            self._capture(self._cap, x.detach(), 2 * slot, copy)
+        out = func(*args, **kwargs)
+        if floating and isinstance(out, torch.Tensor) and out.is_floating_point():
+            row = 2 * slot + 1
+            self._capture(self._cap, out.detach(), row, not self._frozen or row in self._copy_rows)
+            if out.requires_grad:
+                self._tensor_handles.append(out.register_hook(self._grad_hooks[slot]))
+        return out
+
     def _on_grad(self, slot: int, grad: torch.Tensor) -> None:
         if slot in self._grad_seen:  # a second backward through the same graph
             return
@@ -406,6 +457,14 @@ class ActivationRecorder:
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._capturing:
             return
+        self._end_calls()
+        if not self._slot_names:
+            raise RuntimeError(
+                f"the recorded forward pass of {type(self.model).__name__} called no "
+                "activation (no module of the types looked for and no activation function such "
+                "as F.relu); register the activation's module type in selfnorm.taxonomy or "
+                "pass activation_types="
+            )
         self._capturing = False
         step = self._armed_step
         self._armed_step = None

@@ -1,0 +1,168 @@
+"""Activation functions called in a forward (F.selu, torch.relu, x.tanh()) are recorded too."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import selfnorm
+from selfnorm.config import RecordConfig
+from selfnorm.recording import ActivationRecorder
+
+STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "saturation_frac")
+
+
+class Block(nn.Module):
+    """A residual block that calls its activations as functions."""
+
+    def __init__(self, width: int, act) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.act = act
+
+    def forward(self, x):
+        return x + self.act(self.fc(x))
+
+
+class FunctionalNet(nn.Module):
+    """Five functions: three in blocks, two in the root's own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.b1 = Block(16, F.selu)
+        self.b2 = Block(16, lambda h: F.leaky_relu(h, 0.1))
+        self.b3 = Block(16, F.gelu)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = self.b3(self.b2(self.b1(h)))
+        return self.out(h.tanh())
+
+
+class ModuleNet(nn.Module):
+    """The same computation with activation modules (the recorder's module hooks see them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.a0 = nn.ReLU()
+        self.b1 = Block(16, selfnorm.SELU())
+        self.b2 = Block(16, nn.LeakyReLU(0.1))
+        self.b3 = Block(16, nn.GELU())
+        self.a4 = nn.Tanh()
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.b3(self.b2(self.b1(self.a0(self.inp(x)))))
+        return self.out(self.a4(h))
+
+
+def _train(net, steps=4, every=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    with ActivationRecorder(net, RecordConfig(every=every)) as rec:
+        for _ in range(steps):
+            rec.step()
+            x = torch.randn(32, 6, generator=g)
+            loss = F.cross_entropy(net(x), torch.randint(0, 3, (32,), generator=g))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return rec.records()
+
+
+def test_functional_calls_are_keyed_by_module_and_order_and_match_module_recording():
+    torch.manual_seed(0)
+    fnet = FunctionalNet()
+    mnet = ModuleNet()
+    mnet.load_state_dict(fnet.state_dict())
+    rf, rm = _train(fnet), _train(mnet)
+    assert rf.layers == ("relu.0", "b1.selu.0", "b2.leaky_relu.0", "b3.gelu.0", "tanh.1")
+    assert rm.layers == ("a0", "b1.act", "b2.act", "b3.act", "a4")
+    assert rf.family == rm.family == ("relu", "selu", "lrelu", "gelu", "tanh")
+    assert rf.steps.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(rf.hist_post, rm.hist_post)
+    np.testing.assert_array_equal(rf.hist_pre, rm.hist_pre)
+    for key in STATS:
+        for side in ("post", "pre"):
+            np.testing.assert_allclose(
+                getattr(rf, side)[key], getattr(rm, side)[key], rtol=1e-6, equal_nan=True
+            )
+    np.testing.assert_allclose(rf.grad_std, rm.grad_std, rtol=1e-5)
+    assert np.isfinite(rf.post["saturation_frac"][:, 1]).all()  # the SELU call's
+    assert np.isfinite(rf.post["dead_frac"][:, 0]).all()  # the ReLU call's
+    # a relu output has exact zeros, its input does not
+    assert (rf.post["zero_frac"][:, 0] > 0.2).all() and (rf.pre["zero_frac"][:, 0] == 0).all()
+
+
+def test_module_recording_is_unchanged_and_sees_no_functional_copies():
+    # nn.SELU's forward calls F.selu: the call belongs to the module, not a new layer
+    net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 8), nn.ReLU())
+    on, off = _train(net, steps=2), None
+    with ActivationRecorder(net, RecordConfig(every=1), functional=False) as rec:
+        rec.step()
+        net(torch.randn(8, 6)).sum().backward()
+        off = rec.records()
+    assert on.layers == off.layers == ("1", "3")
+
+
+def test_an_in_place_function_records_its_input_before_the_call():
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 64)
+
+        def forward(self, x):
+            return torch.relu_(self.fc(x))
+
+    net = InPlace()
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        for _ in range(3):
+            rec.step()
+            with torch.no_grad():
+                net(torch.randn(64, 4))
+        r = rec.records()
+    assert r.layers == ("relu.0",)
+    assert (r.pre["min"] < 0).all() and (r.post["min"] == 0).all()  # the input, not the output
+
+
+def test_a_forward_that_raises_leaves_no_function_mode_behind():
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            F.selu(self.fc(x))
+            raise ValueError("boom")
+
+    with ActivationRecorder(Fails(), RecordConfig(every=1)) as rec:
+        rec.step()
+        with pytest.raises(ValueError, match="boom"):
+            rec.model(torch.ones(2, 4))
+        assert torch._C._len_torch_function_stack() == 0
+        rec.step()  # the next step arms afresh
+
+
+def test_a_call_the_first_pass_did_not_make_is_refused():
+    class Sometimes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.extra = False
+
+        def forward(self, x):
+            h = F.selu(self.fc(x))
+            return torch.tanh(h) if self.extra else h
+
+    net = Sometimes()
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        rec.step()
+        net(torch.ones(2, 4))
+        net.extra = True
+        rec.step()
+        with pytest.raises(RuntimeError, match="'tanh.1' was called"):
+            net(torch.ones(2, 4))
