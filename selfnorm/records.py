@@ -16,6 +16,7 @@ order (``weights``), histogram counts as ``uint16``/``uint32`` when they fit (de
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -58,6 +59,7 @@ WEIGHT_KEYS = ("omega_mean", "omega_std", "tau_mean", "tau_std")
 """Keys of :attr:`Records.weights`."""
 
 FORMAT = 1
+_HIST_KEYS = ("weight_fan_in", "hist_weight", "grad_bin_edges", "hist_grad", "hist_weight_grad")
 _CHUNK = re.compile(r"^chunk-(\d{6,})\.npz$")
 
 
@@ -86,6 +88,17 @@ class Records:
         weight_layers: ``(W,)`` names of the Linear/Conv layers.
         weights: ``{key: float64 (S, W)}`` for the keys in :data:`WEIGHT_KEYS`: mean and std over
             units of ω = Σ_i w_i and τ = Σ_i w_i² (sums over each unit's incoming weights).
+        weight_fan_in: ``int64 (W,)`` inputs per unit of each weight layer.
+        hist_weight: ``int64 (S, W, B+2)`` counts of each layer's weights in units of
+            ``1/sqrt(fan_in)`` (LeCun's N(0, 1/fan_in) is N(0, 1) here) on ``bin_edges``.
+        grad_bin_edges: ``float64 (G+1,)`` signed, log-spaced edges of the gradient histograms
+            (:data:`selfnorm.recording.reduce.GRAD_BINNING`; empty in records written before
+            gradient histograms existed, which then have G + 2 = 0 columns).
+        hist_grad: ``int64 (S, L, G+2)`` counts of the loss gradient w.r.t. each layer's output.
+        hist_weight_grad: ``int64 (S, W, G+2)`` counts of each weight layer's weight gradient.
+
+        A histogram row of zeros is a record that did not take it (the weights on dense
+        recording's off steps, gradients of a record without a backward pass).
     """
 
     steps: np.ndarray
@@ -101,6 +114,27 @@ class Records:
     grad_std: np.ndarray
     weight_layers: tuple[str, ...]
     weights: dict[str, np.ndarray]
+    weight_fan_in: np.ndarray | None = None
+    hist_weight: np.ndarray | None = None
+    grad_bin_edges: np.ndarray | None = None
+    hist_grad: np.ndarray | None = None
+    hist_weight_grad: np.ndarray | None = None
+
+    def __post_init__(self) -> None:  # absent (older records): empty arrays of the right shape
+        s, nl, nw = len(self.steps), len(self.layers), len(self.weight_layers)
+        nb = len(self.bin_edges) + 1 if len(self.bin_edges) else 0
+        defaults = {
+            "weight_fan_in": np.zeros(nw, np.int64),
+            "hist_weight": np.zeros((s, nw, nb), np.int64),
+            "grad_bin_edges": np.zeros(0),
+        }
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        ng = len(self.grad_bin_edges) + 1 if len(self.grad_bin_edges) else 0
+        for key, width in (("hist_grad", nl), ("hist_weight_grad", nw)):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, np.zeros((s, width, ng), np.int64))
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -121,6 +155,17 @@ class Records:
             grad_std=self.grad_std[index],
             weight_layers=self.weight_layers,
             weights={k: v[index] for k, v in self.weights.items()},
+            weight_fan_in=self.weight_fan_in,
+            hist_weight=self.hist_weight[index],
+            grad_bin_edges=self.grad_bin_edges,
+            hist_grad=self.hist_grad[index],
+            hist_weight_grad=self.hist_weight_grad[index],
+        )
+
+    def without_gradient_histograms(self) -> Records:
+        """The same records with no gradient histograms (to join with older records)."""
+        return dataclasses.replace(
+            self, grad_bin_edges=np.zeros(0), hist_grad=None, hist_weight_grad=None
         )
 
     @classmethod
@@ -166,6 +211,9 @@ def concat_records(parts: Sequence[Records]) -> Records:
                 f"bins {len(first.bin_edges) - 1} vs layers {p.layers} with bins "
                 f"{len(p.bin_edges) - 1}; record one model with one RecordConfig per folder"
             )
+    if any(not np.array_equal(p.grad_bin_edges, first.grad_bin_edges) for p in parts):
+        parts = [p.without_gradient_histograms() for p in parts]  # older chunks had none
+        first = parts[0]
     if len(parts) == 1:
         return first
 
@@ -186,6 +234,11 @@ def concat_records(parts: Sequence[Records]) -> Records:
         grad_std=cat(lambda p: p.grad_std),
         weight_layers=first.weight_layers,
         weights={k: cat(lambda p, k=k: p.weights[k]) for k in WEIGHT_KEYS},
+        weight_fan_in=first.weight_fan_in,
+        hist_weight=cat(lambda p: p.hist_weight),
+        grad_bin_edges=first.grad_bin_edges,
+        hist_grad=cat(lambda p: p.hist_grad),
+        hist_weight_grad=cat(lambda p: p.hist_weight_grad),
     )
 
 
@@ -238,6 +291,11 @@ def write_chunk(directory: str | os.PathLike, index: int, records: Records) -> P
         "grad_std": records.grad_std,
         "weight_layers": np.array(records.weight_layers, dtype=str),
         "weights": np.stack([records.weights[k] for k in WEIGHT_KEYS], axis=-1),
+        "weight_fan_in": records.weight_fan_in.astype(np.int64),
+        "hist_weight": _counts(records.hist_weight),
+        "grad_bin_edges": records.grad_bin_edges.astype(np.float64),
+        "hist_grad": _counts(records.hist_grad),
+        "hist_weight_grad": _counts(records.hist_weight_grad),
     }
     buf = io.BytesIO()
     # the histogram counts deflate ~6x (zlib level 1: level 6, np.savez_compressed's, costs ~5x
@@ -276,6 +334,11 @@ def read_chunk(path: Path) -> Records:
             grad_std=z["grad_std"].astype(np.float64),
             weight_layers=tuple(str(s) for s in z["weight_layers"]),
             weights={k: weights[..., i].astype(np.float64) for i, k in enumerate(WEIGHT_KEYS)},
+            **{  # absent in chunks written before weight and gradient histograms
+                k: z[k].astype(np.int64 if k != "grad_bin_edges" else np.float64)
+                for k in _HIST_KEYS
+                if k in z
+            },
         )
 
 

@@ -56,11 +56,15 @@ class TensorBoardSink:
     limits: the low edge for the underflow bucket, then each bin's right edge, then the maximum
     for overflow), scalars ``<group>/<layer>/<stat>`` for the output statistics
     (:data:`~selfnorm.records.STAT_KEYS`), ``<group>/<layer>/pre_<stat>`` for the input's,
-    ``<group>/<layer>/grad_std``; per Linear/Conv layer ``<layer>/weight/<key>``
-    (:data:`~selfnorm.records.WEIGHT_KEYS`). The group of an activation that no weight layer
-    precedes is ``act``; without a module order (a sink not given to a recorder) every
-    activation's group is ``act``. Statistics that do not apply to a layer's family (NaN ones,
-    a SELU's always-zero ``zero_frac``, ``fp_distance`` of a non-SELU layer) are left out.
+    ``<group>/<layer>/grad_std`` and the histogram ``<group>/<layer>/grad`` of the gradient
+    w.r.t. the output; per Linear/Conv layer ``<layer>/weight/<key>``
+    (:data:`~selfnorm.records.WEIGHT_KEYS`) and the histograms ``<layer>/weight/values`` (the
+    recorder's value bins over ``1/sqrt(fan_in)``, in weight units) and ``<layer>/weight/grad``;
+    gradients on the signed log bins of the records (``grad_bin_edges``). The group of an
+    activation that no weight layer precedes is ``act``; without a module order (a sink not
+    given to a recorder) every activation's group is ``act``. Statistics that do not apply to a
+    layer's family (NaN ones, a SELU's always-zero ``zero_frac``, ``fp_distance`` of a
+    non-SELU layer) are left out.
 
     Args:
         log_dir: folder of the event files.
@@ -99,7 +103,7 @@ class TensorBoardSink:
         if not len(records):
             return
         w = self._open()
-        edges = records.bin_edges
+        edges, grad_edges = records.bin_edges, records.grad_bin_edges
         post_keys = [[k for k in STAT_KEYS if _applies(k, f)] for f in records.family]
         for s, step in enumerate(records.steps.tolist()):
             for i, layer in enumerate(records.layers):
@@ -113,9 +117,16 @@ class TensorBoardSink:
                     for key in post_keys[i] if kind == "post" else STAT_KEYS:
                         _scalar(w, f"{tag}/{prefix}{key}", stats[key][s, i], step)
                 _scalar(w, f"{tag}/grad_std", records.grad_std[s, i], step)
+                if records.hist_grad.shape[-1]:
+                    _binned(w, f"{tag}/grad", records.hist_grad[s, i], grad_edges, step)
             for j, layer in enumerate(records.weight_layers):
                 for key in WEIGHT_KEYS:
                     _scalar(w, f"{layer}/weight/{key}", records.weights[key][s, j], step)
+                unit = np.sqrt(max(int(records.weight_fan_in[j]), 1))  # back to weight units
+                _binned(w, f"{layer}/weight/values", records.hist_weight[s, j], edges / unit, step)
+                if records.hist_weight_grad.shape[-1]:
+                    g = records.hist_weight_grad[s, j]
+                    _binned(w, f"{layer}/weight/grad", g, grad_edges, step)
         w.flush()
 
     def write_scalars(self, values: dict[str, float], step: int) -> None:
@@ -174,6 +185,32 @@ def _applies(key: str, family: str) -> bool:
 def _scalar(writer, tag: str, value: float, step: int) -> None:
     if np.isfinite(value):
         writer.add_scalar(tag, float(value), step)
+
+
+def _binned(writer, tag: str, counts: np.ndarray, edges: np.ndarray, step: int) -> None:
+    """A histogram known only by its counts (weights, gradients: no min, max or moments are
+    stored), on its own bins: min and max are the outer edges of the outermost non-empty
+    buckets, sum and sum of squares from the bin midpoints (the outer buckets at their
+    edge). A row of zeros (not taken in this record) writes nothing."""
+    num = int(counts.sum())
+    if num == 0:
+        return
+    top = np.nextafter(edges[-1], np.inf)
+    limits = np.array([edges[0], *edges[1:], top], dtype=float)
+    lower = np.concatenate([[edges[0]], edges])
+    mids = np.concatenate([[edges[0]], (edges[:-1] + edges[1:]) / 2, [edges[-1]]])
+    used = np.flatnonzero(counts)
+    writer.add_histogram_raw(
+        tag,
+        min=float(lower[used[0]]),
+        max=float(limits[used[-1]]),
+        num=num,
+        sum=float((mids * counts).sum()),
+        sum_squares=float((mids * mids * counts).sum()),
+        bucket_limits=limits.tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
 
 
 def _histogram(writer, tag, stats, counts, s, i, edges, step) -> None:

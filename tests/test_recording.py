@@ -667,6 +667,18 @@ def test_tensorboard_events_hold_the_same_bins_and_grouped_scalars(tmp_path):
     assert h.num == r.hist_post[1, 0].sum()
     means = acc.Scalars("2/3/mean")
     np.testing.assert_allclose([e.value for e in means], r.post["mean"][:, 1], rtol=1e-6)
+    # weights (in weight units) and gradients, on the records' own bins
+    g = acc.Histograms("0/weight/values")[1].histogram_value
+    assert list(g.bucket) == r.hist_weight[1, 0].tolist()
+    unit = np.sqrt(r.weight_fan_in[0])
+    np.testing.assert_allclose(g.bucket_limit[:-1], r.bin_edges / unit, rtol=1e-12)
+    for tag, counts in (
+        ("0/weight/grad", r.hist_weight_grad[1, 0]),
+        ("0/1/grad", r.hist_grad[1, 0]),
+    ):
+        h = acc.Histograms(tag)[1].histogram_value
+        assert list(h.bucket) == counts.tolist() and h.num == counts.sum() > 0
+        np.testing.assert_array_equal(h.bucket_limit[:-1], r.grad_bin_edges)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

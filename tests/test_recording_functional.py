@@ -166,3 +166,77 @@ def test_a_call_the_first_pass_did_not_make_is_refused():
         rec.step()
         with pytest.raises(RuntimeError, match="'tanh.1' was called"):
             net(torch.ones(2, 4))
+
+
+# -- weight and gradient histograms ---------------------------------------------------------
+
+
+def _near_edges(values: np.ndarray, edges: np.ndarray) -> int:
+    """Values within float32 rounding of an edge (their bin may differ between two codes)."""
+    d = np.abs(values[:, None] - edges[None, :])
+    return int((d <= 1e-5 * np.maximum(np.abs(edges[None, :]), 1e-12)).any(1).sum())
+
+
+def _interior(hist_row: np.ndarray) -> np.ndarray:
+    return hist_row[1:-1]
+
+
+def test_weight_and_gradient_histograms_count_the_same_values_as_numpy():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(20, 64), selfnorm.SELU(), nn.Linear(64, 32), nn.ReLU(),
+                        nn.Linear(32, 5))  # fmt: skip
+    selfnorm.init_snn_(net, torch.Generator().manual_seed(0))
+    outs = []
+
+    def keep(_module, _args, y):
+        y.retain_grad()
+        outs.append(y)
+
+    net[1].register_forward_hook(keep)
+    x, t = torch.randn(128, 20), torch.randint(0, 5, (128,))
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        rec.step()
+        F.cross_entropy(net(x), t).backward()
+        r = rec.records()
+    assert r.weight_layers == ("0", "2", "4") and r.weight_fan_in.tolist() == [20, 64, 32]
+    # weights in units of 1/sqrt(fan_in): LeCun's N(0, 1/fan_in) is N(0, 1) on the value bins
+    w = (net[0].weight.detach() * np.sqrt(20)).numpy().ravel()
+    expect, _ = np.histogram(w, bins=r.bin_edges)
+    assert r.hist_weight[0, 0].sum() == w.size
+    assert np.abs(_interior(r.hist_weight[0, 0]) - expect).sum() <= _near_edges(w, r.bin_edges)
+    assert abs(w.std() - 1.0) < 0.1  # the init, seen through the histogram's units
+    # the weight's gradient, on the signed log bins
+    edges = r.grad_bin_edges
+    assert edges[0] == -10.0 and edges[-1] == 10.0 and 0.0 in edges
+    gw = net[2].weight.grad.numpy().ravel()
+    expect, _ = np.histogram(gw, bins=edges)
+    assert r.hist_weight_grad[0, 1].sum() == gw.size
+    assert np.abs(_interior(r.hist_weight_grad[0, 1]) - expect).sum() <= _near_edges(gw, edges)
+    # the gradient w.r.t. the SELU's output
+    ga = outs[0].grad.numpy().ravel()
+    expect, _ = np.histogram(ga, bins=edges)
+    assert r.hist_grad[0, 0].sum() == ga.size
+    assert np.abs(_interior(r.hist_grad[0, 0]) - expect).sum() <= _near_edges(ga, edges)
+    assert (expect > 0).sum() >= 10  # spread over decades, not piled in one bin
+
+
+def test_dense_recording_takes_weight_histograms_on_every_tenth_step_and_they_are_stored(
+    tmp_path,
+):
+    from selfnorm.records import read_records
+    from selfnorm.sinks import NpzChunkSink
+
+    net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with ActivationRecorder(net, RecordConfig(every=1), sinks=[NpzChunkSink(tmp_path)]) as rec:
+        for _ in range(12):
+            rec.step()
+            loss = net(torch.randn(16, 6)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    r = read_records(tmp_path)
+    taken = r.hist_weight.sum((1, 2)) > 0
+    assert taken.tolist() == [s % 10 == 0 for s in range(12)]
+    assert (r.hist_weight_grad.sum((1, 2)) > 0).tolist() == taken.tolist()
+    assert (r.hist_grad[:, 0].sum(1) == 16 * 8).all()  # every record's backward

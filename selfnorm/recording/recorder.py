@@ -46,7 +46,7 @@ from selfnorm import taxonomy
 from selfnorm.recording import reduce
 from selfnorm.recording.config import RecordConfig
 from selfnorm.recording.functional import CallCapture, function_module, writes_input
-from selfnorm.recording.reduce import N_STATS, Binning, ReduceBuffers
+from selfnorm.recording.reduce import GRAD_BINNING, N_STATS, Binning, ReduceBuffers
 from selfnorm.records import STAT_KEYS, WEIGHT_KEYS, Records, concat_records
 from selfnorm.sinks import layer_groups
 
@@ -77,6 +77,10 @@ class _Pending:
     grad_slots: np.ndarray | None = None  # (G,) slots of grad
     grad: torch.Tensor | None = None  # (G, 2) float64 sum, sqrt(sum of squared deviations)
     grad_numel: np.ndarray | None = None  # (G,) values of each gradient
+    weight_hist: torch.Tensor | None = None  # (W, bins + 2): taken with ``weights``
+    grad_hist: torch.Tensor | None = None  # (G, gradient bins + 2), rows of grad_slots
+    weight_grad_slots: np.ndarray | None = None  # (V,) weight layers of weight_grad_hist
+    weight_grad_hist: torch.Tensor | None = None  # (V, gradient bins + 2)
 
 
 class ActivationRecorder:
@@ -184,6 +188,8 @@ class ActivationRecorder:
         # version counters on the first pass for those that do not say so)
         self._inplace = [bool(getattr(m, "inplace", False)) for _, m in self._acts]
         self._weights = [(n, m) for n, m in model.named_modules() if taxonomy.is_weight_layer(m)]
+        # the weight histograms count w * sqrt(fan_in): LeCun's N(0, 1/fan_in) is N(0, 1)
+        self._weight_scales = [math.sqrt(taxonomy.fan_in(m)) for _, m in self._weights]
         groups = layer_groups([n for n, _ in model.named_modules()], [n for n, _ in self._weights])
         for sink in self.sinks:  # a sink that groups layers by name learns the module order
             if hasattr(sink, "name_layers"):
@@ -215,6 +221,8 @@ class ActivationRecorder:
         # tensor changed in place after its capture (version moved) is copied from then on
         self._cap: list[tuple[int, torch.Tensor, torch.Tensor | None, int]] = []
         self._grad_cap: list[tuple[int, torch.Tensor, torch.Tensor | None, int]] = []
+        self._weight_grad_cap: list[tuple[int, torch.Tensor, torch.Tensor | None, int]] = []
+        self._copy_weight_grads: set[int] = set()
         self._copy_rows: set[int] = set()
         self._copy_grads: set[int] = set()
         self._first_grads = True
@@ -454,6 +462,19 @@ class ActivationRecorder:
         copy = self._first_grads or slot in self._copy_grads
         self._capture(self._grad_cap, grad.detach(), slot, copy)
 
+    def _on_weight_grad(self, j: int, grad: torch.Tensor) -> None:
+        """The gradient of weight layer ``j``'s weight in the recorded pass's backward (a
+        reference: autograd may accumulate into it later, which the version check catches)."""
+        if any(key == j for key, *_ in self._weight_grad_cap):  # a second backward
+            return
+        self._capture(self._weight_grad_cap, grad.detach(), j, j in self._copy_weight_grads)
+
+    def _watch_weight_grads(self) -> None:
+        for j, (_, m) in enumerate(self._weights):
+            w = getattr(m, "weight", None)
+            if isinstance(w, torch.Tensor) and w.requires_grad:
+                self._tensor_handles.append(w.register_hook(partial(self._on_weight_grad, j)))
+
     def _on_root_post(self, module: nn.Module, args: Any, out: Any) -> None:
         if not self._capturing:
             return
@@ -473,8 +494,10 @@ class ActivationRecorder:
         self._frozen = True
         self._held.clear()
         self._grad_cap.clear()
+        self._weight_grad_cap.clear()
         self._grad_seen.clear()
         rows, tensors = self._checked(self._cap, self._copy_rows)
+        backward_follows = torch.is_grad_enabled()
         with torch.no_grad():
             thr = [self._thresholds[r] for r in rows]
             dead = [self._dead[r] for r in rows]
@@ -486,16 +509,19 @@ class ActivationRecorder:
                 dev = _device(self.model)
                 stats = torch.zeros((0, N_STATS), dtype=torch.float64, device=dev)
                 hist = torch.zeros((0, self.binning.columns), dtype=torch.int64, device=dev)
-            weights = None
+            weights = weight_hist = None
             if not self._dense or step % DENSE_WEIGHT_STEPS == 0:
-                weights = self._impl.weight_moments(
-                    [taxonomy.unit_weights(m) for _, m in self._weights]
-                )
+                matrices = [taxonomy.unit_weights(m) for _, m in self._weights]
+                weights = self._impl.weight_moments(matrices)
+                weight_hist = reduce.histograms(matrices, self.binning, self._weight_scales)
+                if backward_follows:
+                    self._watch_weight_grads()
         numel = np.array([t.numel() for t in tensors], dtype=np.float64)
         units = np.array([t.shape[1] if t.dim() >= 2 else t.numel() for t in tensors], dtype=float)
         self._open = _Pending(
             step, np.asarray(rows, dtype=np.int64), stats, hist, weights, numel, units
         )
+        self._open.weight_hist = weight_hist
 
     def _finish(self) -> None:
         """Add the gradients to the last record; queue it for :meth:`flush`."""
@@ -510,8 +536,15 @@ class ActivationRecorder:
             if grads:
                 with torch.no_grad():
                     rec.grad = reduce.gradient_moments(grads, self._bufs)
+                    rec.grad_hist = reduce.histograms(grads, GRAD_BINNING)
                 rec.grad_slots = np.asarray(slots, dtype=np.int64)
                 rec.grad_numel = np.array([g.numel() for g in grads], dtype=np.float64)
+        if self._weight_grad_cap:
+            layers, grads = self._checked(self._weight_grad_cap, self._copy_weight_grads)
+            if grads:
+                with torch.no_grad():
+                    rec.weight_grad_hist = reduce.histograms(grads, GRAD_BINNING)
+                rec.weight_grad_slots = np.asarray(layers, dtype=np.int64)
         self._pending.append(rec)
 
     # -- out of the hot loop ---------------------------------------------------------------
@@ -538,6 +571,9 @@ class ActivationRecorder:
                 parts.append(p.weights.view(-1))
             if p.grad is not None:
                 parts.append(p.grad.view(-1).double())
+            for h in (p.weight_hist, p.grad_hist, p.weight_grad_hist):
+                if h is not None:
+                    parts.append(h.view(-1).double())
         dev = parts[0].device
         host = torch.cat([t.to(dev) for t in parts]).cpu().numpy()  # the one transfer
         records = self._decode(pending, host)
@@ -572,6 +608,14 @@ class ActivationRecorder:
             pos += count
             return host[pos - count : pos]
 
+        def counts(count: int) -> np.ndarray:
+            return np.rint(take(count)).astype(np.int64)
+
+        ng = GRAD_BINNING.linear.columns
+        hist_w = np.zeros((s, nw, nb), dtype=np.int64)
+        hist_g = np.zeros((s, nl, ng), dtype=np.int64)
+        hist_wg = np.zeros((s, nw, ng), dtype=np.int64)
+
         for k, p in enumerate(pending):
             r = len(p.rows)
             stats[k, p.rows] = take(r * N_STATS).reshape(r, N_STATS)
@@ -582,6 +626,14 @@ class ActivationRecorder:
                 g = len(p.grad_slots)
                 grad[k, p.grad_slots] = take(g * 2).reshape(g, 2)
                 grad_n[k, p.grad_slots] = p.grad_numel
+            if p.weight_hist is not None:
+                hist_w[k] = counts(nw * nb).reshape(nw, nb)
+            if p.grad_hist is not None:
+                g = len(p.grad_slots)
+                hist_g[k, p.grad_slots] = counts(g * ng).reshape(g, ng)
+            if p.weight_grad_hist is not None:
+                v = len(p.weight_grad_slots)
+                hist_wg[k, p.weight_grad_slots] = counts(v * ng).reshape(v, ng)
         assert pos == len(host)
         numel, units = self._shapes(pending)
         family = tuple(self._slot_family)
@@ -626,6 +678,11 @@ class ActivationRecorder:
             grad_std=grad[..., 1] / np.sqrt(grad_n),
             weight_layers=tuple(n for n, _ in self._weights),
             weights=weights,
+            weight_fan_in=np.array([taxonomy.fan_in(m) for _, m in self._weights], np.int64),
+            hist_weight=hist_w,
+            grad_bin_edges=GRAD_BINNING.edges(),
+            hist_grad=hist_g,
+            hist_weight_grad=hist_wg,
         )
 
     def _shapes(self, pending: list[_Pending]) -> tuple[np.ndarray, np.ndarray]:

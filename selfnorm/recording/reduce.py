@@ -41,11 +41,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
+    "GRAD_BINNING",
     "N_STATS",
     "Binning",
+    "SignedLogBinning",
+    "histograms",
     "ReduceBuffers",
     "activation_stats",
     "gradient_moments",
@@ -84,6 +88,47 @@ class Binning:
     @property
     def shift(self) -> float:
         return 1.0 - self.low * self.scale
+
+
+@dataclass(frozen=True)
+class SignedLogBinning:
+    r"""Signed, log-spaced bins for gradients, whose scale spans decades: ``per_decade`` bins
+    per decade of :math:`|g|` from :math:`10^{low}` to :math:`10^{high}` on each side of 0.
+
+    A value maps to :math:`y = \operatorname{sign}(g)\,\max(\log_{10}|g| - low, 0)`, binned by
+    :attr:`linear` (``2 (high - low) per_decade`` equal bins over ``[-(high - low), high - low)``
+    plus underflow :math:`g \le -10^{high}` and overflow :math:`g \ge 10^{high}` and NaN). The
+    two bins next to 0 also hold every :math:`|g| < 10^{low}` (zeros in the positive one).
+
+    Example:
+        >>> b = SignedLogBinning(low=-2, high=0, per_decade=1)
+        >>> b.edges().tolist()
+        [-1.0, -0.1, 0.0, 0.1, 1.0]
+    """
+
+    low: int = -9
+    high: int = 1
+    per_decade: int = 4
+
+    @property
+    def linear(self) -> Binning:
+        span = float(self.high - self.low)
+        return Binning(int(2 * span * self.per_decade), -span, span)
+
+    def edges(self) -> np.ndarray:
+        """The ``bins + 1`` edges in gradient units (0 in the middle)."""
+        b = self.linear
+        y = np.linspace(b.low, b.high, b.bins + 1)
+        return np.where(y == 0, 0.0, np.sign(y) * 10.0 ** (np.abs(y) + self.low))
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """``y`` of every value (a new tensor)."""
+        y = x.abs().log10_().sub_(self.low).clamp_(min=0.0)
+        return y.mul_(torch.sign(x))
+
+
+GRAD_BINNING = SignedLogBinning()
+"""The bins of every gradient histogram: 4 per decade from 1e-9 to 10 on each side of 0."""
 
 
 class ReduceBuffers:
@@ -261,6 +306,42 @@ def _histogram(x2: torch.Tensor, tmp: torch.Tensor, b: Binning, bufs: ReduceBuff
         counts = torch.zeros(n * nb, dtype=torch.int64, device=x2.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat))
     return counts.view(n, nb)
+
+
+def histograms(
+    tensors: Sequence[torch.Tensor],
+    binning: Binning | SignedLogBinning,
+    scales: Sequence[float] | None = None,
+) -> torch.Tensor:
+    r"""Counts ``(n, columns)`` of the values of each tensor (any shapes, one device) on
+    ``binning``'s bins, each tensor multiplied by its ``scales`` entry first (e.g. weights in
+    units of :math:`1/\sqrt{fan_{in}}`); one joint count for all tensors.
+
+    Example:
+        >>> histograms([torch.tensor([0.5, 2.0]), torch.tensor([-1.0])], Binning(2, -1., 1.),
+        ...            scales=[1.0, 0.5]).tolist()
+        [[0, 0, 1, 1], [0, 1, 0, 0]]
+    """
+    b = binning.linear if isinstance(binning, SignedLogBinning) else binning
+    nb = b.columns
+    if not tensors:
+        return torch.zeros((0, nb), dtype=torch.int64)
+    device = tensors[0].device
+    parts = []
+    for k, t in enumerate(tensors):
+        x = t.detach().reshape(-1).to(device, torch.float32)
+        x = x * scales[k] if scales is not None else x.clone()
+        if isinstance(binning, SignedLogBinning):
+            x = binning.transform(x)
+        x.mul_(b.scale).add_(b.shift).clamp_(0.0, nb - 1.0).nan_to_num_(nan=nb - 1.0)
+        parts.append(x.to(torch.int64).add_(k * nb))
+    flat, total = torch.cat(parts), len(tensors) * nb
+    if device.type == "cpu":
+        counts = torch.bincount(flat, minlength=total)
+    else:  # CUDA's bincount reads the maximum back to the host: a sync per call
+        counts = torch.zeros(total, dtype=torch.int64, device=device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))
+    return counts.view(len(tensors), nb)
 
 
 def gradient_moments(

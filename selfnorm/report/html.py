@@ -280,6 +280,32 @@ def make_figures(
                 plots.moments_figure(records),
             ),
         ]
+        if any(r.hist_weight.sum() for r in records.values()):
+            figs.append(
+                figure(
+                    "weights",
+                    "Each weight layer's weights over training, in units of 1/sqrt(fan_in): "
+                    "LeCun's N(0, 1/fan_in), SELU's init, is N(0, 1) on this axis and He's "
+                    "N(0, 2/fan_in) is N(0, 2); values beyond ±4 are counted but not drawn.",
+                    plots.weight_histogram_figure(records),
+                )
+            )
+        if any(plots.has_gradient_histograms(r) for r in records.values()):
+            figs += [
+                figure(
+                    "gradients",
+                    "The loss gradient w.r.t. each activation's output over training, on "
+                    "signed log bins (4 per decade from 1e-9 to 10; the middle row is 0, and "
+                    "holds the exact zeros of dead ReLU units): vanishing gradients sink "
+                    "towards the middle, exploding ones rise to the edges.",
+                    plots.gradient_histogram_figure(records, "activations"),
+                ),
+                figure(
+                    "weight_gradients",
+                    "The gradient w.r.t. each weight layer's weights, on the same bins.",
+                    plots.gradient_histogram_figure(records, "weights"),
+                ),
+            ]
         if any(plots.is_selu_record(r) for r in records.values()):
             figs.append(
                 figure(

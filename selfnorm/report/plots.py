@@ -276,24 +276,74 @@ def histogram_evolution_figure(records: Mapping[str, object], snapshots: int = 6
 def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
     """(b) Signed heatmaps: value bin (y) x training step (x), colour = log10 of the fraction of
     the record's values in the bin (+1e-4)."""
+    return _heatmaps(
+        records,
+        lambda r: (r.hist_post, r.layers, r.bin_edges),
+        "value",
+        "Post-activation histograms over training, log10(fraction of values per bin)",
+    )
+
+
+def weight_histogram_figure(records: Mapping[str, object]) -> Figure:
+    """Heatmaps of every weight layer's weights over training, in units of 1/sqrt(fan_in)
+    (LeCun's N(0, 1/fan_in) is N(0, 1) there, He's N(0, 2))."""
+    return _heatmaps(
+        records,
+        lambda r: (r.hist_weight, r.weight_layers, r.bin_edges),
+        "w·sqrt(fan_in)",
+        "Weights over training, in units of 1/sqrt(fan_in), log10(fraction per bin)",
+        taken_only=True,
+    )
+
+
+def gradient_histogram_figure(records: Mapping[str, object], of: str = "activations") -> Figure:
+    """Heatmaps of gradients over training on signed log bins (y: ±10^k; the middle row is 0):
+    w.r.t. each activation's output (``of="activations"``) or each weight layer's weights
+    (``of="weights"``)."""
+    if of == "activations":
+        get = lambda r: (r.hist_grad, r.layers, r.grad_bin_edges)  # noqa: E731
+        title = "Gradient w.r.t. each activation's output"
+    else:
+        get = lambda r: (r.hist_weight_grad, r.weight_layers, r.grad_bin_edges)  # noqa: E731
+        title = "Gradient w.r.t. each layer's weights"
+    return _heatmaps(records, get, "gradient", f"{title}, log10(fraction per bin)", True, True)
+
+
+def has_gradient_histograms(rec) -> bool:
+    """Whether records carry gradient histograms (older runs' do not)."""
+    return bool(rec.hist_grad.shape[-1]) and bool(rec.hist_grad.sum())
+
+
+def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=False) -> Figure:
+    """One heatmap per layer (rows) and variant (columns): ``get(rec)`` gives the counts
+    ``(S, layers, bins + 2)``, the layer names and the edges. ``taken_only``: drop records
+    whose row is all zeros (not taken then). ``log_bins``: edges are signed log-spaced, drawn
+    on an even axis labelled with the powers of ten."""
     names = list(records)
-    n_layers = max(len(r.layers) for r in records.values())
+    n_layers = max(len(get(r)[1]) for r in records.values())
     fig, axes = _grid(n_layers, len(names), cell=(3.2, 1.8))
     image = None
     for j, name in enumerate(names):
         rec = records[name]
+        counts_all, layers, edges = get(rec)
         for i in range(n_layers):
             ax = axes[i, j]
-            if i >= len(rec.layers):
+            if i >= len(layers) or not counts_all.shape[-1]:
                 ax.set_axis_off()
                 continue
+            hist = counts_all[:, i, :].astype(float)
+            keep = hist.sum(1) > 0 if taken_only else np.ones(len(hist), bool)
+            if keep.sum() == 0:
+                ax.set_axis_off()
+                continue
+            hist, epochs = hist[keep], rec.epochs[keep]
             # fractions per record (records of a short last batch hold fewer values), log scale
-            hist = rec.hist_post[:, i, :].astype(float)
             frac = hist[:, 1:-1] / np.maximum(hist.sum(1, keepdims=True), 1.0)
             counts = np.log10(1e-4 + frac.T)
-            x0, x1 = float(rec.epochs[0]), float(rec.epochs[-1])
+            x0, x1 = float(epochs[0]), float(epochs[-1])
             if x1 <= x0:
                 x1 = x0 + 1.0
+            y0, y1 = (0.0, float(len(edges) - 1)) if log_bins else (edges[0], edges[-1])
             image = ax.imshow(
                 counts,
                 aspect="auto",
@@ -301,14 +351,30 @@ def histogram_heatmap_figure(records: Mapping[str, object]) -> Figure:
                 cmap="magma",
                 vmin=-4.0,
                 vmax=0.0,
-                extent=(x0, x1, float(rec.bin_edges[0]), float(rec.bin_edges[-1])),
+                extent=(x0, x1, float(y0), float(y1)),
             )
-            ax.axhline(0, color="w", lw=0.5, alpha=0.6)
-            _label_cell(ax, i, j, n_layers, name, f"{rec.layers[i]}\nvalue", "epoch")
+            if log_bins:
+                _signed_log_ticks(ax, edges)
+            else:
+                ax.axhline(0, color="w", lw=0.5, alpha=0.6)
+            _label_cell(ax, i, j, n_layers, name, f"{layers[i]}\n{ylabel}", "epoch")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="log10(fraction of the values in the bin)")
-    fig.suptitle("Post-activation histograms over training, log10(fraction of values per bin)")
+    fig.suptitle(title)
     return fig
+
+
+def _signed_log_ticks(ax, edges: np.ndarray) -> None:
+    """Ticks at 0 and at ±10^k for every third k on an axis of bin positions."""
+    middle = int(np.flatnonzero(edges == 0)[0])
+    ax.axhline(middle, color="w", lw=0.5, alpha=0.6)
+    pos, labels = [middle], ["0"]
+    for k, e in enumerate(edges):
+        power = np.log10(abs(e)) if e else np.nan
+        if np.isfinite(power) and np.isclose(power, round(power)) and round(power) % 3 == 0:
+            pos.append(k)
+            labels.append(f"{'-' if e < 0 else ''}1e{int(round(power))}")
+    ax.set_yticks(pos, labels, fontsize=6)
 
 
 def moments_figure(records: Mapping[str, object]) -> Figure:
