@@ -141,7 +141,10 @@ def verdict(summary: Mapping, drift: Mapping[str, list[tuple[str, float]]] | Non
     ranking = list(summary.get("ranking", []))
     parts = []
     if not ranking:
-        parts.append("Every run diverged; no variant has a test accuracy.")
+        if all(v.get("diverged") == 1.0 for v in variants.values()):
+            parts.append("Every run diverged; no variant has a test accuracy.")
+        else:  # a training selfnorm did not run may have no test score (selfnorm.integrations)
+            parts.append("No variant has a test accuracy: the runs reported no test score.")
     else:
         best = ranking[0]
         b = variants[best]
@@ -427,10 +430,13 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     figures = make_figures(run_dir, records)
     ds = summary.get("dataset", {})
     title = f"selfnorm comparison: {', '.join(names)} on {ds.get('name', '?')}"
+
+    def size(key: str) -> str:
+        return "?" if ds.get(key) is None else str(ds[key])
+
     sub = (
-        f"{ds.get('train', '?')} training / {ds.get('val', '?')} validation / "
-        f"{ds.get('test', '?')} test samples, {len(config['seeds'])} seed(s), device "
-        f"{summary.get('device', '?')}"
+        f"{size('train')} training / {size('val')} validation / {size('test')} test samples, "
+        f"{len(config['seeds'])} seed(s), device {summary.get('device', '?')}"
     )
     fig_html = figures_html(figures)
     if not records:
