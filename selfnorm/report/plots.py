@@ -199,7 +199,7 @@ def _figure_legend(fig: Figure, axes) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
     if seen:
-        fig.legend(list(seen.values()), list(seen), loc="outside right upper", fontsize=8)
+        fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=8)
 
 
 def _label_cell(ax, i: int, j: int, n_rows: int, title: str, ylabel: str, xlabel: str) -> None:
@@ -212,8 +212,13 @@ def _label_cell(ax, i: int, j: int, n_rows: int, title: str, ylabel: str, xlabel
         ax.set_xlabel(xlabel)
 
 
+MIN_WIDTH = 7.5
+"""Inches: a figure of one variant (one column) still fits its title and legend."""
+
+
 def _grid(n_rows: int, n_cols: int, cell: tuple[float, float] = (3.2, 2.0)):
-    fig = Figure(figsize=(cell[0] * n_cols + 0.8, cell[1] * n_rows + 0.9), layout="constrained")
+    width = max(cell[0] * n_cols + 0.8, MIN_WIDTH)
+    fig = Figure(figsize=(width, cell[1] * n_rows + 0.9), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True)
     return fig, axes
 
@@ -381,7 +386,7 @@ def moments_figure(records: Mapping[str, object]) -> Figure:
     """(c) Mean (top) and variance (bottom) of every layer's post-activations over training;
     the fixed point (0, 1) is the dashed line."""
     names = list(records)
-    fig = Figure(figsize=(3.4 * len(names) + 0.8, 5.2), layout="constrained")
+    fig = Figure(figsize=(max(3.4 * len(names) + 0.8, MIN_WIDTH), 5.2), layout="constrained")
     axes = fig.subplots(2, len(names), squeeze=False, sharex="col")
     cmap = matplotlib.colormaps[_CMAP]
     for j, name in enumerate(names):
