@@ -17,6 +17,7 @@ from typing import Any
 
 from selfnorm import _validate
 from selfnorm.data import STANDARDIZE_MODES, DataConfig
+from selfnorm.factory import absolute_target
 from selfnorm.recording.config import RecordConfig
 from selfnorm.specs import get_spec
 
@@ -30,6 +31,7 @@ __all__ = [
     "ExperimentConfig",
     "AvhConfig",
     "CnnConfig",
+    "FactoryConfig",
     "MODEL_KINDS",
     "MlpConfig",
     "ModelConfig",
@@ -142,10 +144,41 @@ AVH_FLAGS = ("project_init", "bn_after_relus", "plain_dropout", "activated_logit
 """The project's choices that :class:`AvhConfig` can switch off one by one."""
 
 
-ModelConfig = MlpConfig | CnnConfig | AvhConfig
+@dataclass(frozen=True)
+class FactoryConfig:
+    """Your own network (``--model FILE:FACTORY``), built for each variant by the factory and
+    initialized by the variant's spec (:func:`selfnorm.models.build_factory`). A file's path is
+    stored absolute, so ``--resume`` from another working directory builds the same model; a
+    module name must be importable where the run resumes.
+
+    Example:
+        >>> cfg = FactoryConfig("nets/resmlp.py:make")
+        >>> cfg.kind, cfg.factory.endswith("/nets/resmlp.py:make"), cfg.factory[0] == "/"
+        ('factory', True, True)
+        >>> FactoryConfig("mypkg.models:make").factory
+        'mypkg.models:make'
+    """
+
+    kind: str = field(default="factory", init=False)
+    """``factory`` (fixed: the kind of this config)."""
+    factory: str = ""
+    """``FILE.py:NAME`` or ``MODULE:NAME``: the callable that returns the model."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factory, str) or not self.factory:
+            raise ValueError(
+                f"[model] factory = {self.factory!r}; kind = 'factory' needs the callable that "
+                "builds the model, e.g. factory = 'models.py:make' (or --model models.py:make)"
+            )
+        object.__setattr__(self, "factory", absolute_target(self.factory))
+
+
+ModelConfig = MlpConfig | CnnConfig | AvhConfig | FactoryConfig
 """The architecture shared by every variant: one config per model kind."""
 
-MODEL_KINDS: dict[str, type] = {"mlp": MlpConfig, "cnn": CnnConfig, "avh": AvhConfig}
+MODEL_KINDS: dict[str, type] = {
+    "mlp": MlpConfig, "cnn": CnnConfig, "avh": AvhConfig, "factory": FactoryConfig,
+}  # fmt: skip
 
 
 def model_keys(kind: str) -> tuple[str, ...]:
@@ -281,9 +314,10 @@ class ExperimentConfig:
     """Activation recording during training (statistics and histograms per layer)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, (MlpConfig, CnnConfig, AvhConfig)):
+        if not isinstance(self.model, (MlpConfig, CnnConfig, AvhConfig, FactoryConfig)):
             raise TypeError(
-                f"model must be an MlpConfig, CnnConfig or AvhConfig, got {self.model!r}"
+                "model must be an MlpConfig, CnnConfig, AvhConfig or FactoryConfig, got "
+                f"{self.model!r}"
             )
         acts = tuple(a.strip().lower() for a in self.activations)
         if not acts:

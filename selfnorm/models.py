@@ -1,4 +1,5 @@
-r"""Model builders: an MLP and a small CNN from one :class:`~selfnorm.specs.ActivationSpec`.
+r"""Model builders: an MLP, a small CNN, or your own factory's network, from one
+:class:`~selfnorm.specs.ActivationSpec`.
 
 Every layer gets its own fresh, named module (``fc1``, ``bn1``, ``act1``, ``drop1``, ..., ``out``)
 so recorders and results are keyed by layer name. Weights get the spec's proper init (LeCun
@@ -9,6 +10,7 @@ Normalization sits between the affine layer and the activation. Linear layers ar
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
@@ -16,16 +18,20 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from selfnorm import _validate
+from selfnorm import _validate, taxonomy
+from selfnorm.factory import cause, load_factory
 from selfnorm.init import glorot_uniform_, init_model_
 from selfnorm.linear import Linear
-from selfnorm.specs import ActivationSpec, get_spec
+from selfnorm.specs import NORMS, ActivationSpec, get_spec
+from selfnorm.tracing import evaluating
 
 if TYPE_CHECKING:
     from selfnorm.config import AvhConfig
 
 __all__ = [
+    "FACTORY_KEYWORDS",
     "build_cnn",
+    "build_factory",
     "build_mlp",
     "count_parameters",
     "layer_widths",
@@ -239,6 +245,122 @@ def build_avh(
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.bias.zero_()
     return model
+
+
+FACTORY_KEYWORDS = ("activation", "dropout", "in_features", "input_shape", "num_classes")
+"""The keywords :func:`build_factory` calls a factory with (``--model FILE:FACTORY``)."""
+
+
+def build_factory(
+    target: str,
+    input_shape: Sequence[int],
+    out_features: int,
+    spec: ActivationSpec | str,
+    dropout: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Your own network: the factory ``target`` (``FILE.py:NAME`` or ``MODULE:NAME``, see
+    :mod:`selfnorm.factory`) called with the keywords
+
+    - ``activation``: a callable without arguments that returns a fresh activation module of
+      the spec (``selfnorm.SELU()`` for ``selu``, ``nn.LeakyReLU(0.2)`` for ``lrelu:0.2``);
+    - ``dropout``: the same for the spec's dropout kind at rate ``dropout`` (alpha dropout for
+      SELU, plain for the others; elementwise), an ``nn.Identity()`` at rate 0;
+    - ``in_features``: ``prod(input_shape)``; ``input_shape``: one sample's shape, e.g.
+      ``(1, 28, 28)``; ``num_classes``: ``out_features``.
+
+    It should take ``**kwargs`` as well, so that keywords added later do not break it. It runs
+    with torch's global RNG seeded from ``generator`` (restored afterwards), so what it draws
+    there is the same for the same seed. Its model must hold a module like ``activation()``
+    returns (one that ignores the spec is refused) and take a batch of shape
+    ``(N, *input_shape)`` (tried on 2 rows of zeros, in eval mode: lazy modules get their
+    sizes); then every Linear/Conv gets the spec's init from ``generator``, as in
+    :func:`build_mlp`.
+
+    Raises:
+        ValueError: the target cannot be loaded or called with :data:`FACTORY_KEYWORDS`, the
+            factory raised, returned no ``nn.Module`` or ignored ``activation``, its model
+            rejects the input shape; or the spec has ``+bn``/``+ln`` (the factory places every
+            layer: put the norm there).
+
+    Example:
+        >>> import pathlib, shutil, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.py"
+        >>> _ = path.write_text(
+        ...     "from torch import nn\\n"
+        ...     "def make(*, activation, dropout, in_features, num_classes, **kwargs):\\n"
+        ...     "    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 16),\\n"
+        ...     "                         activation(), dropout(), nn.Linear(16, num_classes))\\n"
+        ... )
+        >>> net = build_factory(f"{path}:make", (1, 8, 8), 10, "selu", dropout=0.05)
+        >>> [type(m).__name__ for m in net]
+        ['Flatten', 'Linear', 'SELU', 'AlphaDropout', 'Linear']
+        >>> shutil.rmtree(path.parent)
+    """
+    spec = _resolve(spec)
+    if spec.norm is not None:
+        raise ValueError(
+            f"variant {spec.name}: the factory {target} places every layer, so selfnorm cannot "
+            f"add the +{spec.norm} ({NORMS[spec.norm]}); drop +{spec.norm}, or put the norm in "
+            "the factory"
+        )
+    input_shape = tuple(int(d) for d in input_shape)
+    _validate.positive_int("out_features", out_features)
+    dropout = _validate.drop_rate("dropout", dropout)
+    make = load_factory(target, FACTORY_KEYWORDS)
+
+    def drop() -> nn.Module:
+        return spec.dropout(dropout) if dropout > 0 else nn.Identity()
+
+    with torch.random.fork_rng(devices=[]):
+        if generator is not None:
+            torch.manual_seed(generator.initial_seed())
+        model = make(
+            activation=spec.activation, dropout=drop, in_features=math.prod(input_shape),
+            input_shape=input_shape, num_classes=out_features,
+        )  # fmt: skip
+        _check_factory_model(model, target, spec, input_shape)
+    _init_(model, spec, generator)
+    return model
+
+
+def _same_activation(m: nn.Module, made: nn.Module) -> bool:
+    """``m`` computes what ``made`` does: same family, and the same SELU (α, λ) (``nn.SELU``
+    and ``selfnorm.SELU`` alike) or else the same settings (a Leaky ReLU's slope)."""
+    family = taxonomy.activation_family(made)
+    if taxonomy.activation_family(m) != family:
+        return False
+    p, q = taxonomy.selu_parameters(m), taxonomy.selu_parameters(made)
+    if p is not None and q is not None:
+        return all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(p, q, strict=True))
+    return type(m) is type(made) and m.extra_repr() == made.extra_repr()
+
+
+def _check_factory_model(
+    model: object, target: str, spec: ActivationSpec, input_shape: tuple[int, ...]
+) -> None:
+    """Refuse what a factory returned unless it is a module that holds the spec's activation
+    (same type, same settings) and takes a batch of ``input_shape``."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
+    made = spec.activation()
+    if not any(_same_activation(m, made) for m in model.modules()):
+        held = [repr(m) for m in model.modules() if taxonomy.activation_kind(m) is not None]
+        raise ValueError(
+            f"{target} ignores the variant {spec.name}: its model holds no {made!r}, what "
+            f"activation() returns (its activations: {', '.join(dict.fromkeys(held)) or 'none'}); "
+            "call activation() for each activation instead of building one"
+        )
+    x = torch.zeros(2, *input_shape)
+    try:
+        with evaluating(model):
+            model(x)
+    except Exception as exc:  # the user's code
+        raise ValueError(
+            f"the model of {target} for {spec.name} rejects a batch of shape {tuple(x.shape)}: "
+            f"{cause(exc)}; build it for the in_features={math.prod(input_shape)} or "
+            f"input_shape={input_shape} it is given"
+        ) from None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experime
 from selfnorm.data import Dataset, load_dataset, restandardize
 from selfnorm.interrupts import Interrupted, graceful_stop
 from selfnorm.locking import RunLock
-from selfnorm.models import build_avh, build_cnn, build_mlp, layer_widths
+from selfnorm.models import build_avh, build_cnn, build_factory, build_mlp, layer_widths
 from selfnorm.recording import ActivationRecorder
 from selfnorm.resources import check_fits, mlp_training_bytes
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
@@ -128,6 +128,8 @@ def build_model(
         return build_cnn(input_shape, num_classes, spec, cfg.channels, dropout, gen)
     if cfg.kind == "avh":
         return build_avh(input_shape, num_classes, spec, cfg, dropout, gen)
+    if cfg.kind == "factory":
+        return build_factory(cfg.factory, input_shape, num_classes, spec, dropout, gen)
     return build_mlp(
         math.prod(input_shape), num_classes, cfg.depth, cfg.width, spec, dropout, cfg.shape, gen
     )
@@ -307,7 +309,8 @@ def train_run(
 
     Raises:
         RunDirError: the checkpoint was made with other settings than ``config`` (an edited
-            ``config.json``), or no good checkpoint is left.
+            ``config.json``) or does not fit the model built now (its code edited), or no good
+            checkpoint is left.
 
     Returns:
         The result dict (also written to ``result.json``).
@@ -341,7 +344,15 @@ def train_run(
                 "config.json holds now (was it edited?); restore config.json, or delete "
                 f"{paths.root} to train this run again with the new settings"
             )
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # same settings, another model: its code was edited
+            why = (str(exc).splitlines()[1:] or [str(exc)])[0].strip().rstrip(".")
+            raise RunDirError(
+                f"{paths.checkpoint} does not fit the model built now ({why}); was the model's "
+                f"code (a --model factory) edited since the run started? restore it, or delete "
+                f"{paths.root} to train this run again"
+            ) from None
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], device)
         start_batch = int(ckpt.get("batch", 0))

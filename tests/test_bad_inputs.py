@@ -42,7 +42,10 @@ def inputs(tmp_path_factory):
             "def number(**kw):\n    return 3\n"
             "def needs(width):\n    return torch.nn.Linear(width, 2)\n"
             "def fine():\n    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.SELU())\n"
+            "def narrow(*, activation, **kw):\n"
+            "    return torch.nn.Sequential(torch.nn.Linear(7, 2), activation())\n"
         ),
+        "factory_without_target.toml": '[model]\nkind = "factory"\n',
         "sweep_depth0.toml": SWEEP + "depth = [0]\n",
         "sweep_unknown.toml": SWEEP + "colour = [1]\n",
         "sweep_ok.toml": SWEEP + "depth = [1]\n",
@@ -104,6 +107,15 @@ CASES = [
     ([*C, "--channels", "8,16"], "--channels does not apply to --model mlp"),
     ([*C, "--model", "cnn", "--channels", "8,x"], "--channels '8,x'"),
     ([*C, "--model", "cnn", "--channels", "0"], "channels"),
+    # compare: your own model, --model FILE:FACTORY
+    ([*C, "--model", "nosuch"], "--model 'nosuch': pass mlp, cnn or FILE:FACTORY"),
+    ([*C, "--model", f"{I}/missing.py:make"], "no such file"),
+    ([*C, "--model", f"{I}/factories.py:raises"], "raised KeyError: 'no such layer'"),
+    ([*C, "--model", f"{I}/factories.py:needs"], "requires width and does not take activation"),
+    ([*C, "--model", f"{I}/factories.py:narrow"], "rejects a batch of shape (2, 1, 8, 8)"),
+    ([*C, "--model", f"{I}/factories.py:narrow", "--activations", "relu+bn"], "cannot add the +bn"),
+    ([*C, "--model", f"{I}/factories.py:narrow", "--channels", "8"], "--channels does not apply"),
+    ([*C, "--config", f"{I}/factory_without_target.toml"], "kind = 'factory' needs the callable"),
     # compare: data
     ([*C, "--dataset", "nosuch"], "'nosuch'"),
     ([*C, "--dataset", f"csv:{I}/missing.csv"], "missing.csv"),

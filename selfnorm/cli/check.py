@@ -7,137 +7,9 @@ stderr). The factory is any callable with no required arguments that returns the
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
-import importlib.util
-import inspect
 import math
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from types import ModuleType
 
 from selfnorm.cli.common import CliError, print_json
-
-
-@contextmanager
-def _on_sys_path(directory: str) -> Iterator[None]:
-    """Put ``directory`` first on ``sys.path`` while importing and calling the factory (what
-    ``python script.py`` does for the script's folder); restore ``sys.path`` afterwards."""
-    saved = list(sys.path)
-    sys.path.insert(0, directory)
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
-
-
-def _import_file(path: Path) -> ModuleType:
-    if not path.is_file():
-        raise CliError(f"no such file: {path}; pass FILE.py:FACTORY or MODULE:FACTORY")
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    name = f"_selfnorm_check_{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise CliError(f"cannot import {path} as Python source; pass a .py file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: one line naming the file, then the cause
-        del sys.modules[name]
-        raise CliError(
-            f"importing {path} raised {_cause(exc)}; fix the file (python {path} shows the "
-            "full traceback)"
-        ) from None
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _cause(exc: BaseException) -> str:
-    """``Type: message`` of an exception in the user's code, with where it was raised."""
-    import traceback
-
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}{': ' + text if text else ''}{where}"
-
-
-def _import_module(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
-            raise CliError(
-                f"no module named {exc.name!r} (from {name!r}); pass an importable module "
-                "name or a path to a .py file, e.g. models.py:make_model"
-            ) from None
-        raise
-
-
-def load_factory(target: str) -> Callable[[], object]:
-    """Resolve ``MODULE_OR_FILE:FACTORY`` to the factory; the import runs with the file's
-    folder (or, for a module name, the working directory) first on ``sys.path``.
-
-    Raises:
-        CliError: malformed target, missing file/module/attribute, a factory that is not
-            callable or has required parameters.
-    """
-    ref, sep, attr = target.rpartition(":")
-    if not sep or not ref or not attr:
-        raise CliError(
-            f"expected MODULE_OR_FILE:FACTORY, got {target!r}; e.g. models.py:make_model or "
-            "mypackage.models:make_model"
-        )
-    is_file = ref.endswith(".py") or os.sep in ref or "/" in ref
-    directory = str(Path(ref).resolve().parent) if is_file else os.getcwd()
-    with _on_sys_path(directory):
-        module = _import_file(Path(ref)) if is_file else _import_module(ref)
-    factory = getattr(module, attr, None)
-    if factory is None:
-        names = sorted(
-            n
-            for n, v in vars(module).items()
-            if callable(v)
-            and not n.startswith("_")
-            and getattr(v, "__module__", None) == module.__name__
-        )
-        defined = ", ".join(names) or "none"
-        raise CliError(f"{ref} has no attribute {attr!r}; callables defined there: {defined}")
-    if not callable(factory):
-        raise CliError(f"{ref}:{attr} is a {type(factory).__name__}, not a callable factory")
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    if signature is not None:
-        required = [
-            p.name
-            for p in signature.parameters.values()
-            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
-        if required:
-            raise CliError(
-                f"{ref}:{attr} requires {', '.join(required)}; FACTORY must be callable with no "
-                "arguments (wrap it: def make(): return build(...))"
-            )
-
-    def call() -> object:
-        with _on_sys_path(directory):
-            try:
-                return factory()
-            except Exception as exc:  # the user's code
-                raise CliError(
-                    f"{target}() raised {_cause(exc)}; fix the factory, it must return the "
-                    "model when called with no arguments"
-                ) from None
-
-    return call
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -226,8 +98,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         check_fits(4 * math.prod(shape), f"the --input-shape {args.input_shape} batch (float32)",
                    "pass a smaller shape, e.g. 256,784: a few hundred samples are enough",
                    "cpu")  # fmt: skip
-    factory = load_factory(args.target)
-    model = factory()
+    from selfnorm.factory import load_factory
+
+    model = load_factory(args.target)()
     if not isinstance(model, nn.Module):
         raise CliError(f"{args.target} returned a {type(model).__name__}, not a torch.nn.Module")
     source = "--input-shape"

@@ -85,6 +85,18 @@ def _parse_ints(flag: str, text: str) -> list[int]:
         raise CliError(f"{flag} {text!r}: pass comma-separated integers, e.g. 32,64") from None
 
 
+def _parse_model(text: str | None) -> dict:
+    """``mlp`` / ``cnn`` -> that kind; ``FILE.py:NAME`` or ``MODULE:NAME`` -> your factory."""
+    if text is None or text in ("mlp", "cnn"):
+        return {"kind": text}
+    if ":" not in text:
+        raise CliError(
+            f"--model {text!r}: pass mlp, cnn or FILE:FACTORY (a .py path or a module name and "
+            "the function that builds the model, e.g. models.py:make)"
+        )
+    return {"kind": "factory", "factory": text}
+
+
 def _compare_overrides(args: argparse.Namespace) -> dict:
     """The experiment settings given explicitly on the command line, as a nested dict."""
     flags = {
@@ -97,7 +109,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "val_fraction": args.val_fraction,
         },
         "model": {
-            "kind": args.model,
+            **_parse_model(args.model),
             "depth": args.depth,
             "width": args.width,
             "shape": args.shape,
@@ -174,7 +186,7 @@ def resolve_compare_config(args: argparse.Namespace):
     merged = merge(merged, flags)
     model = merged.get("model", {})
     if isinstance(model, Mapping):  # else experiment_from_dict says what [model] must be
-        _check_model_flags(flags.get("model", {}), model.get("kind", "mlp"))
+        _check_model_flags(flags.get("model", {}), model)
     # per-variant rates a preset or file set for variants that are not compared now
     for key in ("dropout_by_activation", "standardize_by_activation"):
         if key in merged and "activations" in flags:
@@ -210,6 +222,8 @@ def describe(config, out: str, resume: bool = False) -> str:
     m, t = config.model, config.train
     if m.kind == "mlp":
         model = f"MLP, {m.depth} hidden layers of {m.width} ({m.shape})"
+    elif m.kind == "factory":
+        model = f"{m.factory} (your factory)"
     elif m.kind == "avh":
         from selfnorm.config import AVH_FLAGS
 
@@ -250,19 +264,26 @@ def describe(config, out: str, resume: bool = False) -> str:
     )
 
 
-def _check_model_flags(given: dict, kind: str) -> None:
+def _check_model_flags(given: dict, model: Mapping) -> None:
     """A model flag of another kind than the one that trains is refused, not ignored."""
     from selfnorm.config import MODEL_KINDS, model_keys
 
+    kind = model.get("kind", "mlp")
     if kind not in MODEL_KINDS:
         return  # the config names the valid kinds
     keys = model_keys(kind)
     for key in given:
-        if key != "kind" and key not in keys:
-            own = ", ".join(f"--{k}" for k in keys)
+        if key in ("kind", "factory") or key in keys:
+            continue
+        if kind == "factory":
             raise CliError(
-                f"--{key} does not apply to --model {kind} (its options: {own}); drop --{key}"
+                f"--{key} does not apply to --model {model.get('factory')} (the factory builds "
+                f"the whole network: set its sizes there); drop --{key}"
             )
+        own = ", ".join(f"--{k}" for k in keys)
+        raise CliError(
+            f"--{key} does not apply to --model {kind} (its options: {own}); drop --{key}"
+        )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -355,7 +376,12 @@ def register(sub) -> None:
     g.add_argument("--val-fraction", type=float, help="validation share of train (default 0.1)")
     g = p.add_argument_group("model")
     g.add_argument(
-        "--model", choices=["mlp", "cnn"], default=None, help="network kind (default mlp)"
+        "--model",
+        metavar="mlp|cnn|FILE:FACTORY",
+        help="network kind (default mlp), or your own: FILE a .py path or a module name, "
+        "FACTORY a function called with activation=, dropout= (callables returning fresh "
+        "modules of the variant), in_features=, input_shape=, num_classes= (and **kwargs) "
+        "that returns the model; each variant is built, initialized and trained from it",
     )
     g.add_argument("--depth", type=int, help="hidden layers (default 4)")
     g.add_argument("--width", type=int, help="hidden units (default 512)")
