@@ -42,6 +42,7 @@ from selfnorm.dropout import AlphaDropout
 __all__ = [
     "ALPHA_DROPOUT_TYPES",
     "DROPOUT_TYPES",
+    "FUNCTION_TYPES",
     "NONELEMENTWISE_TYPES",
     "NORM_TYPES",
     "PLAIN_DROPOUT_TYPES",
@@ -198,6 +199,19 @@ def saturation_value(module: nn.Module) -> float | None:
     """
     p = selu_parameters(module)
     return None if p is None else -p[0] * p[1]
+
+
+FUNCTION_TYPES: dict[str, type[nn.Module]] = {
+    "selu": nn.SELU, "relu": nn.ReLU, "relu6": nn.ReLU6, "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU, "celu": nn.CELU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "softsign": nn.Softsign, "mish": nn.Mish,
+    "prelu": nn.PReLU, "hard_sigmoid": nn.Hardsigmoid, "hard_silu": nn.Hardswish,
+    "hard_tanh": nn.Hardtanh, "log_sigmoid": nn.LogSigmoid, "tanh_shrink": nn.Tanhshrink,
+    "soft_shrink": nn.Softshrink, "hard_shrink": nn.Hardshrink,
+}  # fmt: skip
+"""Activation functions by name (torch's ``F.leaky_relu``, Keras' ``keras.activations``
+names) and the module type of the same function: a call of the function is of that module's
+family (``activation_kind(FUNCTION_TYPES["leaky_relu"]())`` is ``lrelu``)."""
 
 
 # -- weight layers and norms ------------------------------------------------------------------

@@ -22,7 +22,7 @@ NEEDS = {"lightning": "lightning", "keras": "keras"}
 
 def test_the_section_has_a_snippet_per_route():
     routes = " ".join(SNIPPETS)
-    for route in ("TrainingRun", "SelfnormCallback"):
+    for route in ("TrainingRun", "SelfnormCallback", "--model"):
         assert route in routes
 
 

@@ -84,6 +84,8 @@ class TrainingRun:
             ``record.tensorboard``, else none.
         source: what trained it (``"python"``, ``"lightning"``, ``"keras"``), stored in
             ``config.json`` and shown in the report's configuration.
+        model_label: what ``config.json`` calls the model (default: ``model``'s class name;
+            a callback that records through stand-in modules names the user's model).
         settings: anything else worth keeping in ``config.json`` (JSON-serializable).
         dataset: ``name`` and the sizes ``train``/``val``/``test`` for the report's header.
         overwrite: replace an earlier selfnorm run at ``out``.
@@ -103,6 +105,7 @@ class TrainingRun:
         steps_per_epoch: int | None = None,
         tensorboard: str | Path | None = None,
         source: str = "python",
+        model_label: str | None = None,
         settings: Mapping[str, Any] | None = None,
         dataset: Mapping[str, Any] | None = None,
         overwrite: bool = False,
@@ -127,7 +130,7 @@ class TrainingRun:
             "source": source,
             "activations": [name],
             "seeds": [seed],
-            "model": type(model).__name__,
+            "model": model_label or type(model).__name__,
             "record": dataclasses.asdict(rc),
             "settings": dict(settings or {}),
         }

@@ -44,12 +44,6 @@ from selfnorm.tracing import ACTIVATION_FUNCTIONS
 
 __all__ = ["CallCapture", "function_module", "writes_input"]
 
-_MODULE_OF: dict[str, Callable[[], nn.Module]] = {
-    "selu": nn.SELU, "relu": nn.ReLU, "relu6": nn.ReLU6, "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU, "celu": nn.CELU, "gelu": nn.GELU, "silu": nn.SiLU, "mish": nn.Mish,
-    "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus, "prelu": nn.PReLU,
-}  # fmt: skip
-
 
 def function_module(name: str) -> nn.Module:
     """The module whose forward the activation function ``name`` is (its family, saturation
@@ -59,7 +53,7 @@ def function_module(name: str) -> nn.Module:
         >>> taxonomy.activation_family(function_module("leaky_relu"))
         'lrelu'
     """
-    return _MODULE_OF[name]()
+    return taxonomy.FUNCTION_TYPES[name]()
 
 
 def writes_input(func: Callable, args: tuple, kwargs: dict) -> bool:
