@@ -91,8 +91,9 @@ class Records:
         weight_fan_in: ``int64 (W,)`` inputs per unit of each weight layer.
         hist_weight: ``int64 (S, W, B+2)`` counts of each layer's weights in units of
             ``1/sqrt(fan_in)`` (LeCun's N(0, 1/fan_in) is N(0, 1) here) on ``bin_edges``.
-        grad_bin_edges: ``float64 (G+1,)`` signed, log-spaced edges of the gradient histograms
-            (:data:`selfnorm.recording.reduce.GRAD_BINNING`; empty in records written before
+        grad_bin_edges: ``float64 (G+1,)`` signed, log-spaced edges of the gradient histograms,
+            two per octave (:data:`selfnorm.recording.reduce.GRAD_BINNING`; empty in records
+            written before
             gradient histograms existed, which then have G + 2 = 0 columns).
         hist_grad: ``int64 (S, L, G+2)`` counts of the loss gradient w.r.t. each layer's output.
         hist_weight_grad: ``int64 (S, W, G+2)`` counts of each weight layer's weight gradient.

@@ -207,7 +207,7 @@ def test_weight_and_gradient_histograms_count_the_same_values_as_numpy():
     assert abs(w.std() - 1.0) < 0.1  # the init, seen through the histogram's units
     # the weight's gradient, on the signed log bins
     edges = r.grad_bin_edges
-    assert edges[0] == -10.0 and edges[-1] == 10.0 and 0.0 in edges
+    assert edges[0] == -16.0 and edges[-1] == 16.0 and 0.0 in edges and len(edges) == 137
     gw = net[2].weight.grad.numpy().ravel()
     expect, _ = np.histogram(gw, bins=edges)
     assert r.hist_weight_grad[0, 1].sum() == gw.size
@@ -240,3 +240,14 @@ def test_dense_recording_takes_weight_histograms_on_every_tenth_step_and_they_ar
     assert taken.tolist() == [s % 10 == 0 for s in range(12)]
     assert (r.hist_weight_grad.sum((1, 2)) > 0).tolist() == taken.tolist()
     assert (r.hist_grad[:, 0].sum(1) == 16 * 8).all()  # every record's backward
+
+
+def test_a_model_without_activation_functions_records_later_passes_without_the_mode():
+    net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 3))
+    depth = []
+    net[2].register_forward_hook(lambda *_: depth.append(torch._C._len_torch_function_stack()))
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        for _ in range(3):
+            rec.step()
+            net(torch.randn(4, 6)).sum().backward()
+    assert depth == [1, 0, 0]  # the first pass looks for functions; it found none

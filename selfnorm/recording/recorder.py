@@ -491,6 +491,12 @@ class ActivationRecorder:
         self._armed_step = None
         if self._next_step % self.config.every:  # hooks stay if the next step records too
             self._remove_module_hooks()
+        if not self._frozen and self._calls_capture is not None:
+            if not any(isinstance(key[0], str) for key in self._slot_of):
+                # the first pass fixes the layout and it called no activation function: later
+                # passes run without the function mode (a call they made could not be a layer)
+                self._calls_capture.detach()
+                self._calls_capture = None
         self._frozen = True
         self._held.clear()
         self._grad_cap.clear()
@@ -611,7 +617,7 @@ class ActivationRecorder:
         def counts(count: int) -> np.ndarray:
             return np.rint(take(count)).astype(np.int64)
 
-        ng = GRAD_BINNING.linear.columns
+        ng = GRAD_BINNING.columns
         hist_w = np.zeros((s, nw, nb), dtype=np.int64)
         hist_g = np.zeros((s, nl, ng), dtype=np.int64)
         hist_wg = np.zeros((s, nw, ng), dtype=np.int64)

@@ -92,43 +92,55 @@ class Binning:
 
 @dataclass(frozen=True)
 class SignedLogBinning:
-    r"""Signed, log-spaced bins for gradients, whose scale spans decades: ``per_decade`` bins
-    per decade of :math:`|g|` from :math:`10^{low}` to :math:`10^{high}` on each side of 0.
+    r"""Signed, log-spaced bins for gradients, whose scale spans decades, read off the float's
+    exponent bits (integer operations, no logarithm; every edge exact).
 
-    A value maps to :math:`y = \operatorname{sign}(g)\,\max(\log_{10}|g| - low, 0)`, binned by
-    :attr:`linear` (``2 (high - low) per_decade`` equal bins over ``[-(high - low), high - low)``
-    plus underflow :math:`g \le -10^{high}` and overflow :math:`g \ge 10^{high}` and NaN). The
-    two bins next to 0 also hold every :math:`|g| < 10^{low}` (zeros in the positive one).
+    Two bins per octave of :math:`|g|`, split at :math:`2^e` and :math:`1.5 \cdot 2^e`, from
+    :math:`2^{low}` to :math:`2^{high}` on each side of 0: ``2 * bins_per_side + 2`` columns,
+    ``[g <= -2^high, the negative bins (largest magnitude first), the positive bins, g >=
+    2^high]``. The two bins next to 0 also hold every :math:`|g| < 2^{low}` (zeros in the
+    positive one); infinities go to the outer columns, NaN by its sign bit. Positive bins are
+    half-open ``[a, b)``, negative ones ``(-b, -a]``.
 
     Example:
-        >>> b = SignedLogBinning(low=-2, high=0, per_decade=1)
+        >>> b = SignedLogBinning(low=-1, high=1)
         >>> b.edges().tolist()
-        [-1.0, -0.1, 0.0, 0.1, 1.0]
+        [-2.0, -1.5, -1.0, -0.75, 0.0, 0.75, 1.0, 1.5, 2.0]
+        >>> histograms([torch.tensor([-3.0, -1.2, 0.0, 0.1, 0.8, 1.99, 5.0])], b).tolist()
+        [[1, 0, 1, 0, 0, 2, 1, 0, 1, 1]]
     """
 
-    low: int = -9
-    high: int = 1
-    per_decade: int = 4
+    low: int = -30
+    high: int = 4
 
     @property
-    def linear(self) -> Binning:
-        span = float(self.high - self.low)
-        return Binning(int(2 * span * self.per_decade), -span, span)
+    def bins_per_side(self) -> int:
+        return 2 * (self.high - self.low)
+
+    @property
+    def columns(self) -> int:
+        return 2 * self.bins_per_side + 2
 
     def edges(self) -> np.ndarray:
-        """The ``bins + 1`` edges in gradient units (0 in the middle)."""
-        b = self.linear
-        y = np.linspace(b.low, b.high, b.bins + 1)
-        return np.where(y == 0, 0.0, np.sign(y) * 10.0 ** (np.abs(y) + self.low))
+        """The ``2 * bins_per_side + 1`` edges (0 in the middle)."""
+        k = np.arange(1, self.bins_per_side + 1)
+        mag = np.ldexp(np.where(k % 2 == 0, 1.0, 1.5), self.low + k // 2)
+        return np.concatenate([-mag[::-1], [0.0], mag])
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """``y`` of every value (a new tensor)."""
-        y = x.abs().log10_().sub_(self.low).clamp_(min=0.0)
-        return y.mul_(torch.sign(x))
+    def columns_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The column of every value of a float32 tensor (int32, a new tensor)."""
+        bits = x.contiguous().view(torch.int32)
+        n = self.bins_per_side
+        # (exponent field, top mantissa bit): the half-octave of |x|, counted from 2^low
+        q = (bits & 0x7FFFFFFF).bitwise_right_shift_(22).sub_(2 * (127 + self.low))
+        q.clamp_(0, n)
+        # positive: n + 1 + q; negative (sign bit: bits >> 31 is -1): n - q
+        return (bits >> 31).mul_(2 * q + 1).add_(q).add_(n + 1)
 
 
 GRAD_BINNING = SignedLogBinning()
-"""The bins of every gradient histogram: 4 per decade from 1e-9 to 10 on each side of 0."""
+"""The bins of every gradient histogram: two per octave from 2^-30 (9.3e-10) to 2^4 (16) on each
+side of 0."""
 
 
 class ReduceBuffers:
@@ -322,26 +334,36 @@ def histograms(
         ...            scales=[1.0, 0.5]).tolist()
         [[0, 0, 1, 1], [0, 1, 0, 0]]
     """
-    b = binning.linear if isinstance(binning, SignedLogBinning) else binning
-    nb = b.columns
+    log = isinstance(binning, SignedLogBinning)
+    nb, n = binning.columns, len(tensors)
     if not tensors:
         return torch.zeros((0, nb), dtype=torch.int64)
     device = tensors[0].device
-    parts = []
+    cpu = device.type == "cpu"
+    # the CPU's bincount is ~6x faster on int16 indices than on int64; CUDA's scatter_add_
+    # takes int64
+    idx_dtype = (torch.int16 if n * nb < 2**15 else torch.int32) if cpu else torch.int64
+    sizes = [t.numel() for t in tensors]
+    idx = torch.empty(sum(sizes), dtype=idx_dtype, device=device)
+    start = 0
     for k, t in enumerate(tensors):
         x = t.detach().reshape(-1).to(device, torch.float32)
-        x = x * scales[k] if scales is not None else x.clone()
-        if isinstance(binning, SignedLogBinning):
-            x = binning.transform(x)
-        x.mul_(b.scale).add_(b.shift).clamp_(0.0, nb - 1.0).nan_to_num_(nan=nb - 1.0)
-        parts.append(x.to(torch.int64).add_(k * nb))
-    flat, total = torch.cat(parts), len(tensors) * nb
-    if device.type == "cpu":
-        counts = torch.bincount(flat, minlength=total)
+        part = idx[start : start + sizes[k]]
+        if log:
+            cols = binning.columns_of(x * scales[k] if scales is not None else x)
+            part.copy_(cols.add_(k * nb) if k else cols)
+        else:
+            x = x * scales[k] if scales is not None else x.clone()
+            x.mul_(binning.scale).add_(binning.shift + k * nb).clamp_(k * nb, k * nb + nb - 1.0)
+            x.nan_to_num_(nan=k * nb + nb - 1.0)  # NaN survives the clamp: overflow
+            part.copy_(x)  # non-negative: the cast is the floor
+        start += sizes[k]
+    if cpu:
+        counts = torch.bincount(idx, minlength=n * nb)
     else:  # CUDA's bincount reads the maximum back to the host: a sync per call
-        counts = torch.zeros(total, dtype=torch.int64, device=device)
-        counts.scatter_add_(0, flat, torch.ones_like(flat))
-    return counts.view(len(tensors), nb)
+        counts = torch.zeros(n * nb, dtype=torch.int64, device=device)
+        counts.scatter_add_(0, idx, torch.ones_like(idx))
+    return counts.view(n, nb)
 
 
 def gradient_moments(

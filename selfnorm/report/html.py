@@ -298,9 +298,10 @@ def make_figures(
                 figure(
                     "gradients",
                     "The loss gradient w.r.t. each activation's output over training, on "
-                    "signed log bins (4 per decade from 1e-9 to 10; the middle row is 0, and "
-                    "holds the exact zeros of dead ReLU units): vanishing gradients sink "
-                    "towards the middle, exploding ones rise to the edges.",
+                    "signed log bins (two per octave of |g|, from 2^-30 = 9.3e-10 to 16; the "
+                    "middle line is 0, the rows next to it hold every |g| below 2^-30, among "
+                    "them the exact zeros of dead ReLU units): vanishing gradients sink towards "
+                    "the middle, exploding ones rise to the edges.",
                     plots.gradient_histogram_figure(records, "activations"),
                 ),
                 figure(

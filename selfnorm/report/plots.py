@@ -370,15 +370,16 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
 
 
 def _signed_log_ticks(ax, edges: np.ndarray) -> None:
-    """Ticks at 0 and at ±10^k for every third k on an axis of bin positions."""
+    """Ticks at 0 and at the edges ±2^k for every tenth k (2^-30, 2^-20, 2^-10, 1: about
+    1e-9, 1e-6, 1e-3, 1), labelled with their value, on an axis of bin positions."""
     middle = int(np.flatnonzero(edges == 0)[0])
     ax.axhline(middle, color="w", lw=0.5, alpha=0.6)
     pos, labels = [middle], ["0"]
     for k, e in enumerate(edges):
-        power = np.log10(abs(e)) if e else np.nan
-        if np.isfinite(power) and np.isclose(power, round(power)) and round(power) % 3 == 0:
+        mantissa, power = np.frexp(abs(e))  # |e| = mantissa * 2^power, mantissa in [0.5, 1)
+        if e and mantissa == 0.5 and (power - 1) % 10 == 0:
             pos.append(k)
-            labels.append(f"{'-' if e < 0 else ''}1e{int(round(power))}")
+            labels.append(f"{e:.0e}".replace("e+00", "").replace("e-0", "e-"))
     ax.set_yticks(pos, labels, fontsize=6)
 
 
