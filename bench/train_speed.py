@@ -6,14 +6,20 @@ MNIST-shaped data (real MNIST with ``--data mnist``, else Gaussian inputs with r
   (a) selfnorm: ``selfnorm.training.train_epoch`` on a model from ``selfnorm.models`` (data
       preloaded as tensors, shuffled by index, fast alpha dropout masks, fused Adam, ...);
   (b) plain PyTorch: TensorDataset + DataLoader(shuffle=True) + nn.Linear/nn.SELU/
-      nn.AlphaDropout + torch.optim.Adam, the loop from the tutorials.
+      nn.AlphaDropout + torch.optim.Adam, the loop from the tutorials;
+  (c) Keras 3 on the torch backend, the seed Keras example's route (``Sequential`` of
+      ``Dense(512, activation="selu")`` + ``AlphaDropout``, ``compile``, ``fit`` on NumPy
+      arrays, one epoch per call) with the same network, optimizer and batch size; skipped with
+      a line saying why when keras is not installed (``pip install 'selfnorm[keras]'``) or was
+      imported on another backend.
 
-Epochs alternate a, b, b, a, ... so drift of the machine hits both alike. Prints the median
-seconds per epoch, the ratio b/a, and the fraction of the compute floor (training FLOPs / the
-best fp32 matmul throughput measured here at these layer shapes). With ``--json`` the last line is
-a JSON object.
+Epochs rotate the order of the sides every epoch so drift of the machine hits all alike.
+Prints the median seconds per epoch, the ratios b/a and c/a, and the fraction of the compute
+floor (training FLOPs / the best fp32 matmul throughput measured here at these layer shapes).
+With ``--json`` the last line is a JSON object.
 
-    python bench/train_speed.py --epochs 3 [--data mnist [--data-dir DIR]] [--threads 2] [--json]
+    python bench/train_speed.py --epochs 3 [--data mnist [--data-dir DIR]] [--threads 2]
+                                [--no-keras] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -74,6 +81,41 @@ def plain_epoch(model, optimizer, loader) -> None:
         optimizer.step()
 
 
+def keras_side(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    """An epoch of the seed's Keras route on Keras 3 (torch backend), or the reason it cannot
+    run here."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is first imported
+    try:
+        import keras
+    except ImportError as exc:
+        return None, f"keras is not installed ({exc}): pip install 'selfnorm[keras]'"
+    if keras.config.backend() != "torch":
+        return None, f"keras runs on {keras.config.backend()!r}; set KERAS_BACKEND=torch"
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((784,))]
+    for _ in range(4):
+        layers += [
+            keras.layers.Dense(512, activation="selu", kernel_initializer="lecun_normal"),
+            keras.layers.AlphaDropout(0.3),
+        ]
+    layers.append(keras.layers.Dense(10))
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    xs, ys = x.numpy(), y.numpy()
+
+    def epoch() -> None:
+        model.fit(xs, ys, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
+
+    def accuracy(xt: torch.Tensor, yt: torch.Tensor) -> float:
+        return float(model.evaluate(xt.numpy(), yt.numpy(), verbose=0, batch_size=1000)[1])
+
+    return (epoch, accuracy), None
+
+
 def measure_matmul_gflops(batch: int) -> dict[str, float]:
     """Best fp32 throughput at the layer shapes: MKL (torch.mm) and oneDNN where present."""
 
@@ -107,6 +149,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", choices=["synthetic", "mnist"], default="synthetic")
     ap.add_argument("--data-dir", help="folder with the MNIST files (default: the cache)")
+    ap.add_argument("--no-keras", action="store_true", help="leave out side (c)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -123,20 +166,30 @@ def main() -> None:
     )
 
     times: dict[str, list[float]] = {"selfnorm": [], "plain": []}
+    keras_run, keras_why = (None, "left out (--no-keras)")
+    if not args.no_keras:
+        keras_run, keras_why = keras_side(x, y, args.batch_size)
+    if keras_run is None:
+        print(f"  side (c) Keras 3 skipped: {keras_why}")
+    else:
+        times["keras"] = []
 
     def run(which: str, epoch: int) -> None:
         t = time.perf_counter()
         if which == "selfnorm":
             perm = epoch_permutation(n, 0, epoch)
             train_epoch(ours, ours_opt, x, y, perm, args.batch_size)
-        else:
+        elif which == "plain":
             plain_epoch(plain, plain_opt, loader)
+        else:
+            keras_run[0]()
         times[which].append(time.perf_counter() - t)
         print(f"  epoch {epoch} {which:>8}: {times[which][-1]:.3f} s", flush=True)
 
+    sides = list(times)
     for epoch in range(1, args.epochs + 1):
-        order = ("selfnorm", "plain") if epoch % 2 else ("plain", "selfnorm")
-        for which in order:
+        shift = (epoch - 1) % len(sides)
+        for which in sides[shift:] + sides[:shift]:
             run(which, epoch)
 
     a = statistics.median(times["selfnorm"])
@@ -157,6 +210,10 @@ def main() -> None:
         "matmul_gflops": gflops,
         "selfnorm_test_accuracy": acc_a,
         "plain_test_accuracy": acc_b,
+        "keras_s_per_epoch": statistics.median(times["keras"]) if keras_run else None,
+        "keras_speedup": statistics.median(times["keras"]) / a if keras_run else None,
+        "keras_test_accuracy": keras_run[1](xt, yt) if keras_run else None,
+        "keras_skipped": keras_why,
         "epochs": args.epochs,
         "threads": args.threads,
         "batch_size": args.batch_size,
@@ -171,7 +228,13 @@ def main() -> None:
         f"({', '.join(f'{k} {v:.0f}' for k, v in gflops.items())}); selfnorm reaches "
         f"{floor / a:.0%} of it"
     )
-    print(f"test accuracy : selfnorm {acc_a:.4f}, plain {acc_b:.4f} ({args.data})")
+    if keras_run is not None:
+        k = result["keras_s_per_epoch"]
+        print(f"Keras 3 fit   : {k:.3f} s/epoch (torch backend); speedup c/a: {k / a:.2f}x")
+    print(
+        f"test accuracy : selfnorm {acc_a:.4f}, plain {acc_b:.4f} ({args.data})"
+        + (f", keras {result['keras_test_accuracy']:.4f}" if keras_run else "")
+    )
     if args.json:
         print(json.dumps(result))
 
