@@ -163,6 +163,12 @@ class Records:
             hist_weight_grad=self.hist_weight_grad[index],
         )
 
+    def with_gradient_bins(self, edges: np.ndarray) -> Records:
+        """Records without gradient histograms given empty ones (zero rows) on ``edges``."""
+        return dataclasses.replace(
+            self, grad_bin_edges=edges, hist_grad=None, hist_weight_grad=None
+        )
+
     def without_gradient_histograms(self) -> Records:
         """The same records with no gradient histograms (to join with older records)."""
         return dataclasses.replace(
@@ -212,9 +218,15 @@ def concat_records(parts: Sequence[Records]) -> Records:
                 f"bins {len(first.bin_edges) - 1} vs layers {p.layers} with bins "
                 f"{len(p.bin_edges) - 1}; record one model with one RecordConfig per folder"
             )
-    if any(not np.array_equal(p.grad_bin_edges, first.grad_bin_edges) for p in parts):
-        parts = [p.without_gradient_histograms() for p in parts]  # older chunks had none
-        first = parts[0]
+    edges = {p.grad_bin_edges.tobytes(): p.grad_bin_edges for p in parts if len(p.grad_bin_edges)}
+    if len(edges) > 1:  # two gradient binnings cannot share an axis
+        parts = [p.without_gradient_histograms() for p in parts]
+    elif edges:  # chunks from before gradient histograms: zero rows (not taken) on these bins
+        parts = [
+            p if len(p.grad_bin_edges) else p.with_gradient_bins(*edges.values()) for p in parts
+        ]
+    first = parts[0]
+    fan_in = next((p.weight_fan_in for p in parts if p.weight_fan_in.any()), first.weight_fan_in)
     if len(parts) == 1:
         return first
 
@@ -235,7 +247,7 @@ def concat_records(parts: Sequence[Records]) -> Records:
         grad_std=cat(lambda p: p.grad_std),
         weight_layers=first.weight_layers,
         weights={k: cat(lambda p, k=k: p.weights[k]) for k in WEIGHT_KEYS},
-        weight_fan_in=first.weight_fan_in,
+        weight_fan_in=fan_in,
         hist_weight=cat(lambda p: p.hist_weight),
         grad_bin_edges=first.grad_bin_edges,
         hist_grad=cat(lambda p: p.hist_grad),

@@ -179,7 +179,8 @@ ACTIVATION_FUNCTIONS: dict[object, str] = {
     F.mish: "mish", F.tanh: "tanh", torch.tanh: "tanh", F.sigmoid: "sigmoid",
     torch.sigmoid: "sigmoid", F.softplus: "softplus", F.prelu: "prelu",
     torch.Tensor.relu: "relu", torch.Tensor.relu_: "relu", torch.Tensor.tanh: "tanh",
-    torch.Tensor.sigmoid: "sigmoid",
+    torch.Tensor.sigmoid: "sigmoid", torch.Tensor.tanh_: "tanh", torch.Tensor.sigmoid_: "sigmoid",
+    F.elu_: "elu", F.leaky_relu_: "leaky_relu",
 }  # fmt: skip
 """Functions logged as activations, with the name their calls are reported by."""
 

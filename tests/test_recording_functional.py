@@ -251,3 +251,84 @@ def test_a_model_without_activation_functions_records_later_passes_without_the_m
             rec.step()
             net(torch.randn(4, 6)).sum().backward()
     assert depth == [1, 0, 0]  # the first pass looks for functions; it found none
+
+
+# -- what the review found --------------------------------------------------------------------
+
+
+def test_weight_gradients_survive_clipping_and_belong_to_the_recorded_pass():
+    net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with ActivationRecorder(net, RecordConfig(every=2)) as rec:
+        for _ in range(5):
+            rec.step()
+            loss = net(torch.randn(16, 6)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1e-3)  # changes .grad in place
+            opt.step()
+        r = rec.records()
+    assert r.hist_weight_grad[:, 0].sum(1).tolist() == [48] * 3  # every record, the first too
+    # an eval pass recorded (record_eval) has no backward: no weight gradients of another pass
+    with ActivationRecorder(net, RecordConfig(every=1), record_eval=True) as rec:
+        rec.step()
+        net.eval()
+        net(torch.randn(4, 6))
+        net.train()
+        net(torch.randn(16, 6)).sum().backward()  # not the recorded pass
+        r = rec.records()
+    assert r.hist_weight_grad.sum() == 0 and r.hist_grad.sum() == 0
+
+
+def test_an_interrupt_in_a_recorded_pass_leaves_no_function_mode_for_the_next():
+    class Stops(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.stop = True
+
+        def forward(self, x):
+            h = F.selu(self.fc(x))
+            if self.stop:
+                raise KeyboardInterrupt  # always_call hooks do not run for a BaseException
+            return h
+
+    net = Stops()
+    with ActivationRecorder(net, RecordConfig(every=1)) as rec:
+        rec.step()
+        with pytest.raises(KeyboardInterrupt):
+            net(torch.ones(2, 4))
+        torch.relu(torch.randn(3))  # outside the model: no recorder involved
+        rec.step()
+        assert torch._C._len_torch_function_stack() == 0
+        net.stop = False
+        net(torch.ones(2, 4)).sum().backward()
+        assert torch._C._len_torch_function_stack() == 0
+        assert rec.records().layers == ("selu.0",)
+
+
+def test_a_module_given_as_an_activation_type_is_not_recorded_twice():
+    class PlainTanh(nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    net = nn.Sequential(nn.Linear(4, 4), PlainTanh())
+    with ActivationRecorder(net, RecordConfig(every=1), activation_types=(PlainTanh,)) as rec:
+        rec.step()
+        net(torch.randn(2, 4))
+        assert rec.records().layers == ("1",)
+
+
+def test_records_from_before_gradient_histograms_join_newer_ones(tmp_path):
+    from selfnorm.records import read_records, write_chunk
+
+    net = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.Linear(8, 3))
+    new = _train(net, steps=2)
+    old = new.select(slice(0, 1)).without_gradient_histograms()
+    old = type(old)(**{**old.__dict__, "weight_fan_in": None, "hist_weight": None})
+    write_chunk(tmp_path, 0, old)
+    write_chunk(tmp_path, 1, new.select(slice(1, 2)))
+    r = read_records(tmp_path)
+    assert r.hist_grad.shape[-1] == len(new.grad_bin_edges) + 1
+    assert r.hist_grad[0].sum() == 0 and r.hist_grad[1].sum() > 0  # the old record: not taken
+    assert r.weight_fan_in.tolist() == [6, 8]

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +49,7 @@ from typing import Any
 from torch import nn
 
 from selfnorm._io import atomic_write_json
-from selfnorm.locking import RunLock
+from selfnorm.locking import LOCK_NAME, RunLock
 from selfnorm.recording import ActivationRecorder
 from selfnorm.recording.config import RecordConfig
 from selfnorm.records import Records, read_records
@@ -136,6 +137,15 @@ class TrainingRun:
         }
         self._lock = RunLock(out, "training").acquire()
         try:
+            try:
+                action = self.run_dir.check_prepare(config, resume=False, overwrite=overwrite)
+            except ValueError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"{out} already exists; pass overwrite=True to replace an earlier selfnorm "
+                    "run there, or choose another folder"
+                ) from None
             self.run_dir.prepare(config, resume=False, overwrite=overwrite)
             self.paths.root.mkdir(parents=True, exist_ok=True)
             board_dir = tensorboard
@@ -149,7 +159,13 @@ class TrainingRun:
                 model, rc, sinks=sinks, steps_per_epoch=steps_per_epoch, **recorder_options
             )
         except BaseException:
-            self._lock.release()
+            try:  # a refusal (e.g. of the recorder's arguments) leaves nothing written
+                if "action" in locals() and action == "create":
+                    for p in self.run_dir.root.iterdir():
+                        if p.name != LOCK_NAME:
+                            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            finally:
+                self._lock.release()
             raise
         self.history: list[dict[str, Any]] = []
         self._steps = 0
@@ -214,6 +230,8 @@ class TrainingRun:
         folder. Returns the path of ``report.html`` (or of ``summary.json``)."""
         if self._closed:
             raise RuntimeError("this TrainingRun is finished already")
+        if self.recorder.steps_per_epoch is None and self._steps:  # no end_epoch: one epoch
+            self.recorder.steps_per_epoch = self._steps
         self.recorder.flush()
         result = {
             "activation": self.name,

@@ -77,9 +77,12 @@ class CallCapture(TorchFunctionMode):
     added by :meth:`attach` (and by ``__enter__`` if not attached), removed by :meth:`detach`.
     """
 
-    def __init__(self, model: nn.Module, handler: Handler) -> None:
+    def __init__(
+        self, model: nn.Module, handler: Handler, module_types: tuple[type, ...] = ()
+    ) -> None:
         super().__init__()
         self.handler = handler
+        self.module_types = tuple(module_types)  # recorded as modules: their calls are theirs
         self._named = list(model.named_modules())
         self._names = {id(m): name for name, m in self._named}
         self._stack: list[tuple[str, nn.Module]] = []
@@ -126,7 +129,9 @@ class CallCapture(TorchFunctionMode):
         if name is None or not self._stack:  # not an activation, or not inside the model
             return func(*args, **kwargs)
         caller, module = self._stack[-1]
-        if taxonomy.is_activation(module) or isinstance(module, taxonomy.DROPOUT_TYPES):
+        if taxonomy.is_activation(module) or isinstance(
+            module, taxonomy.DROPOUT_TYPES + self.module_types
+        ):
             return func(*args, **kwargs)  # nn.SELU calling F.selu: the module hooks see it
         order = self._counts.get(caller, 0)
         self._counts[caller] = order + 1

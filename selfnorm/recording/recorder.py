@@ -179,7 +179,7 @@ class ActivationRecorder:
                 f"{', '.join(t.__name__ for t in types[:8])}, ...); pass functional=True to "
                 "record activation functions (F.relu) called in a forward, or activation_types="
             )
-        self._calls_capture = CallCapture(model, self._on_call) if functional else None
+        self._calls_capture = CallCapture(model, self._on_call, types) if functional else None
         self._hooks = [
             (m, partial(self._on_pre, i), partial(self._on_post, i))
             for i, (_, m) in enumerate(self._acts)
@@ -296,9 +296,9 @@ class ActivationRecorder:
     # -- hooks -----------------------------------------------------------------------------
 
     def _arm(self, step: int) -> None:
+        self._abandon_pass()
         if self._closed:
             raise RuntimeError("this ActivationRecorder is closed; create a new one")
-        self._capturing = False  # a pass that raised half-way never finished its capture
         self._armed_step = step
         if self._module_handles:
             return
@@ -320,6 +320,20 @@ class ActivationRecorder:
             self._end_calls()
             self._calls_capture.detach()
 
+    def _abandon_pass(self) -> None:
+        """Forget a pass that raised half-way (an ``Exception``, or a ``KeyboardInterrupt``,
+        for which torch runs no ``always_call`` hook): leave its function mode, and if it was
+        the first pass, the layers it had begun to lay out."""
+        self._end_calls()
+        if self._capturing and not self._frozen:
+            self._slot_of.clear()
+            self._slot_names.clear()
+            self._slot_family.clear()
+            self._thresholds.clear()
+            self._dead.clear()
+            self._grad_hooks.clear()
+        self._capturing = False
+
     def _end_calls(self, *_: Any) -> None:
         """Leave the function mode of a recorded pass (also when its forward raised)."""
         if self._calls_capture is not None and self._calls_capture.entered:
@@ -339,7 +353,7 @@ class ActivationRecorder:
         self._calls.clear()
         self._held.clear()
         self._cap.clear()
-        if self._calls_capture is not None:
+        if self._calls_capture is not None and not self._calls_capture.entered:
             self._calls_capture.__enter__()
 
     def _slot(self, i: int) -> int:
@@ -435,12 +449,15 @@ class ActivationRecorder:
     def _on_call(self, key: tuple[str, int], name: str, func, args: tuple, kwargs: dict):
         """An activation function called in a recorded forward (:class:`CallCapture`): its
         input and output are captured like an activation module's."""
+        if not self._capturing:  # a function mode left behind: pass the call through
+            return func(*args, **kwargs)
         caller, order = key
+        key = (caller, order, name)  # another function at the same position is another layer
         slot = self._slot_of.get(key)
         if slot is None:
             label = f"{caller + '.' if caller else ''}{name}.{order}"
             slot = self._new_slot(key, label, function_module(name))
-        x = args[0] if args else None
+        x = args[0] if args else kwargs.get("input")
         floating = isinstance(x, torch.Tensor) and x.is_floating_point()
         if floating:  # the input, before the call (a copy where the call overwrites it)
             copy = (
@@ -463,11 +480,14 @@ class ActivationRecorder:
         self._capture(self._grad_cap, grad.detach(), slot, copy)
 
     def _on_weight_grad(self, j: int, grad: torch.Tensor) -> None:
-        """The gradient of weight layer ``j``'s weight in the recorded pass's backward (a
-        reference: autograd may accumulate into it later, which the version check catches)."""
+        """The gradient of weight layer ``j``'s weight in the first backward after the recorded
+        pass (a copy on the first record: autograd hands the hook the tensor it stores as
+        ``.grad``, which clipping or accumulation may change in place; the version check
+        learns which layers need one)."""
         if any(key == j for key, *_ in self._weight_grad_cap):  # a second backward
             return
-        self._capture(self._weight_grad_cap, grad.detach(), j, j in self._copy_weight_grads)
+        copy = self._first_grads or j in self._copy_weight_grads
+        self._capture(self._weight_grad_cap, grad.detach(), j, copy)
 
     def _watch_weight_grads(self) -> None:
         for j, (_, m) in enumerate(self._weights):
@@ -536,6 +556,7 @@ class ActivationRecorder:
             self._remove_tensor_hooks()
         if rec is None:
             return
+        backward_seen = bool(self._grad_cap)  # the recorded pass's own backward ran
         if self._grad_cap:
             self._first_grads = False
             slots, grads = self._checked(self._grad_cap, self._copy_grads)
@@ -545,6 +566,8 @@ class ActivationRecorder:
                     rec.grad_hist = reduce.histograms(grads, GRAD_BINNING)
                 rec.grad_slots = np.asarray(slots, dtype=np.int64)
                 rec.grad_numel = np.array([g.numel() for g in grads], dtype=np.float64)
+        if not backward_seen:  # weight gradients of another pass's backward: not this record's
+            self._weight_grad_cap.clear()
         if self._weight_grad_cap:
             layers, grads = self._checked(self._weight_grad_cap, self._copy_weight_grads)
             if grads:
@@ -564,7 +587,7 @@ class ActivationRecorder:
         self._finish()
         # a pass that raised half-way never finished: its partial record is dropped, and a
         # retry of the armed step records afresh
-        self._capturing = False
+        self._abandon_pass()
         if self._armed_step is None:
             self._remove_module_hooks()  # kept for a next recording step: re-added by step()
         pending, self._pending = self._pending, []

@@ -98,9 +98,9 @@ class SignedLogBinning:
     Two bins per octave of :math:`|g|`, split at :math:`2^e` and :math:`1.5 \cdot 2^e`, from
     :math:`2^{low}` to :math:`2^{high}` on each side of 0: ``2 * bins_per_side + 2`` columns,
     ``[g <= -2^high, the negative bins (largest magnitude first), the positive bins, g >=
-    2^high]``. The two bins next to 0 also hold every :math:`|g| < 2^{low}` (zeros in the
-    positive one); infinities go to the outer columns, NaN by its sign bit. Positive bins are
-    half-open ``[a, b)``, negative ones ``(-b, -a]``.
+    2^high]``. The two bins next to 0 also hold every :math:`|g| < 2^{low}` (by the sign bit:
+    0.0 in the positive one, -0.0 in the negative one); infinities go to the outer columns,
+    NaN by its sign bit. Positive bins are half-open ``[a, b)``, negative ones ``(-b, -a]``.
 
     Example:
         >>> b = SignedLogBinning(low=-1, high=1)

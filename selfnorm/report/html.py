@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from selfnorm._io import atomic_write_text
@@ -83,6 +84,11 @@ def _records(run_dir: RunDir, config: Mapping, names) -> dict[str, Any]:
             if len(rec.steps):
                 out[name] = rec
     return out
+
+
+def _outer(records: Mapping[str, Any]) -> float:
+    """The largest |edge| of the value bins (``RecordConfig.range``)."""
+    return max(float(np.abs(r.bin_edges[[0, -1]]).max()) for r in records.values())
 
 
 def _drift(records: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
@@ -289,7 +295,8 @@ def make_figures(
                     "weights",
                     "Each weight layer's weights over training, in units of 1/sqrt(fan_in): "
                     "LeCun's N(0, 1/fan_in), SELU's init, is N(0, 1) on this axis and He's "
-                    "N(0, 2/fan_in) is N(0, 2); values beyond ±4 are counted but not drawn.",
+                    f"N(0, 2/fan_in) is N(0, 2); values beyond ±{_outer(records):g} are counted "
+                    "but not drawn.",
                     plots.weight_histogram_figure(records),
                 )
             )

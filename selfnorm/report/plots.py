@@ -341,7 +341,7 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
             if keep.sum() == 0:
                 ax.set_axis_off()
                 continue
-            hist, epochs = hist[keep], rec.epochs[keep]
+            hist, epochs = hist[keep], _time(rec)[keep]
             # fractions per record (records of a short last batch hold fewer values), log scale
             frac = hist[:, 1:-1] / np.maximum(hist.sum(1, keepdims=True), 1.0)
             counts = np.log10(1e-4 + frac.T)
@@ -367,6 +367,12 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
         fig.colorbar(image, ax=axes, shrink=0.6, label="log10(fraction of the values in the bin)")
     fig.suptitle(title)
     return fig
+
+
+def _time(rec) -> np.ndarray:
+    """The records' epochs, or their steps where the epoch is unknown (a recorder told no
+    ``steps_per_epoch``)."""
+    return rec.epochs if np.isfinite(rec.epochs).all() else rec.steps.astype(float)
 
 
 def _signed_log_ticks(ax, edges: np.ndarray) -> None:
