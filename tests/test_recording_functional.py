@@ -332,3 +332,10 @@ def test_records_from_before_gradient_histograms_join_newer_ones(tmp_path):
     assert r.hist_grad.shape[-1] == len(new.grad_bin_edges) + 1
     assert r.hist_grad[0].sum() == 0 and r.hist_grad[1].sum() > 0  # the old record: not taken
     assert r.weight_fan_in.tolist() == [6, 8]
+
+
+def test_every_logged_activation_function_has_a_module_type():
+    from selfnorm import taxonomy
+    from selfnorm.tracing import ACTIVATION_FUNCTIONS
+
+    assert set(ACTIVATION_FUNCTIONS.values()) <= set(taxonomy.FUNCTION_TYPES)

@@ -326,7 +326,7 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
     on an even axis labelled with the powers of ten."""
     names = list(records)
     n_layers = max(len(get(r)[1]) for r in records.values())
-    fig, axes = _grid(n_layers, len(names), cell=(3.2, 1.8))
+    fig, axes = _fixed_grid(n_layers, len(names))
     image = None
     for j, name in enumerate(names):
         rec = records[name]
@@ -363,10 +363,35 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
             else:
                 ax.axhline(0, color="w", lw=0.5, alpha=0.6)
             _label_cell(ax, i, j, n_layers, name, f"{layers[i]}\n{ylabel}", "epoch")
+            if j:  # the value axis is the same across a row: labelled once, on the left
+                ax.tick_params(labelleft=False)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="log10(fraction of the values in the bin)")
-    fig.suptitle(title)
+        w, h = fig.get_size_inches()
+        bar = fig.add_axes((1 - 0.75 / w, 0.25, 0.12 / w, 0.5))
+        fig.colorbar(image, cax=bar, label="log10(fraction of the values in the bin)")
+    fig.suptitle(title, y=1 - 0.12 / fig.get_size_inches()[1], va="top")
     return fig
+
+
+def _fixed_grid(n_rows: int, n_cols: int, cell: tuple[float, float] = (3.0, 1.7)):
+    """A layer x variant grid of heatmaps with margins fixed in inches (a constrained layout
+    of dozens of panels costs more than drawing them): room for two-line layer labels on the
+    left, the variants' titles and the figure's title on top, the x label below and the
+    colour bar right."""
+    left, right, top, bottom, gap = 0.95, 1.2, 0.75, 0.5, 0.12
+    width = max(left + right + cell[0] * n_cols + gap * (n_cols - 1), MIN_WIDTH)
+    height = top + bottom + cell[1] * n_rows + gap * (n_rows - 1)
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=gap / cell[0],
+        hspace=gap / cell[1],
+    )
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True)
+    return fig, axes
 
 
 def _time(rec) -> np.ndarray:
