@@ -367,7 +367,7 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
                 ax.tick_params(labelleft=False)
     if image is not None:
         w, h = fig.get_size_inches()
-        bar = fig.add_axes((1 - 0.75 / w, 0.25, 0.12 / w, 0.5))
+        bar = fig.add_axes((1 - 0.75 / w, 0.25, 0.12 / w, 0.5), label="<colorbar>")
         fig.colorbar(image, cax=bar, label="log10(fraction of the values in the bin)")
     fig.suptitle(title, y=1 - 0.12 / fig.get_size_inches()[1], va="top")
     return fig
