@@ -357,6 +357,7 @@ def _heatmaps(records, get, ylabel: str, title: str, taken_only=False, log_bins=
                 vmin=-4.0,
                 vmax=0.0,
                 extent=(x0, x1, float(y0), float(y1)),
+                interpolation="nearest",  # one block per bin and record; a third the PNG bytes
             )
             if log_bins:
                 _signed_log_ticks(ax, edges)
