@@ -203,7 +203,7 @@ def test_metrics_and_report(seed_run):
         np.testing.assert_allclose([row[key] for row in rows], history[keras_key], rtol=1e-6)
     config = json.loads((out / "config.json").read_text())
     assert config["source"] == "keras" and config["settings"]["keras_model"] == "Sequential"
-    assert seed_run["cb"].report == out / "summary.json"  # report=False
+    assert seed_run["cb"].report_path == out / "summary.json"  # report=False
     assert cli.main(["report", str(out)]) == 0
     html = (out / "report.html").read_text()
     assert "seed_mlp on mnist-shaped" in html and "320 training / 64 validation" in html

@@ -59,7 +59,7 @@ run as a doctest, it needs the torch backend chosen first)::
     model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
     with SelfnormCallback("runs/keras-mlp", record=RecordConfig(every=10)) as rec:
         model.fit(x, y, batch_size=128, epochs=2, validation_split=0.1, callbacks=[rec])
-    print(rec.report)  # runs/keras-mlp/report.html; `selfnorm report runs/keras-mlp` rebuilds it
+    print(rec.report_path)  # runs/keras-mlp/report.html (`selfnorm report` rebuilds it)
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ class SelfnormCallback(keras.callbacks.Callback):
         self.dataset, self.settings = dict(dataset or {}), dict(settings or {})
         self.overwrite, self.write_report = overwrite, report
         self.run: TrainingRun | None = None
-        self.report: Path | None = None
+        self.report_path: Path | None = None
         """Once ``fit`` has ended: ``report.html`` (``summary.json`` with ``report=False``)."""
         self._undo: list[Callable[[], None]] = []
 
@@ -360,7 +360,7 @@ class SelfnormCallback(keras.callbacks.Callback):
         self.close()
 
     def on_train_begin(self, logs=None) -> None:
-        if self.run is not None or self.report is not None:
+        if self.run is not None or self.report_path is not None:
             raise RuntimeError(
                 f"this SelfnormCallback recorded a fit into {self.out} already; create a new "
                 "one (with another out, or overwrite=True) for each fit"
@@ -412,7 +412,7 @@ class SelfnormCallback(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         diverged = None if loss is None or math.isfinite(loss) else f"training loss {loss}"
         try:
-            self.report = self.run.finish(diverged_reason=diverged, report=self.write_report)
+            self.report_path = self.run.finish(diverged_reason=diverged, report=self.write_report)
         finally:
             self.close()
 

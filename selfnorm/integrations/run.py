@@ -136,6 +136,7 @@ class TrainingRun:
             "settings": dict(settings or {}),
         }
         self._lock = RunLock(out, "training").acquire()
+        action = None
         try:
             try:
                 action = self.run_dir.check_prepare(config, resume=False, overwrite=overwrite)
@@ -160,7 +161,7 @@ class TrainingRun:
             )
         except BaseException:
             try:  # a refusal (e.g. of the recorder's arguments) leaves nothing written
-                if "action" in locals() and action == "create":
+                if action == "create":
                     for p in self.run_dir.root.iterdir():
                         if p.name != LOCK_NAME:
                             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -171,7 +172,6 @@ class TrainingRun:
         self._steps = 0
         self._t_epoch = time.perf_counter()
         self._closed = False
-        self._report: Path | None = None
 
     def __enter__(self) -> TrainingRun:
         return self
@@ -256,7 +256,6 @@ class TrainingRun:
 
             with RunLock(self.run_dir.root, "report"):
                 out = build_report(self.run_dir.root)[0]
-        self._report = out
         return out
 
     def records(self) -> Records:
