@@ -7,12 +7,15 @@ The layout, in the direction imports point:
   :mod:`~selfnorm.taxonomy` (what kind of layer a module is, said once), :mod:`~selfnorm.init`,
   :mod:`~selfnorm.specs`, :mod:`~selfnorm.linear`, :mod:`~selfnorm.models`;
 * measuring: :mod:`selfnorm.recording` (recorder, pure reductions, the opt-in C++ kernel),
-  :mod:`~selfnorm.records` (the stored format), :mod:`~selfnorm.sinks`;
+  :mod:`~selfnorm.records` (the stored format), :mod:`~selfnorm.sinks`,
+  :mod:`selfnorm.integrations` (a run directory for any training; the Lightning and Keras 3
+  callbacks);
 * experiments: :mod:`~selfnorm.config`, :mod:`~selfnorm.data`, :mod:`~selfnorm.training`,
   :mod:`~selfnorm.storage` (with :mod:`~selfnorm.locking`, :mod:`~selfnorm.interrupts`,
   :mod:`~selfnorm.resources`), :mod:`~selfnorm.summary`, :mod:`~selfnorm.depth`,
   :mod:`~selfnorm.auditing` (with :mod:`~selfnorm.findings`, :mod:`~selfnorm.tracing`),
   :mod:`~selfnorm.sweep`, :mod:`~selfnorm.executors`, :mod:`~selfnorm.benchmark`,
+  :mod:`~selfnorm.stacked` (K runs as one model; not wired into compare yet),
   :mod:`~selfnorm.reproduce`;
 * presenting: :mod:`~selfnorm.tables`, :mod:`selfnorm.report` (from saved files only);
 * interface: :mod:`selfnorm.cli`.
