@@ -164,15 +164,10 @@ class Records:
         )
 
     def with_gradient_bins(self, edges: np.ndarray) -> Records:
-        """Records without gradient histograms given empty ones (zero rows) on ``edges``."""
+        """The same records with empty gradient histograms (zero rows: not taken) on ``edges``;
+        none at all for empty ``edges`` (to join records of other gradient bins)."""
         return dataclasses.replace(
             self, grad_bin_edges=edges, hist_grad=None, hist_weight_grad=None
-        )
-
-    def without_gradient_histograms(self) -> Records:
-        """The same records with no gradient histograms (to join with older records)."""
-        return dataclasses.replace(
-            self, grad_bin_edges=np.zeros(0), hist_grad=None, hist_weight_grad=None
         )
 
     @classmethod
@@ -220,7 +215,7 @@ def concat_records(parts: Sequence[Records]) -> Records:
             )
     edges = {p.grad_bin_edges.tobytes(): p.grad_bin_edges for p in parts if len(p.grad_bin_edges)}
     if len(edges) > 1:  # two gradient binnings cannot share an axis
-        parts = [p.without_gradient_histograms() for p in parts]
+        parts = [p.with_gradient_bins(np.zeros(0)) for p in parts]
     elif edges:  # chunks from before gradient histograms: zero rows (not taken) on these bins
         parts = [
             p if len(p.grad_bin_edges) else p.with_gradient_bins(*edges.values()) for p in parts

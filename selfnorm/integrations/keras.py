@@ -96,10 +96,6 @@ if int(keras.__version__.split(".")[0]) < 3:
 
 __all__ = ["SelfnormCallback", "require_torch_backend"]
 
-_TORCH_TYPES = taxonomy.FUNCTION_TYPES
-"""Keras activation functions (by their name in ``keras.activations``) and the torch module of
-the same function, whose family their records take."""
-
 _NOT_RECORDED = ("linear", "softmax", "log_softmax", "glu", "sparsemax")
 """Keras activations that are no activation (``linear``) or act across units."""
 
@@ -190,7 +186,7 @@ class _DenseWeights(nn.Linear):
 def _activation_names() -> dict[Callable[..., Any], str]:
     """The name of each Keras activation function this module knows (``swish`` is ``silu``);
     a Keras version without one of them leaves it out."""
-    names = (*_TORCH_TYPES, *_NOT_RECORDED)
+    names = (*taxonomy.FUNCTION_TYPES, *_NOT_RECORDED)
     return {getattr(keras.activations, n): n for n in names if hasattr(keras.activations, n)}
 
 
@@ -199,7 +195,7 @@ def _activation_probe(fn: Callable[..., Any], label: str) -> _Probe | None:
     name = _activation_names().get(fn)
     if name in _NOT_RECORDED:
         return None
-    cls = _probe_type(_TORCH_TYPES[name]) if name is not None else _Probe
+    cls = _probe_type(taxonomy.FUNCTION_TYPES[name]) if name is not None else _Probe
     return cls(fn, f"{label}: keras.activations.{getattr(fn, '__name__', fn)}")
 
 

@@ -245,8 +245,7 @@ class TrainingRun:
         atomic_write_json(self.paths.result, result)
         history = read_jsonl(self.paths.metrics)
         ds = {"name": "?", "train": None, "val": None, "test": None} | self.dataset
-        first = next(iter(self.recorder.model.parameters()), None)
-        device = "?" if first is None else str(first.device)
+        device = str(self.recorder.device)
         summary = summarize(None, {self.name: [result]}, {self.name: [history]}, device, ds)
         atomic_write_json(self.run_dir.summary, summary)
         out = self.run_dir.summary

@@ -172,7 +172,6 @@ class ActivationRecorder:
         self.sinks = [] if sinks is None else list(sinks)
         types = taxonomy.activation_types() if activation_types is None else tuple(activation_types)
         self._acts = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
-        self._types = types
         if not self._acts and not functional:
             raise ValueError(
                 f"{type(model).__name__} has no activation modules to record (looked for "
@@ -287,6 +286,11 @@ class ActivationRecorder:
     def armed(self) -> bool:
         """Whether the next forward pass in training mode will be recorded."""
         return self._armed_step is not None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is: its first parameter's or buffer's device (the CPU for none)."""
+        return _device(self.model)
 
     @property
     def layers(self) -> tuple[str, ...]:

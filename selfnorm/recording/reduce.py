@@ -304,18 +304,28 @@ def _histogram(x2: torch.Tensor, tmp: torch.Tensor, b: Binning, bufs: ReduceBuff
     torch.add(bufs.const(b.shift, x2), x2, alpha=b.scale, out=tmp)
     tmp.clamp_(0.0, nb - 1.0)
     tmp.nan_to_num_(nan=nb - 1.0)  # NaN survives the clamp and would break the integer index
-    # the CPU's bincount is fastest on int16 indices; CUDA's scatter_add_ takes int64
-    cpu = x2.device.type == "cpu"
-    idx_dtype = (torch.int16 if n * nb < 2**15 else torch.int32) if cpu else torch.int64
+    idx_dtype = _index_dtype(n * nb, x2.device)
     idx = bufs.get("idx", (n, numel), x2, idx_dtype)
     idx.copy_(tmp)
     if n > 1:
         idx.add_(bufs.const(tuple((k * nb,) for k in range(n)), x2, idx_dtype))
-    flat = idx.view(-1)
-    if cpu:
+    return _count(idx.view(-1), n, nb)
+
+
+def _index_dtype(columns: int, device: torch.device) -> torch.dtype:
+    """The dtype of joint bin indices: the CPU's bincount is ~6x faster on int16 than on int64;
+    CUDA's scatter_add_ takes int64."""
+    if device.type != "cpu":
+        return torch.int64
+    return torch.int16 if columns < 2**15 else torch.int32
+
+
+def _count(flat: torch.Tensor, n: int, nb: int) -> torch.Tensor:
+    """Counts ``(n, nb)`` of joint indices ``row * nb + column``."""
+    if flat.device.type == "cpu":
         counts = torch.bincount(flat, minlength=n * nb)
     else:  # CUDA's bincount reads the maximum back to the host: a sync per call
-        counts = torch.zeros(n * nb, dtype=torch.int64, device=x2.device)
+        counts = torch.zeros(n * nb, dtype=torch.int64, device=flat.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat))
     return counts.view(n, nb)
 
@@ -339,12 +349,8 @@ def histograms(
     if not tensors:
         return torch.zeros((0, nb), dtype=torch.int64)
     device = tensors[0].device
-    cpu = device.type == "cpu"
-    # the CPU's bincount is ~6x faster on int16 indices than on int64; CUDA's scatter_add_
-    # takes int64
-    idx_dtype = (torch.int16 if n * nb < 2**15 else torch.int32) if cpu else torch.int64
     sizes = [t.numel() for t in tensors]
-    idx = torch.empty(sum(sizes), dtype=idx_dtype, device=device)
+    idx = torch.empty(sum(sizes), dtype=_index_dtype(n * nb, device), device=device)
     start = 0
     for k, t in enumerate(tensors):
         x = t.detach().reshape(-1).to(device, torch.float32)
@@ -358,12 +364,7 @@ def histograms(
             x.nan_to_num_(nan=k * nb + nb - 1.0)  # NaN survives the clamp: overflow
             part.copy_(x)  # non-negative: the cast is the floor
         start += sizes[k]
-    if cpu:
-        counts = torch.bincount(idx, minlength=n * nb)
-    else:  # CUDA's bincount reads the maximum back to the host: a sync per call
-        counts = torch.zeros(n * nb, dtype=torch.int64, device=device)
-        counts.scatter_add_(0, idx, torch.ones_like(idx))
-    return counts.view(n, nb)
+    return _count(idx, n, nb)
 
 
 def gradient_moments(
