@@ -252,6 +252,10 @@ class TrainConfig:
     clip_grad_norm: float = 0.0
     """Rescale the gradient to this global L2 norm where it is larger (0: off), as
     TensorFlow's ``clip_gradients``."""
+    stack: str | int = "auto"
+    """Train a variant's seeds as one stacked model (:mod:`selfnorm.stacked`): ``auto``
+    (where measured faster: a GPU, or 4+ runs on a CPU, and the model can be stacked), ``off``
+    (one run after another), or the most runs per stack, >= 2."""
     test_every_epoch: bool = False
     """Also score the test split after every epoch (``test_loss``, ``test_accuracy`` in each
     metrics row), to show what picking an epoch on the test set would report; the reported test
@@ -262,6 +266,19 @@ class TrainConfig:
             raise ValueError(f"clip_grad_norm={self.clip_grad_norm!r} must be >= 0 (0: off)")
         if not isinstance(self.test_every_epoch, bool):
             raise ValueError(f"test_every_epoch={self.test_every_epoch!r}; pass true or false")
+        stack = self.stack
+        if isinstance(stack, str) and stack.strip().isdigit():
+            stack = int(stack)
+        if isinstance(stack, str):
+            stack = stack.strip().lower()
+        ok = stack in ("auto", "off") or (
+            isinstance(stack, int) and not isinstance(stack, bool) and stack >= 2
+        )
+        if not ok:
+            raise ValueError(
+                f"stack={self.stack!r}; choose auto, off, or the most runs per stack (>= 2)"
+            )
+        object.__setattr__(self, "stack", stack)
         if self.optimizer not in ("adam", "sgd", "rmsprop"):
             raise ValueError(f"optimizer={self.optimizer!r}; choose one of adam, sgd, rmsprop")
         lr = _validate.finite("lr", self.lr)

@@ -2,7 +2,7 @@
 
 :func:`run_jobs` takes :class:`~selfnorm.sweep.Job` values and an executor
 (:class:`LocalExecutor` or :class:`RayExecutor`), runs every unfinished job with
-:func:`run_job` (the worker function: one :func:`selfnorm.training.compare` of one variant and
+:func:`run_job` (the worker function: one :func:`selfnorm.comparing.compare` of one variant and
 one seed in ``ROOT/jobs/<name>/``) and returns every job's ``job.json`` record. A job is
 finished when its record says ``"status": "ok"``; any other job is run again, resuming from its
 checkpoint.
@@ -129,14 +129,14 @@ def run_job(job: Job, root: str, threads: int, keep_checkpoint: bool = False) ->
     """Run one job in this process (the worker function of both executors); never raises.
 
     Sets torch to ``threads`` threads, trains (or resumes, or skips a finished run) with
-    :func:`selfnorm.training.compare`, and writes ``job.json`` (the record returned) into
+    :func:`selfnorm.comparing.compare`, and writes ``job.json`` (the record returned) into
     ``root/jobs/<name>/``. A failure writes its traceback to ``error.txt`` next to it.
     ``keep_checkpoint=False`` deletes the finished run's checkpoint (it is only needed to resume).
     """
     import torch
 
+    from selfnorm.comparing import compare
     from selfnorm.storage import RunDir
-    from selfnorm.training import compare
 
     torch.set_num_threads(threads)
     job_dir = Path(root) / "jobs" / job.name

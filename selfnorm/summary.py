@@ -129,3 +129,28 @@ def summarize(
         "ranking": ranked,
         "variants": variants,
     }
+
+
+def stacking_text(summary: Mapping[str, Any]) -> str:
+    """How the runs of a comparison trained, in words (``summary["stacking"]``; "" when the
+    summary predates it).
+
+    Example:
+        >>> stacking_text({"stacking": {"selu": {"runs_per_stack": 3},
+        ...                             "relu+bn": {"runs_per_stack": 1}}})
+        'seeds stacked: selu 3 per model; relu+bn one run at a time'
+        >>> stacking_text({"stacking": {"selu": {"runs_per_stack": 1}}})
+        'one run at a time'
+    """
+    stacking = summary.get("stacking") or {}
+    if not stacking:
+        return ""
+    if all(v.get("runs_per_stack", 1) == 1 for v in stacking.values()):
+        return "one run at a time"
+    parts = [
+        f"{name} {v['runs_per_stack']} per model"
+        if v.get("runs_per_stack", 1) > 1
+        else f"{name} one run at a time"
+        for name, v in stacking.items()
+    ]
+    return "seeds stacked: " + "; ".join(parts)

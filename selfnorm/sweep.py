@@ -17,7 +17,7 @@ and ``select``::
     dropout = { selu = [0.0, 0.05], relu = [0.0, 0.2], "relu+bn" = [0.0] }
 
 It expands into one :class:`Job` per (dataset, variant, grid point, seed); a job is
-:func:`selfnorm.training.compare` with one variant and one seed, so it runs the same training
+:func:`selfnorm.comparing.compare` with one variant and one seed, so it runs the same training
 loop and writes an ordinary run directory, ``OUT/jobs/<name>/`` (name: a readable prefix and a
 hash of the resolved config, so the same job always lands in the same folder). A job is finished
 when its ``job.json`` says ``"status": "ok"``: starting the sweep again skips finished jobs,

@@ -1,4 +1,4 @@
-"""The one training loop, and ``compare``: that loop over variants and seeds.
+"""The one training loop: K runs of one variant stepped together (K = 1: one run alone).
 
 Every variant sees the same data in the same order: the data are preloaded as tensors on the
 device and shuffled by index once per epoch with a generator seeded by ``(seed, epoch)``. One seed
@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,35 +23,28 @@ from torch import nn
 from torch.nn import functional as F
 
 from selfnorm._io import atomic_write_json
-from selfnorm.auditing import audit
-from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig, experiment_from_dict
-from selfnorm.data import Dataset, load_dataset, restandardize
-from selfnorm.interrupts import Interrupted, graceful_stop
-from selfnorm.locking import RunLock
-from selfnorm.models import build_avh, build_cnn, build_factory, build_mlp, layer_widths
+from selfnorm.config import ExperimentConfig, ModelConfig, TrainConfig
+from selfnorm.data import Dataset
+from selfnorm.interrupts import Interrupted
+from selfnorm.models import build_avh, build_cnn, build_factory, build_mlp
 from selfnorm.recording import ActivationRecorder
-from selfnorm.resources import check_fits, mlp_training_bytes
 from selfnorm.sinks import NpzChunkSink, TensorBoardSink
 from selfnorm.specs import get_spec
+from selfnorm.stacked import StackedRuns, seeded_rng_state
 from selfnorm.storage import (
-    RunDir,
     RunDirError,
     RunPaths,
     config_digest,
-    read_json,
-    read_jsonl,
     remove_temporary_files,
 )
-from selfnorm.summary import summarize
 
-__all__ = ["DeviceData", "compare", "make_optimizer", "resolve_device", "train_run"]
+__all__ = ["DeviceData", "make_optimizer", "resolve_device", "train_run", "train_runs"]
 
 EVAL_BATCH = 4096
 CHECKPOINT_SECONDS = 10.0
 """A run checkpoints after an epoch once this many seconds passed since its last checkpoint,
 and after its last epoch: a crash loses at most this much training (resumed exactly), and
 short epochs (digits: ~0.1 s) do not spend a quarter of their time writing checkpoints."""
-AUDIT_BATCH = 512
 
 
 def resolve_device(name: str) -> torch.device:
@@ -185,12 +177,85 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 class StopTraining(Exception):
-    """Raised by :func:`train_epoch` when ``stop()`` asked for it before a step: the epoch's
-    progress so far (``batch`` steps done, the running sums), to checkpoint and resume from."""
+    """Raised by the epoch loop when ``stop()`` asked for it before a step: the epoch's
+    progress so far (``batch`` steps done, each run's running sums ``(K,)``), to checkpoint
+    and resume from."""
 
     def __init__(self, batch: int, loss_sum: torch.Tensor, correct: torch.Tensor) -> None:
         super().__init__(f"stopped before batch {batch}")
         self.batch, self.loss_sum, self.correct = batch, loss_sum, correct
+
+
+class _Single:
+    """One run's model and optimizer, stepped as :class:`~selfnorm.stacked.StackedRuns`
+    steps K: the engine of the sequential mode (``selfnorm.linear``'s oneDNN products, the
+    model's own dropout on the global RNG)."""
+
+    runs = 1
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.models, self.optimizer = [model], optimizer
+
+    def train_step(
+        self, xb: torch.Tensor, yb: torch.Tensor, record: bool = False, clip: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.models[0]
+        out = model(xb[0])
+        loss = F.cross_entropy(out, yb[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        self.optimizer.step()
+        return loss.detach().view(1), out.detach().unsqueeze(0)
+
+    def model(self, k: int) -> nn.Module:
+        return self.models[k]
+
+    def sync(self) -> None:
+        pass
+
+
+def _epoch(
+    engine: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perms: torch.Tensor,
+    batch_size: int,
+    recorders: list[ActivationRecorder],
+    step_losses: torch.Tensor | None,
+    start_batch: int,
+    sums: tuple[torch.Tensor, torch.Tensor] | None,
+    stop: Callable[[], bool] | None,
+    clip_grad_norm: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hot loop: one epoch of the ``engine``'s K runs, run k on ``x[perms[k]]``.
+
+    Returns each run's loss sum and correct count ``(K,)``, on the device."""
+    for model in engine.models:
+        model.train()
+    n = perms.shape[1]
+    xs, ys = x[perms], y[perms]  # (K, n, ...): one gather per epoch, then contiguous slices
+    if sums is None:
+        loss_sum = torch.zeros(engine.runs, device=x.device)
+        correct = torch.zeros(engine.runs, device=x.device, dtype=torch.int64)
+    else:
+        loss_sum, correct = (t.to(x.device).clone() for t in sums)
+    for k, (i, j) in enumerate(batch_bounds(n, batch_size)):
+        if k < start_batch:
+            continue
+        if stop is not None and stop():
+            raise StopTraining(k, loss_sum, correct)
+        record = False
+        for recorder in recorders:
+            record = recorder.step() or record
+        yb = ys[:, i:j]
+        losses, out = engine.train_step(xs[:, i:j], yb, record, clip_grad_norm)
+        loss_sum += losses * (j - i)
+        correct += (out.argmax(-1) == yb).sum(-1)
+        if step_losses is not None:
+            step_losses[:, k] = losses
+    return loss_sum, correct
 
 
 def train_epoch(
@@ -208,7 +273,7 @@ def train_epoch(
     stop: Callable[[], bool] | None = None,
     clip_grad_norm: float = 0.0,
 ) -> tuple[float, float]:
-    """One pass over ``x[perm]`` in mini-batches: the hot loop, shared by every variant.
+    """One pass of one model over ``x[perm]`` in mini-batches (the loop every run takes).
     ``clip_grad_norm`` > 0 rescales each step's gradient to at most that global norm.
 
     The data are gathered in epoch order once (one copy, then contiguous slices); loss and
@@ -225,34 +290,16 @@ def train_epoch(
     Returns:
         Mean training loss and training accuracy of the epoch (with dropout active).
     """
-    model.train()
+    if sums is not None:
+        sums = (sums[0].reshape(1), sums[1].reshape(1))
+    loss_sum, correct = _epoch(
+        _Single(model, optimizer), x, y, perm.unsqueeze(0), batch_size,
+        [recorder] if recorder is not None else [],
+        step_losses.unsqueeze(0) if step_losses is not None else None,
+        start_batch, sums, stop, clip_grad_norm,
+    )  # fmt: skip
     n = len(perm)
-    xs, ys = x[perm], y[perm]
-    if sums is None:
-        loss_sum = torch.zeros((), device=x.device)
-        correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    else:
-        loss_sum, correct = (t.to(x.device).clone() for t in sums)
-    for k, (i, j) in enumerate(batch_bounds(n, batch_size)):
-        if k < start_batch:
-            continue
-        if stop is not None and stop():
-            raise StopTraining(k, loss_sum, correct)
-        if recorder is not None:
-            recorder.step()
-        xb, yb = xs[i:j], ys[i:j]
-        out = model(xb)
-        loss = F.cross_entropy(out, yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        optimizer.step()
-        loss_sum += loss.detach() * len(yb)
-        correct += (out.detach().argmax(1) == yb).sum()
-        if step_losses is not None:
-            step_losses[k] = loss.detach()
-    return float(loss_sum) / n, int(correct) / n
+    return float(loss_sum[0]) / n, int(correct[0]) / n
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -275,6 +322,76 @@ def _check_checkpoint_seconds(value: Any) -> None:
         )
 
 
+@dataclass
+class _Run:
+    """One (variant, seed) run's state in :func:`train_runs`: its model, optimizer, mask-RNG
+    state, history and where it resumes."""
+
+    seed: int
+    paths: RunPaths
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    rng: dict[str, Any]
+    history: list[dict[str, Any]]
+    start_epoch: int = 1
+    start_batch: int = 0
+    sums: tuple[torch.Tensor, torch.Tensor] | None = None
+    seconds_before: float = 0.0
+    recorder: ActivationRecorder | None = None
+    board: TensorBoardSink | None = None
+    diverged_reason: str | None = None
+
+
+def _open_run(
+    data: DeviceData, config: ExperimentConfig, activation: str, seed: int, paths: RunPaths,
+    digest: str, steps_per_epoch: int,
+) -> _Run:  # fmt: skip
+    """Build a run's model and optimizer, and load its checkpoint (or reset its folder)."""
+    device = data.x_train.device
+    model = build_model(
+        config.model,
+        activation,
+        config.dropout_for(activation),
+        tuple(data.x_train.shape[1:]),
+        data.num_classes,
+        seed,
+    ).to(device)
+    optimizer = make_optimizer(model.parameters(), config.train)
+    run = _Run(seed, paths, model, optimizer, seeded_rng_state(seed, device), [])
+    remove_temporary_files(paths.root)  # what a killed write left (the caller holds the lock)
+    ckpt = paths.load_checkpoint()  # on the CPU; load_state_dict moves it to the device
+    if ckpt is None:
+        paths.reset()
+        return run
+    if ckpt.get("config_digest", digest) != digest:
+        raise RunDirError(
+            f"{paths.checkpoint} was written with other settings than the run directory's "
+            "config.json holds now (was it edited?); restore config.json, or delete "
+            f"{paths.root} to train this run again with the new settings"
+        )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # same settings, another model: its code was edited
+        why = (str(exc).splitlines()[1:] or [str(exc)])[0].strip().rstrip(".")
+        raise RunDirError(
+            f"{paths.checkpoint} does not fit the model built now ({why}); was the model's "
+            f"code (a --model factory) edited since the run started? restore it, or delete "
+            f"{paths.root} to train this run again"
+        ) from None
+    optimizer.load_state_dict(ckpt["optimizer"])
+    run.rng = dict(ckpt["rng"])
+    run.start_batch = int(ckpt.get("batch", 0))
+    if run.start_batch:
+        run.sums = (ckpt["loss_sum"], ckpt["correct"])
+        run.seconds_before = float(ckpt.get("seconds", 0.0))
+    run.history = paths.truncate_metrics(ckpt["epoch"])
+    resume_step = ckpt["epoch"] * steps_per_epoch + run.start_batch
+    paths.check_records(resume_step)
+    paths.truncate_records(resume_step)
+    run.start_epoch = ckpt["epoch"] + 1
+    return run
+
+
 def train_run(
     data: DeviceData,
     config: ExperimentConfig,
@@ -286,21 +403,56 @@ def train_run(
     stop: Callable[[], bool] | None = None,
     digest: str | None = None,
 ) -> dict[str, Any]:
-    """Train one (variant, seed) run to the end, resuming from its checkpoint if there is one.
+    """Train one (variant, seed) run to the end: :func:`train_runs` of that one run.
 
-    Appends one metrics row per epoch to ``paths.metrics``, checkpoints after an epoch when
-    ``checkpoint_seconds`` (default :data:`CHECKPOINT_SECONDS`; 0: every epoch) have passed
-    since the last checkpoint and after the last epoch, and writes ``paths.result`` at the
-    end. A resumed run continues from its checkpoint, drops the metrics and records of later
-    epochs and takes them again, with the same numbers. A non-finite training loss stops the
-    run with ``diverged: true`` and the reason. With ``config.record.enabled`` an
-    :class:`~selfnorm.recording.ActivationRecorder` records every ``config.record.every``
-    steps; each epoch's records become one chunk in ``paths.records`` (and TensorBoard events
-    in ``paths.tensorboard`` with ``config.record.tensorboard``), written before the checkpoint.
+    Example: see :func:`compare`, which calls :func:`train_runs` for each variant's seeds.
+    """
+    report = None if on_epoch is None else (lambda _seed, row: on_epoch(row))
+    return train_runs(
+        data, config, activation, [seed], [paths], report, checkpoint_seconds, stop, digest,
+        stack=1,
+    )[0]  # fmt: skip
+
+
+def train_runs(
+    data: DeviceData,
+    config: ExperimentConfig,
+    activation: str,
+    seeds: Sequence[int],
+    paths: Sequence[RunPaths],
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    stop: Callable[[], bool] | None = None,
+    digest: str | None = None,
+    stack: int = 1,
+) -> list[dict[str, Any]]:
+    """Train the (variant, seed) runs of ``seeds`` to the end, resuming each from its
+    checkpoint if it has one; ``stack`` > 1 trains up to that many of them as one stacked
+    model (:class:`~selfnorm.stacked.StackedRuns`; the model must be one it can stack), 1
+    one after another.
+
+    Each run appends one metrics row per epoch to its ``paths[k].metrics``, checkpoints after
+    an epoch when ``checkpoint_seconds`` (default :data:`CHECKPOINT_SECONDS`; 0: every epoch)
+    have passed since the last checkpoint and after the last epoch, and writes its
+    ``result.json`` at the end. A resumed run continues from its checkpoint, drops the metrics
+    and records of later epochs and takes them again, with the same numbers. A non-finite
+    training loss stops that run alone with ``diverged: true`` and the reason; stacked runs
+    go on without it. With ``config.record.enabled`` an
+    :class:`~selfnorm.recording.ActivationRecorder` per run records every
+    ``config.record.every`` steps; each epoch's records become one chunk in the run's
+    ``records`` folder (and TensorBoard events with ``config.record.tensorboard``), written
+    before the checkpoint.
+
+    Stacked runs keep everything a run alone has: its initial weights, data order
+    (:func:`epoch_permutation` of its seed), dropout-mask stream, metrics, records,
+    checkpoint (in the same format: a stacked run can resume alone, and the other way) and
+    result. Their numbers equal the runs alone within float32 rounding (the batched products
+    sum in another order); ``epoch_seconds`` is the stacked epoch's time divided by the runs
+    in it. Runs that resume at different points train in separate stacks.
 
     ``stop`` (e.g. the flag of :func:`selfnorm.interrupts.graceful_stop`) is asked before every
-    step; once it says yes the run flushes its records, checkpoints exactly where it is (mid-
-    epoch: the resumed run finishes that epoch with the same numbers) and raises
+    step; once it says yes the runs flush their records, checkpoint exactly where they are
+    (mid-epoch: a resumed run finishes that epoch with the same numbers) and raise
     :class:`~selfnorm.interrupts.Interrupted`.
 
     ``digest`` identifies the settings (default :func:`~selfnorm.storage.config_digest` of
@@ -308,158 +460,192 @@ def train_run(
     it is stored in the checkpoint and the result, and a checkpoint with another one is refused.
 
     Raises:
-        RunDirError: the checkpoint was made with other settings than ``config`` (an edited
+        RunDirError: a checkpoint was made with other settings than ``config`` (an edited
             ``config.json``) or does not fit the model built now (its code edited), or no good
             checkpoint is left.
 
     Returns:
-        The result dict (also written to ``result.json``).
+        The result dicts in the order of ``seeds`` (also written to each ``result.json``).
     """
     _check_checkpoint_seconds(checkpoint_seconds)
+    digest = config_digest(config.to_dict()) if digest is None else digest
+    steps_per_epoch = len(batch_bounds(len(data.x_train), config.train.batch_size))
+    runs = [
+        _open_run(data, config, activation, s, p, digest, steps_per_epoch)
+        for s, p in zip(seeds, paths, strict=True)
+    ]
+    if on_epoch:
+        for run in runs:
+            for row in run.history:
+                on_epoch(run.seed, row)
+    groups: dict[tuple[int, int], list[_Run]] = {}  # runs stack only at the same point
+    for run in runs:
+        groups.setdefault((run.start_epoch, run.start_batch), []).append(run)
+    with ExitStack() as stack_of:
+        for run in runs:
+            run.recorder = _recorder(
+                run.model, config, run.paths,
+                (run.start_epoch - 1) * steps_per_epoch + run.start_batch, steps_per_epoch,
+            )  # fmt: skip
+            if run.recorder is not None:
+                stack_of.enter_context(run.recorder)
+                sinks = run.recorder.sinks
+                run.board = next((k for k in sinks if isinstance(k, TensorBoardSink)), None)
+        for group in groups.values():
+            for i in range(0, len(group), max(stack, 1)):
+                _train_group(
+                    data, config, activation, group[i : i + max(stack, 1)], stack > 1,
+                    on_epoch, checkpoint_seconds, stop, digest, steps_per_epoch,
+                )  # fmt: skip
+        results = [_finish_run(data, config, activation, run, digest) for run in runs]
+    for run, result in zip(runs, results, strict=True):
+        result["config_digest"] = digest
+        atomic_write_json(run.paths.result, result)
+    return results
+
+
+def _train_group(
+    data: DeviceData,
+    config: ExperimentConfig,
+    activation: str,
+    group: list[_Run],
+    stacked: bool,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None,
+    checkpoint_seconds: float,
+    stop: Callable[[], bool] | None,
+    digest: str,
+    steps_per_epoch: int,
+) -> None:
+    """Train runs that resume at the same point to the end: as one stacked model, or (one
+    run) alone. Each diverged run leaves with its reason in ``diverged_reason``."""
     device = data.x_train.device
     cfg = config.train
-    digest = config_digest(config.to_dict()) if digest is None else digest
-    model = build_model(
-        config.model,
-        activation,
-        config.dropout_for(activation),
-        tuple(data.x_train.shape[1:]),
-        data.num_classes,
-        seed,
-    ).to(device)
-    optimizer = make_optimizer(model.parameters(), cfg)
-    torch.manual_seed(seed)  # dropout masks
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
     n = len(data.x_train)
-    bs = cfg.batch_size
-    steps_per_epoch = len(batch_bounds(n, bs))
-    remove_temporary_files(paths.root)  # what a killed write left (the caller holds the lock)
-    ckpt = paths.load_checkpoint()  # on the CPU; load_state_dict moves it to the device
-    start_batch, sums, seconds_before = 0, None, 0.0
-    if ckpt is not None:
-        if ckpt.get("config_digest", digest) != digest:
-            raise RunDirError(
-                f"{paths.checkpoint} was written with other settings than the run directory's "
-                "config.json holds now (was it edited?); restore config.json, or delete "
-                f"{paths.root} to train this run again with the new settings"
-            )
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:  # same settings, another model: its code was edited
-            why = (str(exc).splitlines()[1:] or [str(exc)])[0].strip().rstrip(".")
-            raise RunDirError(
-                f"{paths.checkpoint} does not fit the model built now ({why}); was the model's "
-                f"code (a --model factory) edited since the run started? restore it, or delete "
-                f"{paths.root} to train this run again"
-            ) from None
-        optimizer.load_state_dict(ckpt["optimizer"])
-        _set_rng_state(ckpt["rng"], device)
-        start_batch = int(ckpt.get("batch", 0))
-        if start_batch:
-            sums = (ckpt["loss_sum"], ckpt["correct"])
-            seconds_before = float(ckpt.get("seconds", 0.0))
-        history = paths.truncate_metrics(ckpt["epoch"])
-        resume_step = ckpt["epoch"] * steps_per_epoch + start_batch
-        paths.check_records(resume_step)
-        paths.truncate_records(resume_step)
-        start_epoch = ckpt["epoch"] + 1
+    engine: Any
+    if stacked:
+        engine = StackedRuns(
+            [r.model for r in group], [r.optimizer for r in group], [r.rng for r in group],
+            lambda params: make_optimizer(params, cfg),
+        )  # fmt: skip
     else:
-        paths.reset()
-    for row in history:
-        if on_epoch:
-            on_epoch(row)
-
-    start_step = (start_epoch - 1) * steps_per_epoch + start_batch
-    recorder = _recorder(model, config, paths, start_step, steps_per_epoch)
-    sinks = recorder.sinks if recorder is not None else []
-    board = next((k for k in sinks if isinstance(k, TensorBoardSink)), None)
-    diverged_reason = None
+        (run,) = group
+        _set_rng_state(run.rng, device)  # the dropout masks' stream
+        engine = _Single(run.model, run.optimizer)
+    active = list(group)
     last_save = time.perf_counter()
 
-    def checkpoint(epoch: int, **extra: Any) -> None:
-        paths.save_checkpoint(
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(device),
-                "config_digest": digest,
-                **extra,
-            }
-        )
+    def checkpoint(runs: list[_Run], epoch: int, **extra: Any) -> None:
+        engine.sync()
+        for k, run in enumerate(runs):
+            more = {key: v[k] if key in ("loss_sum", "correct") else v for key, v in extra.items()}
+            run.paths.save_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": run.model.state_dict(),
+                    "optimizer": run.optimizer.state_dict(),
+                    "rng": engine.rng_states[k] if stacked else _rng_state(device),
+                    "config_digest": digest,
+                    **more,
+                }
+            )
 
-    with recorder if recorder is not None else nullcontext():
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            t0 = time.perf_counter() - seconds_before
-            perm = epoch_permutation(n, seed, epoch).to(device)
-            try:
-                train_loss, train_acc = train_epoch(
-                    model, optimizer, data.x_train, data.y_train, perm, bs, recorder,
-                    start_batch=start_batch, sums=sums, stop=stop,
-                    clip_grad_norm=cfg.clip_grad_norm,
-                )  # fmt: skip
-            except StopTraining as st:
-                if recorder is not None:
-                    recorder.flush()  # the records of the steps done, before the checkpoint
-                extra = {"batch": st.batch, "loss_sum": st.loss_sum, "correct": st.correct}
-                checkpoint(epoch - 1, **extra, seconds=time.perf_counter() - t0)
-                signum = getattr(stop, "signum", None) or 2
-                raise Interrupted(
-                    f"{activation} seed {seed} stopped in epoch {epoch} after step "
-                    f"{st.batch} of {steps_per_epoch}; its state is saved",
-                    signum,
-                ) from None
-            start_batch, sums, seconds_before = 0, None, 0.0
-            seconds = time.perf_counter() - t0
-            if recorder is not None:
-                recorder.flush()  # this epoch's chunk, before the checkpoint that covers it
-            if not math.isfinite(train_loss):
-                diverged_reason = f"non-finite training loss ({train_loss}) in epoch {epoch}"
-                break
+    start_epoch, start_batch = group[0].start_epoch, group[0].start_batch
+    sums = None
+    if start_batch:
+        sums = tuple(torch.stack([r.sums[i].reshape(()) for r in group]) for i in (0, 1))
+    seconds_before = group[0].seconds_before
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter() - seconds_before
+        perms = torch.stack([epoch_permutation(n, r.seed, epoch) for r in active]).to(device)
+        recorders = [r.recorder for r in active if r.recorder is not None]
+        try:
+            loss_sum, correct = _epoch(
+                engine, data.x_train, data.y_train, perms, cfg.batch_size, recorders, None,
+                start_batch, sums, stop, cfg.clip_grad_norm,
+            )  # fmt: skip
+        except StopTraining as st:
+            for recorder in recorders:
+                recorder.flush()  # the records of the steps done, before the checkpoint
+            extra = {"batch": st.batch, "loss_sum": st.loss_sum, "correct": st.correct}
+            checkpoint(active, epoch - 1, **extra, seconds=time.perf_counter() - t0)
+            seeds = ", ".join(str(r.seed) for r in active)
+            signum = getattr(stop, "signum", None) or 2
+            raise Interrupted(
+                f"{activation} seed{'s' if len(active) > 1 else ''} {seeds} stopped in epoch "
+                f"{epoch} after step {st.batch} of {steps_per_epoch}; its state is saved",
+                signum,
+            ) from None
+        start_batch, sums, seconds_before = 0, None, 0.0
+        seconds = (time.perf_counter() - t0) / len(active)
+        for recorder in recorders:
+            recorder.flush()  # this epoch's chunk, before the checkpoint that covers it
+        train_loss = (loss_sum.double() / n).tolist()
+        train_acc = (correct.double() / n).tolist()
+        gone = set()
+        for k, run in enumerate(active):
+            if not math.isfinite(train_loss[k]):
+                run.diverged_reason = f"non-finite training loss ({train_loss[k]}) in epoch {epoch}"
+                gone.add(k)
+        if gone:
+            engine = engine.without(gone) if stacked else None
+            active = [r for k, r in enumerate(active) if k not in gone]
+            train_loss = [v for k, v in enumerate(train_loss) if k not in gone]
+            train_acc = [v for k, v in enumerate(train_acc) if k not in gone]
+            if not active:
+                return
+        rows = []
+        for k, run in enumerate(active):
+            model = engine.model(k)
             val_loss, val_acc = evaluate(model, data.x_val, data.y_val)
             row = {
                 "epoch": epoch,
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
+                "train_loss": train_loss[k],
+                "train_accuracy": train_acc[k],
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "epoch_seconds": seconds,
             }
             if cfg.test_every_epoch:
                 row["test_loss"], row["test_accuracy"] = evaluate(model, data.x_test, data.y_test)
-            paths.append_metrics(row)
-            history.append(row)
-            if board is not None:  # on the step axis of the records: the epoch's last step
-                board.write_scalars(
-                    {"train/loss": train_loss, "train/accuracy": train_acc,
+            run.paths.append_metrics(row)
+            run.history.append(row)
+            if run.board is not None:  # on the step axis of the records: the epoch's last step
+                run.board.write_scalars(
+                    {"train/loss": row["train_loss"], "train/accuracy": row["train_accuracy"],
                      "val/loss": val_loss, "val/accuracy": val_acc},
                     epoch * steps_per_epoch - 1,
                 )  # fmt: skip
-            now = time.perf_counter()
-            if epoch == cfg.epochs or now - last_save >= checkpoint_seconds:
-                checkpoint(epoch)
-                last_save = now
-            if on_epoch:
-                on_epoch(row)
+            rows.append(row)
+        now = time.perf_counter()
+        if epoch == cfg.epochs or now - last_save >= checkpoint_seconds:
+            checkpoint(active, epoch)
+            last_save = now
+        if on_epoch:
+            for run, row in zip(active, rows, strict=True):
+                on_epoch(run.seed, row)
+    engine.sync()  # each run's own model holds its final weights
 
-        result: dict[str, Any] = {
-            "activation": activation,
-            "seed": seed,
-            "epochs_completed": len(history),
-            "diverged": diverged_reason is not None,
-            "diverged_reason": diverged_reason,
-        }
-        if diverged_reason is None:
-            test = evaluate(model, data.x_test, data.y_test)
-            result["test_loss"], result["test_accuracy"] = test
-            if board is not None:
-                board.write_scalars({"test/loss": test[0], "test/accuracy": test[1]},
-                                    cfg.epochs * steps_per_epoch - 1)  # fmt: skip
-        else:
-            result["test_loss"] = result["test_accuracy"] = None
-    result["config_digest"] = digest
-    atomic_write_json(paths.result, result)
+
+def _finish_run(
+    data: DeviceData, config: ExperimentConfig, activation: str, run: _Run, digest: str
+) -> dict[str, Any]:
+    """A trained run's result: its test score (none when it diverged)."""
+    result: dict[str, Any] = {
+        "activation": activation,
+        "seed": run.seed,
+        "epochs_completed": len(run.history),
+        "diverged": run.diverged_reason is not None,
+        "diverged_reason": run.diverged_reason,
+    }
+    if run.diverged_reason is None:
+        test = evaluate(run.model, data.x_test, data.y_test)
+        result["test_loss"], result["test_accuracy"] = test
+        if run.board is not None:
+            steps = len(batch_bounds(len(data.x_train), config.train.batch_size))
+            run.board.write_scalars({"test/loss": test[0], "test/accuracy": test[1]},
+                                    config.train.epochs * steps - 1)  # fmt: skip
+    else:
+        result["test_loss"] = result["test_accuracy"] = None
     return result
 
 
@@ -483,217 +669,3 @@ def _recorder(
     return ActivationRecorder(
         model, rc, sinks=sinks, start_step=start_step, steps_per_epoch=steps_per_epoch
     )
-
-
-def compare(
-    config: ExperimentConfig,
-    out_dir: str,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    dataset: Dataset | None = None,
-    checkpoint_seconds: float = CHECKPOINT_SECONDS,
-    stop: Callable[[], bool] | None = None,
-) -> dict[str, Any]:
-    """Train every variant for every seed, one after another in this process; write summary.
-
-    Finished runs (``result.json`` present) are skipped on ``resume``; an interrupted run
-    continues from its last checkpoint. The folder is locked for the whole call
-    (:class:`~selfnorm.locking.RunLock`: a second process is refused). Every run's files are
-    checked before anything trains (:class:`~selfnorm.storage.RunDirError` names a damaged or
-    edited one). Ctrl-C or SIGTERM stops after the current step with everything saved
-    (:func:`~selfnorm.interrupts.graceful_stop`, raising
-    :class:`~selfnorm.interrupts.Interrupted`); ``stop`` replaces those signal handlers with
-    a caller's own test (a sweep's workers get theirs from the parent).
-
-    Returns:
-        The summary dict, also written to ``out_dir/summary.json``.
-    """
-    from tqdm.auto import tqdm
-
-    _check_checkpoint_seconds(checkpoint_seconds)  # before anything is written
-    run_dir = RunDir(out_dir)
-    device = resolve_device(config.train.device)
-    if config.record.enabled and config.record.tensorboard:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ValueError(
-                "--tensorboard needs the tensorboard package: pip install 'selfnorm[tensorboard]' "
-                "(or drop --tensorboard; the records are stored in the run directory anyway)"
-            )
-
-    def say(text: str) -> None:  # what the slow steps before training are doing
-        if progress:
-            print(text, file=sys.stderr, flush=True)
-
-    ds = dataset
-    if ds is None:
-        say(f"loading {config.data.dataset} ...")
-        ds = load_dataset(config.data, progress=progress)
-        say(f"  {len(ds.x_train)} training, {len(ds.x_val)} validation, {len(ds.x_test)} test "
-            f"samples of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")  # fmt: skip
-    if config.model.kind == "mlp":
-        m = config.model
-        widths = layer_widths(m.depth, m.width, ds.num_classes, m.shape)
-        check_fits(
-            mlp_training_bytes(widths, math.prod(ds.input_shape), ds.num_classes),
-            f"training the MLP ({m.depth} hidden layers of {m.width})",
-            "choose a smaller --width or --depth",
-            device,
-        )
-
-    # Every variant's initial model (first seed) is built before anything is written, so a model
-    # that cannot be built fails cleanly; each is audited on a batch of the training data.
-    # a variant with its own input scaling gets the same splits scaled its way (one per mode)
-    def scaling(activation: str) -> str | None:
-        return config.standardize_by_activation.get(activation)
-
-    scaled = {
-        mode: ds if mode is None else restandardize(ds, mode)
-        for mode in dict.fromkeys(map(scaling, config.activations))
-    }
-    say(f"auditing each variant's initial model on {min(AUDIT_BATCH, len(ds.x_train))} "
-        "training samples ...")  # fmt: skip
-
-    def sample(activation: str) -> torch.Tensor:
-        x = scaled[scaling(activation)].x_train[:AUDIT_BATCH]
-        return torch.from_numpy(np.ascontiguousarray(x))
-
-    findings = {
-        activation: [
-            f.to_dict()
-            for f in audit(
-                build_model(
-                    config.model, activation, config.dropout_for(activation), ds.input_shape,
-                    ds.num_classes, config.seeds[0],
-                ),
-                sample(activation),
-            )
-            # a ReLU variant is meant to have no SELU: no news there (a SELU one still hears)
-            if f.kind != "no_selu" or get_spec(activation).family.selu is not None
-        ]
-        for activation in config.activations
-    }  # fmt: skip
-
-    def normalize(stored: dict[str, Any]) -> dict[str, Any]:  # fields added since, defaulted
-        return experiment_from_dict(stored).to_dict()
-
-    # refusals before the lock (which would touch the folder), and again under it
-    run_dir.check_prepare(config.to_dict(), resume, overwrite, normalize)
-    lock = RunLock(run_dir.root, "compare").acquire()
-    try:
-        run_dir.prepare(
-            config.to_dict(),
-            resume=resume,
-            overwrite=overwrite,
-            normalize=normalize,
-        )
-        # each run stores the digest of config.json as written, not as read by this version
-        # (which may add fields with defaults): an edit is caught, an upgrade is not refused
-        digest = config_digest(read_json(run_dir.config))
-        _check_runs(
-            run_dir, config, digest, len(batch_bounds(len(ds.x_train), config.train.batch_size))
-        )
-    except BaseException:
-        lock.abandon()  # a refused start leaves nothing behind
-        raise
-    with lock, nullcontext(stop) if stop is not None else graceful_stop() as stop:
-        atomic_write_json(run_dir.root / "audit.json", findings)
-        on_device = {mode: DeviceData.from_dataset(d, device) for mode, d in scaled.items()}
-        results: dict[str, list[dict[str, Any]]] = {}
-        histories: dict[str, list[list[dict[str, Any]]]] = {}
-        n_seeds, total = len(config.seeds), config.train.epochs * len(config.seeds)
-        unit = "epochs" if n_seeds == 1 else f"epochs ({n_seeds} seeds x {config.train.epochs})"
-        for activation in config.activations:
-            if progress and not sys.stderr.isatty():  # a log file: plain lines, no \r frames
-                bar: Any = _LineProgress(total, activation, unit)
-            else:
-                bar = tqdm(total=total, desc=f"{activation:>10}", disable=not progress,
-                           leave=True, unit="ep")  # fmt: skip
-            for seed in config.seeds:
-                paths = run_dir.run(activation, seed)
-                if paths.result.exists():
-                    result = paths.read_result()
-                    bar.update(config.train.epochs)
-                else:
-
-                    def on_epoch(row: dict[str, Any], seed: int = seed, bar=bar) -> None:
-                        bar.update(1)
-                        bar.set_postfix(seed=seed, val_acc=f"{row['val_accuracy']:.4f}")
-
-                    try:
-                        result = train_run(
-                            on_device[scaling(activation)], config, activation, seed, paths,
-                            on_epoch, checkpoint_seconds, stop, digest,
-                        )  # fmt: skip
-                    except Interrupted:
-                        bar.close()
-                        raise
-                    if result["diverged"]:
-                        bar.update(config.train.epochs - result["epochs_completed"])
-                results.setdefault(activation, []).append(result)
-                histories.setdefault(activation, []).append(read_jsonl(paths.metrics))
-            bar.close()
-        summary = summarize(config, results, histories, device=str(device), dataset=ds)
-        atomic_write_json(run_dir.summary, summary)
-    return summary
-
-
-class _LineProgress:
-    """The part of tqdm's interface that :func:`compare` uses, as plain lines on stderr: at most
-    one every :attr:`EVERY` seconds, and one at the end (for output redirected to a file)."""
-
-    EVERY = 10.0
-
-    def __init__(self, total: int, name: str, unit: str = "epochs") -> None:
-        self.total, self.name, self.unit, self.n = total, name, unit, 0
-        self.postfix: dict[str, Any] = {}
-        self.t0 = self.last = time.perf_counter()
-        self.printed = -1
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def set_postfix(self, **postfix: Any) -> None:
-        self.postfix = postfix
-        if time.perf_counter() - self.last >= self.EVERY:
-            self._line()
-
-    def _line(self) -> None:
-        self.last = time.perf_counter()
-        self.printed = self.n
-        extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        print(f"{self.name}: {self.n}/{self.total} {self.unit}{extra} "
-              f"({self.last - self.t0:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
-
-    def close(self) -> None:
-        if self.printed != self.n:
-            self._line()
-
-
-def _check_runs(
-    run_dir: RunDir, config: ExperimentConfig, digest: str, steps_per_epoch: int
-) -> None:
-    """Before training anything, every run's files must be usable: finished runs trained with
-    these settings (``digest``), checkpoints readable (a damaged one falls back to the
-    previous one), metrics without damaged lines, the records a resume keeps readable. Raises
-    :class:`~selfnorm.storage.RunDirError` naming the file."""
-    for activation in config.activations:
-        for seed in config.seeds:
-            paths = run_dir.run(activation, seed)
-            if not paths.root.exists():
-                continue
-            if paths.result.exists():
-                got = paths.read_result().get("config_digest", digest)
-                if got != digest:
-                    raise RunDirError(
-                        f"{paths.result}: this run was trained with other settings than "
-                        f"{run_dir.config} holds now (was it edited?); restore config.json, or "
-                        f"start again with --overwrite"
-                    )
-                continue
-            read_jsonl(paths.metrics)
-            ckpt = paths.load_checkpoint()
-            if ckpt is not None:
-                paths.check_records(ckpt["epoch"] * steps_per_epoch + int(ckpt.get("batch", 0)))

@@ -107,6 +107,11 @@ def test_labelled_variants_with_their_own_dropout_and_input_scaling(tmp_path, ca
         (["--dataset", "imagenet"], "imagenet"),
         (["--record-every", "0"], "record.every=0 must be an integer >= 1"),
         (["--no-record", "--tensorboard"], "drop --no-record or --tensorboard"),
+        (["--stack", "1"], "stack='1'; choose auto, off, or the most runs per stack (>= 2)"),
+        (
+            ["--stack", "2", "--activations", "selu,relu+bn"],
+            "--stack 2: variant relu+bn cannot train stacked: layer bn1 (BatchNorm1d)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
@@ -327,3 +332,34 @@ def test_the_summary_names_the_dropout_each_model_kind_uses():
     # a CNN drops whole channels (spec.feature_dropout)
     assert "selu: lecun_normal init, feature_alpha_dropout 0.1" in cnn
     assert "relu: he_normal init, dropout2d 0.1" in cnn
+
+
+def test_stack_refuses_a_cnn_with_one_line(tmp_path, capsys):
+    out = tmp_path / "never"
+    args = ["--epochs", "1", "--seeds", "0,1", "--quiet", "--stack", "2", "--model", "cnn"]
+    assert main(["compare", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--stack 2: variant selu cannot train stacked: " in err and "--stack auto" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_stack_says_which_mode_ran_in_the_summary_and_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--depth", "2", "--width", "32", "--epochs", "2", "--seeds", "0,1", "--quiet"]
+    assert main(["compare", *args, "--activations", "selu,relu+bn", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stacking"]["selu"] == {
+        "mode": "sequential",
+        "runs_per_stack": 1,
+        "requested": "auto",
+    }  # two seeds on a CPU: auto trains them one after another
+    assert "one run at a time" in (out / "summary.md").read_text()
+    out = tmp_path / "stacked"
+    assert main(["compare", *args, "--stack", "2", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {v["runs_per_stack"] for v in summary["stacking"].values()} == {2}
+    text = (out / "summary.md").read_text()
+    assert "seeds stacked: selu 2 per model; relu 2 per model; lrelu 2 per model" in text
+    alone = json.loads((tmp_path / "run" / "summary.json").read_text())["variants"]["selu"]
+    for a, b in zip(summary["variants"]["selu"]["runs"], alone["runs"], strict=True):
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.02)

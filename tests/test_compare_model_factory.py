@@ -15,11 +15,12 @@ from torch import nn
 
 from selfnorm import SELU, AlphaDropout
 from selfnorm.cli import main
+from selfnorm.comparing import compare
 from selfnorm.config import FactoryConfig, experiment_from_dict
 from selfnorm.interrupts import Interrupted
 from selfnorm.records import read_records
 from selfnorm.storage import RunDir, read_jsonl
-from selfnorm.training import build_model, compare
+from selfnorm.training import build_model
 
 RESMLP = """
 from collections import OrderedDict

@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import assert_same_records
 
+from selfnorm.comparing import compare
 from selfnorm.config import ExperimentConfig, MlpConfig, TrainConfig, experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
 from selfnorm.records import read_records
 from selfnorm.storage import RunDir, read_jsonl
-from selfnorm.training import compare, epoch_permutation, make_optimizer
+from selfnorm.training import epoch_permutation, make_optimizer
 
 SMALL = {
     "model": {"depth": 2, "width": 32},

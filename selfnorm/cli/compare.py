@@ -124,6 +124,7 @@ def _compare_overrides(args: argparse.Namespace) -> dict:
             "batch_size": args.batch_size,
             "epochs": args.epochs,
             "device": args.device,
+            "stack": args.stack,
         },
         "record": {
             "every": args.record_every,
@@ -287,8 +288,9 @@ def _check_model_flags(given: dict, model: Mapping) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from selfnorm.comparing import compare
     from selfnorm.tables import comparison_table
-    from selfnorm.training import CHECKPOINT_SECONDS, compare
+    from selfnorm.training import CHECKPOINT_SECONDS
 
     if args.resume and args.overwrite:
         raise CliError("pass either --resume or --overwrite, not both")
@@ -409,6 +411,12 @@ def register(sub) -> None:
         choices=["auto", "cpu", "cuda"],
         default=None,
         help="auto (default): cuda when torch sees a GPU, else cpu",
+    )
+    g.add_argument(
+        "--stack",
+        metavar="auto|off|K",
+        help="train a variant's seeds as one stacked model: auto (default: on a GPU, or 4+ "
+        "seeds on a CPU, where it is faster), off, or at most K runs per stack",
     )
     g = p.add_argument_group("recording (activation statistics per layer, runs/*/seed*/records)")
     g.add_argument(

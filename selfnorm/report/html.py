@@ -26,6 +26,7 @@ from selfnorm._io import atomic_write_text
 from selfnorm.records import read_records
 from selfnorm.report import plots
 from selfnorm.storage import RunDir, read_jsonl
+from selfnorm.summary import stacking_text
 from selfnorm.tables import comparison_table, render
 
 __all__ = [
@@ -446,6 +447,8 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         f"{size('train')} training / {size('val')} validation / {size('test')} test samples, "
         f"{len(config['seeds'])} seed(s), device {summary.get('device', '?')}"
     )
+    if stacking_text(summary):
+        sub += f", {stacking_text(summary)}"
     fig_html = figures_html(figures)
     if not records:
         fig_html += (

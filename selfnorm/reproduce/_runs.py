@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from selfnorm._io import atomic_write_json
+from selfnorm.comparing import compare
 from selfnorm.data import Dataset
 from selfnorm.storage import RunDir
-from selfnorm.training import compare
 
 
 def compare_runs(

@@ -13,7 +13,7 @@ clipped at global norm 20, pixels / 255. As written it carries three confounds:
 * the activation applied to the logits too (``fc(c_5, n, ..., activation_fn)``).
 
 Its weights are truncated-normal std 0.02 (conv) and Glorot uniform (fully connected) for every
-activation, with zero biases. :func:`~selfnorm.training.compare` runs, same seeds and batches:
+activation, with zero biases. :func:`~selfnorm.comparing.compare` runs, same seeds and batches:
 ``as-written/``; one per confound (:data:`ABLATIONS`: the network as written with that one
 choice undone, for the variants it touches); and ``corrected/`` (each activation's own init,
 alpha dropout for SELU, no BatchNorm for anyone, linear logits, standardized inputs). The top

@@ -11,7 +11,7 @@ SELU + ``AlphaDropout(0.1)`` and ReLU + ``Dropout(0.2)``. As written it
   so an epoch or a model picked on it is picked on the test set, and the printed test accuracy
   (SELU 0.9818, ReLU 0.9846) is no longer an unbiased estimate.
 
-Two :func:`~selfnorm.training.compare` runs, same seeds: ``as-written/`` (the test set as the
+Two :func:`~selfnorm.comparing.compare` runs, same seeds: ``as-written/`` (the test set as the
 validation data, all 60,000 training images) and ``corrected/`` (LeCun for SELU, He for ReLU,
 standardized inputs, a validation split carved from train, the test set scored every epoch
 only to show what picking on it would report). The top page holds both side by side: the final

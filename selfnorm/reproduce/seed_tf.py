@@ -12,7 +12,7 @@ The seed's 784-512x4-10 SELU network (Adam lr 1e-3, batch 100, MNIST) carries th
   does pass ``training=True`` meets the second bug: the inner function's parameter is a drop
   *rate*, and it receives ``keep_prob`` 0.7, so 70% of the units are dropped.
 
-Three variants, one :func:`~selfnorm.training.compare` run (same data, seeds and batches):
+Three variants, one :func:`~selfnorm.comparing.compare` run (same data, seeds and batches):
 
 ========================================  =============================================
 ``as-written=selu@seed-tf``               the network as written: no dropout, [0, 1] inputs
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from selfnorm._io import atomic_write_json
+from selfnorm.comparing import compare
 from selfnorm.config import experiment_from_dict
-from selfnorm.training import compare
 
 __all__ = ["SEED_TF_PRINTED", "SEED_TF_VARIANTS", "run_seed_tf", "seed_tf_config"]
 
