@@ -8,7 +8,8 @@ reported: medians and the median of the per-round ratios sequential/stacked.
    (training, per-epoch evaluation, metrics, records every 50 steps, checkpoints):
    - ``digits``: the default ``compare`` net, 64-512x4-10 SELU, batch 128, ``--epochs``;
    - ``seed_tf``: the seed-tf net, 784-512x4-10 SELU with alpha dropout 0.05, batch 100, Adam
-     1e-3, on ``--train-samples`` MNIST training images for one epoch.
+     1e-3, on ``--train-samples`` MNIST training images (and the same share of the validation
+     and test splits) for one epoch.
 2. ``compare_default``: the default ``selfnorm compare`` (digits; selu, relu, lrelu; seeds 0, 1,
    2; 30 epochs), end to end through :func:`selfnorm.comparing.compare` (loading aside), with
    ``--stack off`` against ``--stack 3``.
@@ -110,8 +111,12 @@ def main() -> None:
             ds = load_dataset(data_cfg, progress=False)
             epochs = args.epochs
             if net == "seed_tf":
-                n = min(args.train_samples, len(ds.y_train))
-                ds = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
+                share = min(args.train_samples, len(ds.y_train)) / len(ds.y_train)
+                ds = dataclasses.replace(  # the same share of every split: evaluation keeps
+                    ds, **{f"{a}_{split}": getattr(ds, f"{a}_{split}")[: round(share * len(
+                        getattr(ds, f"y_{split}")))] for a in "xy" for split in
+                        ("train", "val", "test")},  # its weight of a whole epoch
+                )  # fmt: skip
                 epochs = 1
             data = DeviceData.from_dataset(ds, device)
             config = experiment_from_dict(

@@ -254,7 +254,7 @@ class TrainConfig:
     TensorFlow's ``clip_gradients``."""
     stack: str | int = "auto"
     """Train a variant's seeds as one stacked model (:mod:`selfnorm.stacked`): ``auto``
-    (where measured faster: a GPU, or 4+ runs on a CPU, and the model can be stacked), ``off``
+    (where measured faster: a GPU, or 8+ runs on a CPU, and the model can be stacked), ``off``
     (one run after another), or the most runs per stack, >= 2."""
     test_every_epoch: bool = False
     """Also score the test split after every epoch (``test_loss``, ``test_accuracy`` in each

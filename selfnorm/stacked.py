@@ -47,10 +47,12 @@ from selfnorm.dropout import AlphaDropout
 
 __all__ = ["StackedMLP", "StackedRuns", "seeded_rng_state", "stack_size", "unstackable"]
 
-AUTO_CPU_MIN_RUNS = 4
-"""``auto`` stacks on a CPU only groups of at least this many runs: measured on 2 cores
-(``bench/stacked_step.py``, docs/benchmarks.md), three stacked runs step 0.93-1.23x as fast
-as three sequential ones (noise), eight 1.2-1.5x."""
+AUTO_CPU_MIN_RUNS = 8
+"""``auto`` stacks on a CPU only groups of at least this many runs. Measured on 2 cores
+(docs/benchmarks.md): whole runs of three seeds train 0.84-0.97x as fast stacked as one
+after another (slower), of eight 1.08-1.18x (``bench/stacked_runs.py``); a bare step gains
+1.1-1.2x at four runs and 1.45-1.5x at eight (``bench/stacked_step.py``), the rest goes to
+evaluation and the recorded steps, which each run takes through its own model."""
 
 
 class StackedMLP(nn.Module):
@@ -185,8 +187,8 @@ def stack_size(stack: str | int, device: torch.device, runs: int) -> int:
     """How many runs of a variant train as one stacked model under ``train.stack``.
 
     ``off``: 1 (one run after another). An integer: at most that many. ``auto``: all of them
-    on a GPU (small MLPs are launch-bound there); on a CPU all of them from
-    :data:`AUTO_CPU_MIN_RUNS` runs up, else 1.
+    on a GPU (small MLPs are launch-bound there: the published expectation, not yet measured
+    here); on a CPU all of them from :data:`AUTO_CPU_MIN_RUNS` runs up, else 1.
 
     Example:
         >>> stack_size("auto", torch.device("cpu"), 3), stack_size("auto", torch.device("cpu"), 8)

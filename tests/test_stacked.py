@@ -200,7 +200,7 @@ def test_a_diverging_run_stops_alone_and_the_others_go_on_unchanged(data, tmp_pa
 
 def test_the_stack_choice():
     cpu, cuda = CPU, torch.device("cuda")
-    assert [stack_size("auto", cpu, k) for k in (1, 3, 4, 8)] == [1, 1, 4, 8]
+    assert [stack_size("auto", cpu, k) for k in (1, 3, 7, 8, 9)] == [1, 1, 1, 8, 9]
     assert stack_size("auto", cuda, 3) == 3 and stack_size("off", cuda, 3) == 1
     assert stack_size(2, cpu, 3) == 2 and stack_size(8, cpu, 3) == 3
     assert TrainConfig(stack="4").stack == 4 and TrainConfig(stack="OFF").stack == "off"

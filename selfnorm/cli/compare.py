@@ -415,7 +415,7 @@ def register(sub) -> None:
     g.add_argument(
         "--stack",
         metavar="auto|off|K",
-        help="train a variant's seeds as one stacked model: auto (default: on a GPU, or 4+ "
+        help="train a variant's seeds as one stacked model: auto (default: on a GPU, or 8+ "
         "seeds on a CPU, where it is faster), off, or at most K runs per stack",
     )
     g = p.add_argument_group("recording (activation statistics per layer, runs/*/seed*/records)")
