@@ -11,7 +11,11 @@ dropout 0.3). Blocks of ``--steps`` steps alternate (rotating order) over ``--ro
 after a warm-up; reported: the median ms per step of K runs and the ratio sequential/stacked.
 With ``--json`` the last line is an object keyed ``<net>_k<K>_speedup``.
 
-    python bench/stacked_step.py [--rounds 7] [--steps 30] [--threads 2] [--json]
+With ``--products`` it times instead the batched product alone: one 512x512 layer's forward
+and backward for K = 8 runs at batch 100, as eight ``selfnorm.linear`` oneDNN products, one
+``torch.baddbmm``, and one grouped 1x1 convolution (oneDNN's convolution, ``groups=8``).
+
+    python bench/stacked_step.py [--rounds 7] [--steps 30] [--threads 2] [--json] [--products]
 """
 
 from __future__ import annotations
@@ -67,14 +71,52 @@ def _setup(net: str, k: int):
     return {"sequential": sequential, "stacked": together}
 
 
+def _products(rounds: int, steps: int) -> None:
+    from selfnorm.linear import Linear
+
+    k, b, n = 8, 100, 512
+    g = torch.Generator().manual_seed(0)
+    layers = [Linear(n, n) for _ in range(k)]
+    xs = [torch.randn(b, n, generator=g, requires_grad=True) for _ in range(k)]
+    xb = torch.randn(k, b, n, generator=g, requires_grad=True)
+    wb = torch.randn(k, n, n, generator=g, requires_grad=True)
+    bb = torch.zeros(k, 1, n, requires_grad=True)
+    xc = torch.randn(b, k * n, 1, 1, generator=g, requires_grad=True)
+    wc = torch.randn(k * n, n, 1, 1, generator=g, requires_grad=True)
+    bc = torch.zeros(k * n, requires_grad=True)
+    ways = {
+        "8 oneDNN products": lambda: [
+            m(x).sum().backward() for m, x in zip(layers, xs, strict=True)
+        ],
+        "baddbmm": lambda: torch.baddbmm(bb, xb, wb).sum().backward(),
+        "grouped 1x1 conv": lambda: TF.conv2d(xc, wc, bc, groups=k).sum().backward(),
+    }
+    times: dict[str, list[float]] = {w: [] for w in ways}
+    for f in ways.values():
+        f()
+    for r in range(rounds):
+        names = list(ways)
+        for w in names[r % 3 :] + names[: r % 3]:
+            t = time.perf_counter()
+            for _ in range(steps):
+                ways[w]()
+            times[w].append((time.perf_counter() - t) / steps * 1e3)
+    for w, v in times.items():
+        print(f"{w:>18}: {statistics.median(v):6.2f} ms (forward + backward, K=8 x 512x512)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=30, help="steps per timed block")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--products", action="store_true", help="time the batched product alone")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.products:
+        _products(args.rounds, args.steps)
+        return
     result: dict[str, float] = {}
     for net in NETS:
         for k in (3, 8):
