@@ -248,6 +248,13 @@ class RunPaths:
             )
         return None
 
+    def load_previous_checkpoint(self) -> dict[str, Any] | None:
+        """``checkpoint.prev.pt`` when it is good, else None: the state one checkpoint before
+        the newest (a stack of runs steps a run back to it to stay together on resume)."""
+        if not self.previous_checkpoint.exists():
+            return None
+        return _load_state(self.previous_checkpoint)[0]
+
     def check_records(self, before_step: int) -> None:
         """Every record chunk a resume keeps (steps before ``before_step``) must be readable.
 

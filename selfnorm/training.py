@@ -344,9 +344,11 @@ class _Run:
 
 def _open_run(
     data: DeviceData, config: ExperimentConfig, activation: str, seed: int, paths: RunPaths,
-    digest: str, steps_per_epoch: int,
+    digest: str, steps_per_epoch: int, checkpoint: str = "latest",
 ) -> _Run:  # fmt: skip
-    """Build a run's model and optimizer, and load its checkpoint (or reset its folder)."""
+    """Build a run's model and optimizer, and load its checkpoint (or reset its folder):
+    ``checkpoint`` is ``latest`` (the newest good one), ``previous`` (the one before it) or
+    ``none`` (start afresh)."""
     device = data.x_train.device
     model = build_model(
         config.model,
@@ -359,7 +361,8 @@ def _open_run(
     optimizer = make_optimizer(model.parameters(), config.train)
     run = _Run(seed, paths, model, optimizer, seeded_rng_state(seed, device), [])
     remove_temporary_files(paths.root)  # what a killed write left (the caller holds the lock)
-    ckpt = paths.load_checkpoint()  # on the CPU; load_state_dict moves it to the device
+    ckpt = {"latest": paths.load_checkpoint, "previous": paths.load_previous_checkpoint,
+            "none": lambda: None}[checkpoint]()  # on the CPU; load_state_dict moves it  # fmt: skip
     if ckpt is None:
         paths.reset()
         return run
@@ -448,7 +451,9 @@ def train_runs(
     checkpoint (in the same format: a stacked run can resume alone, and the other way) and
     result. Their numbers equal the runs alone within float32 rounding (the batched products
     sum in another order); ``epoch_seconds`` is the stacked epoch's time divided by the runs
-    in it. Runs that resume at different points train in separate stacks.
+    in it. A crash between the checkpoint writes of a stack's runs leaves some of them one
+    checkpoint ahead: they resume from their previous one, so the stack forms again as it was
+    (runs further apart train in separate stacks).
 
     ``stop`` (e.g. the flag of :func:`selfnorm.interrupts.graceful_stop`) is asked before every
     step; once it says yes the runs flush their records, checkpoint exactly where they are
@@ -474,13 +479,22 @@ def train_runs(
         _open_run(data, config, activation, s, p, digest, steps_per_epoch)
         for s, p in zip(seeds, paths, strict=True)
     ]
+    size = max(stack, 1)
+    stacks = [runs[i : i + size] for i in range(0, len(runs), size)]
+    if stack > 1:
+        for members in stacks:
+            _align(members, data, config, activation, digest, steps_per_epoch)
+        runs = [run for members in stacks for run in members]
     if on_epoch:
         for run in runs:
             for row in run.history:
                 on_epoch(run.seed, row)
-    groups: dict[tuple[int, int], list[_Run]] = {}  # runs stack only at the same point
-    for run in runs:
-        groups.setdefault((run.start_epoch, run.start_batch), []).append(run)
+    groups: list[list[_Run]] = []  # runs stack only at the same point
+    for members in stacks:
+        at: dict[tuple[int, int], list[_Run]] = {}
+        for run in members:
+            at.setdefault((run.start_epoch, run.start_batch), []).append(run)
+        groups.extend(at.values())
     with ExitStack() as stack_of:
         for run in runs:
             run.recorder = _recorder(
@@ -491,17 +505,48 @@ def train_runs(
                 stack_of.enter_context(run.recorder)
                 sinks = run.recorder.sinks
                 run.board = next((k for k in sinks if isinstance(k, TensorBoardSink)), None)
-        for group in groups.values():
-            for i in range(0, len(group), max(stack, 1)):
-                _train_group(
-                    data, config, activation, group[i : i + max(stack, 1)], stack > 1,
-                    on_epoch, checkpoint_seconds, stop, digest, steps_per_epoch,
-                )  # fmt: skip
+        for group in groups:
+            _train_group(
+                data, config, activation, group, stack > 1, on_epoch, checkpoint_seconds, stop,
+                digest, steps_per_epoch,
+            )  # fmt: skip
         results = [_finish_run(data, config, activation, run, digest) for run in runs]
     for run, result in zip(runs, results, strict=True):
         result["config_digest"] = digest
         atomic_write_json(run.paths.result, result)
     return results
+
+
+def _position(ckpt: dict[str, Any] | None) -> tuple[int, int]:
+    """Where a run resumes from ``ckpt``: (epoch, steps done in it); (1, 0) for none."""
+    return (1, 0) if ckpt is None else (ckpt["epoch"] + 1, int(ckpt.get("batch", 0)))
+
+
+def _align(
+    members: list[_Run], data: DeviceData, config: ExperimentConfig, activation: str,
+    digest: str, steps_per_epoch: int,
+) -> None:  # fmt: skip
+    """Bring the runs of one stack back to one point where a crash split them.
+
+    The runs of a stack checkpoint together, one file after another, so a crash between two
+    of those writes leaves some runs one checkpoint ahead. They go back to their previous
+    checkpoint (or to the start, before the first one), so the stack forms again as it was:
+    a run's stacked numbers may differ in the last bit with the number of runs beside it
+    (MKL's batched product of small matrices), and resuming in another stack would not give
+    exactly the uninterrupted numbers."""
+    behind = min((r.start_epoch, r.start_batch) for r in members)
+    for i, run in enumerate(members):
+        if (run.start_epoch, run.start_batch) == behind:
+            continue
+        if behind == (1, 0):
+            choice = "none"
+        elif _position(run.paths.load_previous_checkpoint()) == behind:
+            choice = "previous"
+        else:
+            continue  # further apart than one crash leaves: train in separate stacks
+        members[i] = _open_run(
+            data, config, activation, run.seed, run.paths, digest, steps_per_epoch, choice
+        )
 
 
 def _train_group(
