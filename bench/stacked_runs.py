@@ -19,7 +19,7 @@ seconds per epoch as well. With ``--json`` the last line is an object with
 ``compare_default_speedup``, ``seed_tf_k8_speedup`` and ``<net>_k<K>_speedup``.
 
     python bench/stacked_runs.py --data-dir ../shared/data/mnist [--rounds 3] [--threads 2]
-        [--device cpu|cuda] [--skip-compare] [--json]
+        [--device cpu|cuda] [--skip-compare] [--no-record] [--json]
 """
 
 from __future__ import annotations
@@ -70,9 +70,11 @@ def _runs_once(config, data, k: int, stack: int, root: Path) -> float:
     return time.perf_counter() - t
 
 
-def _compare_once(ds, stack: str, root: Path, device: str) -> float:
+def _compare_once(ds, stack: str, root: Path, device: str, record: bool) -> float:
     shutil.rmtree(root, ignore_errors=True)
-    config = experiment_from_dict({"train": {"stack": stack, "device": device}})
+    config = experiment_from_dict(
+        {"train": {"stack": stack, "device": device}, "record": {"enabled": record}}
+    )
     t = time.perf_counter()
     compare(config, str(root), progress=False, dataset=ds)
     return time.perf_counter() - t
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5, help="digits epochs per run (default 5)")
     ap.add_argument("--train-samples", type=int, default=12000, help="seed_tf MNIST subset")
     ap.add_argument("--skip-compare", action="store_true", help="only the train_runs part")
+    ap.add_argument("--no-record", action="store_true", help="everything without records")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,7 +125,7 @@ def main() -> None:
             config = experiment_from_dict(
                 {**{k: v for k, v in spec.items() if k != "data"},
                  "train": {**spec["train"], "epochs": epochs, "device": args.device},
-                 "activations": ["selu"]}
+                 "activations": ["selu"], "record": {"enabled": not args.no_record}}
             )  # fmt: skip
             for k in (3, 8):
                 ways = {
@@ -144,8 +147,12 @@ def main() -> None:
         if not args.skip_compare:
             ds = load_dataset(DataConfig(), progress=False)
             ways = {
-                "off": lambda: _compare_once(ds, "off", work / "c", args.device),
-                "stack 3": lambda: _compare_once(ds, "3", work / "d", args.device),
+                "off": lambda: _compare_once(
+                    ds, "off", work / "c", args.device, not args.no_record
+                ),
+                "stack 3": lambda: _compare_once(
+                    ds, "3", work / "d", args.device, not args.no_record
+                ),
             }
             med, ratio = _interleaved(ways, args.rounds)
             result["compare_default_speedup"] = ratio
