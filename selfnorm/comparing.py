@@ -9,6 +9,7 @@ records, checkpoints and result, and the comparison's summary.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -56,7 +57,8 @@ def compare(
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Train every variant for every seed, one after another in this process; write summary.
+    """Train every variant for every seed in this process; write the summary. A variant's seeds
+    train one after another or stacked as one model (``train.stack``).
 
     Finished runs (``result.json`` present) are skipped on ``resume``; an interrupted run
     continues from its last checkpoint. The folder is locked for the whole call
@@ -94,13 +96,17 @@ def compare(
         ds = load_dataset(config.data, progress=progress)
         say(f"  {len(ds.x_train)} training, {len(ds.x_val)} validation, {len(ds.x_test)} test "
             f"samples of shape {tuple(ds.input_shape)}, {ds.num_classes} classes")  # fmt: skip
+    stacking = _stacking(config, ds, device)
     if config.model.kind == "mlp":
         m = config.model
         widths = layer_widths(m.depth, m.width, ds.num_classes, m.shape)
+        k = max(stacking.values())  # a stack holds K models and K copies of the epoch's data
+        per_run = mlp_training_bytes(widths, math.prod(ds.input_shape), ds.num_classes)
         check_fits(
-            mlp_training_bytes(widths, math.prod(ds.input_shape), ds.num_classes),
-            f"training the MLP ({m.depth} hidden layers of {m.width})",
-            "choose a smaller --width or --depth",
+            k * per_run + (k - 1) * ds.x_train.nbytes,
+            f"training the MLP ({m.depth} hidden layers of {m.width})"
+            + (f", {k} runs stacked" if k > 1 else ""),
+            "choose a smaller --width or --depth" + (", or --stack off" if k > 1 else ""),
             device,
         )
 
@@ -136,8 +142,6 @@ def compare(
         ]
         for activation in config.activations
     }  # fmt: skip
-
-    stacking = _stacking(config, ds, device)
 
     def normalize(stored: dict[str, Any]) -> dict[str, Any]:  # fields added since, defaulted
         return experiment_from_dict(stored).to_dict()
@@ -223,11 +227,15 @@ def _stacking(config: ExperimentConfig, ds: Dataset, device: torch.device) -> di
     for activation in config.activations:
         k = stack_size(config.train.stack, device, len(config.seeds))
         if k > 1 or config.train.stack not in ("auto", "off"):  # a number given: checked
-            model = build_model(
-                config.model, activation, config.dropout_for(activation), ds.input_shape,
-                ds.num_classes, config.seeds[0],
-            )  # fmt: skip
-            why = unstackable(model)
+            if config.model.kind == "mlp":  # its layers, at a small width
+                small = dataclasses.replace(config.model, width=min(config.model.width, 8))
+                model = build_model(
+                    small, activation, config.dropout_for(activation), ds.input_shape,
+                    ds.num_classes, config.seeds[0],
+                )  # fmt: skip
+                why = unstackable(model)
+            else:
+                why = f"only selfnorm's MLP stacks, not --model {config.model.kind}"
             if why is not None:
                 if config.train.stack != "auto":
                     raise ValueError(

@@ -398,9 +398,11 @@ class Job:
             for key, (section, name) in GRID_KEYS.items()
             if hasattr(config if section is None else getattr(config, section), name)
         }
+        resolved = config.to_dict()  # train.stack left out: a job trains one seed (nothing
+        # to stack), and the jobs of sweeps run before it existed keep their names
+        resolved["train"] = {k: v for k, v in resolved["train"].items() if k != "stack"}
         key = json.dumps(
-            {"config": config.to_dict(), "task": task.to_dict() if task else None},
-            sort_keys=True,
+            {"config": resolved, "task": task.to_dict() if task else None}, sort_keys=True
         )
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
         parts = [task.label()] if task else []

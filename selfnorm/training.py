@@ -2,9 +2,10 @@
 
 Every variant sees the same data in the same order: the data are preloaded as tensors on the
 device and shuffled by index once per epoch with a generator seeded by ``(seed, epoch)``. One seed
-also fixes the weights (an explicit ``torch.Generator``) and the dropout masks (the global torch
-RNG, seeded per run and saved in every checkpoint), so the same seed gives the same numbers and a
-resumed run continues exactly where the interrupted one stopped.
+also fixes the weights (an explicit ``torch.Generator``) and the dropout masks (a run alone draws
+them from the global torch RNG, a stacked run from its own generator of the same stream; seeded
+per run and saved in every checkpoint), so the same seed gives the same numbers and a resumed run
+continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -408,7 +409,8 @@ def train_run(
 ) -> dict[str, Any]:
     """Train one (variant, seed) run to the end: :func:`train_runs` of that one run.
 
-    Example: see :func:`compare`, which calls :func:`train_runs` for each variant's seeds.
+    Example: see :func:`selfnorm.comparing.compare`, which calls :func:`train_runs` for each
+    variant's seeds.
     """
     report = None if on_epoch is None else (lambda _seed, row: on_epoch(row))
     return train_runs(
@@ -475,26 +477,44 @@ def train_runs(
     _check_checkpoint_seconds(checkpoint_seconds)
     digest = config_digest(config.to_dict()) if digest is None else digest
     steps_per_epoch = len(batch_bounds(len(data.x_train), config.train.batch_size))
+    size = max(stack, 1)
+    results: list[dict[str, Any]] = []
+    for i in range(0, len(seeds), size):  # one stack at a time: opened, trained, written
+        results += _train_stack(
+            data, config, activation, list(seeds[i : i + size]), list(paths[i : i + size]),
+            stack > 1, on_epoch, checkpoint_seconds, stop, digest, steps_per_epoch,
+        )  # fmt: skip
+    return results
+
+
+def _train_stack(
+    data: DeviceData,
+    config: ExperimentConfig,
+    activation: str,
+    seeds: list[int],
+    paths: list[RunPaths],
+    stacked: bool,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None,
+    checkpoint_seconds: float,
+    stop: Callable[[], bool] | None,
+    digest: str,
+    steps_per_epoch: int,
+) -> list[dict[str, Any]]:
+    """The runs of one stack (or one run) from their checkpoints to their results."""
     runs = [
         _open_run(data, config, activation, s, p, digest, steps_per_epoch)
         for s, p in zip(seeds, paths, strict=True)
     ]
-    size = max(stack, 1)
-    stacks = [runs[i : i + size] for i in range(0, len(runs), size)]
-    if stack > 1:
-        for members in stacks:
-            _align(members, data, config, activation, digest, steps_per_epoch)
-        runs = [run for members in stacks for run in members]
+    stacked = stacked and len(runs) > 1  # a stack of one: the sequential engine, faster
+    if stacked:
+        _align(runs, data, config, activation, digest, steps_per_epoch)
     if on_epoch:
         for run in runs:
             for row in run.history:
                 on_epoch(run.seed, row)
-    groups: list[list[_Run]] = []  # runs stack only at the same point
-    for members in stacks:
-        at: dict[tuple[int, int], list[_Run]] = {}
-        for run in members:
-            at.setdefault((run.start_epoch, run.start_batch), []).append(run)
-        groups.extend(at.values())
+    groups: dict[tuple[int, int], list[_Run]] = {}  # runs stack only at the same point
+    for run in runs:
+        groups.setdefault((run.start_epoch, run.start_batch), []).append(run)
     with ExitStack() as stack_of:
         for run in runs:
             run.recorder = _recorder(
@@ -505,9 +525,9 @@ def train_runs(
                 stack_of.enter_context(run.recorder)
                 sinks = run.recorder.sinks
                 run.board = next((k for k in sinks if isinstance(k, TensorBoardSink)), None)
-        for group in groups:
+        for group in groups.values():
             _train_group(
-                data, config, activation, group, stack > 1, on_epoch, checkpoint_seconds, stop,
+                data, config, activation, group, stacked, on_epoch, checkpoint_seconds, stop,
                 digest, steps_per_epoch,
             )  # fmt: skip
         results = [_finish_run(data, config, activation, run, digest) for run in runs]
@@ -569,7 +589,9 @@ def _train_group(
     engine: Any
     if stacked:
         engine = StackedRuns(
-            [r.model for r in group], [r.optimizer for r in group], [r.rng for r in group],
+            [r.model for r in group], [r.optimizer for r in group],
+            # a run started on a CPU that resumes on a GPU has no CUDA stream saved yet
+            [{**seeded_rng_state(r.seed, device), **r.rng} for r in group],
             lambda params: make_optimizer(params, cfg),
         )  # fmt: skip
     else:
@@ -617,7 +639,8 @@ def _train_group(
             signum = getattr(stop, "signum", None) or 2
             raise Interrupted(
                 f"{activation} seed{'s' if len(active) > 1 else ''} {seeds} stopped in epoch "
-                f"{epoch} after step {st.batch} of {steps_per_epoch}; its state is saved",
+                f"{epoch} after step {st.batch} of {steps_per_epoch}; "
+                f"{'their' if len(active) > 1 else 'its'} state is saved",
                 signum,
             ) from None
         start_batch, sums, seconds_before = 0, None, 0.0

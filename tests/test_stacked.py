@@ -10,9 +10,17 @@ from torch.nn import functional as TF
 from selfnorm import training
 from selfnorm.config import TrainConfig, experiment_from_dict
 from selfnorm.data import DataConfig, load_dataset
+from selfnorm.dropout import AlphaDropout
+from selfnorm.interrupts import Interrupted
 from selfnorm.models import build_mlp
 from selfnorm.records import read_records
-from selfnorm.stacked import StackedMLP, StackedRuns, seeded_rng_state, stack_size
+from selfnorm.stacked import (
+    StackedMLP,
+    StackedRuns,
+    seeded_rng_state,
+    stack_size,
+    unstackable,
+)
 from selfnorm.storage import RunDir, read_jsonl
 from selfnorm.training import make_optimizer
 
@@ -67,6 +75,22 @@ def test_plain_dropout_draws_each_runs_mask_as_the_run_alone():
         torch.manual_seed(s)  # a run alone draws nn.Dropout's mask from the global RNG
         torch.testing.assert_close(out[k], alone[k](x[k]), rtol=1e-5, atol=1e-6)
         assert torch.equal(stacked.generators[k].get_state(), torch.get_rng_state())
+
+
+@pytest.mark.parametrize(
+    ("layer", "why"),
+    [
+        (torch.nn.LogSoftmax(dim=1), "element-wise activations"),
+        (torch.nn.PReLU(), "parameters or buffers"),
+        (torch.nn.RReLU(), "RReLU draws its slopes"),
+        (torch.nn.Linear(8, 8, bias=False), "without a bias"),
+        (torch.nn.Flatten(2), "Flatten of other dimensions"),
+        (AlphaDropout(0.1, generator=torch.Generator()), "its own generator"),
+    ],
+)
+def test_a_layer_that_would_not_train_as_alone_is_refused(layer, why):
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), layer, torch.nn.Linear(8, 3))
+    assert why in unstackable(net) and unstackable(net).startswith("layer 1 (")
 
 
 def test_what_cannot_be_stacked_is_refused_with_its_name():
@@ -207,3 +231,13 @@ def test_the_stack_choice():
     for bad in (1, 0, "fast", True, 2.5):
         with pytest.raises(ValueError, match="choose auto, off, or the most runs per stack"):
             TrainConfig(stack=bad)
+
+
+def test_one_stack_at_a_time_a_finished_run_is_written_before_the_next_trains(data, tmp_path):
+    config = experiment_from_dict({**CFG, "train": {"epochs": 1, "batch_size": 64}})
+    steps = len(training.batch_bounds(len(data.x_train), 64))
+    calls = iter(range(10**6))
+    with pytest.raises(Interrupted, match="selu seed 1 stopped in epoch 1 after step 3"):
+        _train(config, data, tmp_path, stack=1, stop=lambda: next(calls) >= steps + 3)
+    rd = RunDir(tmp_path)
+    assert rd.run("selu", 0).result.exists() and not rd.run("selu", 1).result.exists()

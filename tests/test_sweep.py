@@ -460,3 +460,16 @@ def test_narrowing_a_grid_axis_reuses_the_finished_jobs(local, tmp_path):
     assert events == []  # every job was finished already
     kept = {n: m for n, m in _metrics(expected).items() if "-d1-" in n}
     assert len(kept) == 4 and _metrics(summary) == kept
+
+
+def test_a_jobs_name_does_not_depend_on_train_stack():
+    """A job trains one seed: train.stack changes nothing, and names stay those of before."""
+    from selfnorm.config import experiment_from_dict
+    from selfnorm.sweep import Job
+
+    base = {"activations": ["selu"], "seeds": [0]}
+    names = {
+        Job.make(experiment_from_dict({**base, "train": {"stack": s}}), {}, []).name
+        for s in ("auto", "off", 4)
+    }
+    assert names == {"digits-selu-s0-8224be37595c"}
