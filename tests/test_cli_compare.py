@@ -360,6 +360,7 @@ def test_stack_says_which_mode_ran_in_the_summary_and_report(tmp_path, capsys):
     assert {v["runs_per_stack"] for v in summary["stacking"].values()} == {2}
     text = (out / "summary.md").read_text()
     assert "seeds stacked: selu 2 per model; relu 2 per model; lrelu 2 per model" in text
+    assert "Per-epoch times of stacked seeds are their stack's time shared out" in text
     alone = json.loads((tmp_path / "run" / "summary.json").read_text())["variants"]["selu"]
     for a, b in zip(summary["variants"]["selu"]["runs"], alone["runs"], strict=True):
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.02)

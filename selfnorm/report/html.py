@@ -208,7 +208,14 @@ def verdict(summary: Mapping, drift: Mapping[str, list[tuple[str, float]]] | Non
             c, d = variants[cheap], variants[dear]
             stds = [c.get("epoch_seconds_std"), d.get("epoch_seconds_std")]
             ratio = d["epoch_seconds"] / c["epoch_seconds"]
-            if n_seeds < 2 or None in stds:
+            stacking = summary.get("stacking") or {}
+            shared = any(stacking.get(n, {}).get("runs_per_stack", 1) > 1 for n in (cheap, dear))
+            if shared:  # the seeds of a stack share one time: their spread is not measured
+                parts.append(
+                    "Per-epoch times of stacked seeds are their stack's time shared out, "
+                    "with no spread over seeds to judge them by: not compared."
+                )
+            elif n_seeds < 2 or None in stds:
                 parts.append("Per-epoch times have no spread over seeds to judge them by: "
                              "not compared.")  # fmt: skip
             elif d["epoch_seconds"] - c["epoch_seconds"] > 2 * max(stds):
