@@ -57,9 +57,9 @@ evaluation and the recorded steps, which each run takes through its own model.""
 
 
 class StackedMLP(nn.Module):
-    """``models`` (Sequentials of the same layers: Flatten, Linear, activation modules,
-    ``selfnorm.AlphaDropout``) as one module whose forward maps ``(K, B, *in)`` to
-    ``(K, B, out)``.
+    """``models`` (Sequentials of the same layers: Flatten, Linear with a bias, element-wise
+    activations without parameters, ``nn.Dropout``, ``selfnorm.AlphaDropout``) as one module
+    whose forward maps ``(K, B, *in)`` to ``(K, B, out)``.
 
     Args:
         models: the K runs' models, with their own initial weights (copied, not shared).
@@ -68,9 +68,10 @@ class StackedMLP(nn.Module):
             needed only when the models hold a dropout with ``p > 0``.
 
     Raises:
-        ValueError: the models differ in their layers, or hold a layer that cannot be
-            stacked yet (BatchNorm and LayerNorm keep per-run statistics, a layer this
-            module does not know): one line naming it.
+        ValueError: the models differ in their layers, or hold a layer that would not train
+            stacked as it does alone (BatchNorm and LayerNorm keep per-batch statistics,
+            PReLU has parameters, LogSoftmax works across units, ...): one line naming it
+            and why.
     """
 
     def __init__(
