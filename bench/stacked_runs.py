@@ -5,7 +5,7 @@ stacked, in blocks that alternate (rotating order) over ``--rounds`` rounds afte
 reported: medians and the median of the per-round ratios sequential/stacked.
 
 1. ``selfnorm.training.train_runs`` of K = 3 and K = 8 seeds, wall time of whole runs
-   (training, per-epoch evaluation, metrics, records every 50 steps, checkpoints):
+   (training, per-epoch evaluation, metrics, records at the default cadence, checkpoints):
    - ``digits``: the default ``compare`` net, 64-512x4-10 SELU, batch 128, ``--epochs``;
    - ``seed_tf``: the seed-tf net, 784-512x4-10 SELU with alpha dropout 0.05, batch 100, Adam
      1e-3, on ``--train-samples`` MNIST training images (and the same share of the validation
@@ -13,6 +13,9 @@ reported: medians and the median of the per-round ratios sequential/stacked.
 2. ``compare_default``: the default ``selfnorm compare`` (digits; selu, relu, lrelu; seeds 0, 1,
    2; 30 epochs), end to end through :func:`selfnorm.comparing.compare` (loading aside), with
    ``--stack off`` against ``--stack 3``.
+
+For seed-tf at K = 8 it also times the stacked runs with and without records (the
+recorder's cost in stacked mode, ``seed_tf_k8_stacked_record_overhead``).
 
 On a GPU (``--device cuda``; the data are resident on the device) it prints the absolute
 seconds per epoch as well. With ``--json`` the last line is an object with
@@ -142,6 +145,21 @@ def main() -> None:
                     f"{med['stacked']:6.2f} s for {k} runs x {epochs} epoch(s) "
                     f"({per_epoch['sequential']:.3f} / {per_epoch['stacked']:.3f} s per run-epoch)"
                     f"; sequential/stacked {ratio:.2f}x",
+                    flush=True,
+                )
+            if net == "seed_tf" and not args.no_record:  # the recorder's cost, stacked
+                bare = dataclasses.replace(
+                    config, record=dataclasses.replace(config.record, enabled=False)
+                )
+                ways = {
+                    "records": lambda c=config, d=data: _runs_once(c, d, 8, 8, work / "a"),
+                    "none": lambda c=bare, d=data: _runs_once(c, d, 8, 8, work / "b"),
+                }
+                med, ratio = _interleaved(ways, args.rounds)
+                result["seed_tf_k8_stacked_record_overhead"] = ratio
+                print(
+                    f"{net:>8} K=8 stacked: with records (default cadence) {med['records']:6.2f} "
+                    f"s, without {med['none']:6.2f} s; records cost {ratio:.3f}x",
                     flush=True,
                 )
         if not args.skip_compare:
