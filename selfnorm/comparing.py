@@ -208,12 +208,9 @@ def compare(
                 results.setdefault(activation, []).append(done[seed])
                 histories.setdefault(activation, []).append(read_jsonl(paths.metrics))
             bar.close()
-        summary = summarize(config, results, histories, device=str(device), dataset=ds)
-        summary["stacking"] = {  # which mode ran: runs per stacked model (1: one at a time)
-            a: {"mode": "stacked" if k > 1 else "sequential", "runs_per_stack": k,
-                "requested": config.train.stack}
-            for a, k in stacking.items()
-        }  # fmt: skip
+        plan = {a: {"runs_per_stack": k, "requested": config.train.stack}
+                for a, k in stacking.items()}  # fmt: skip
+        summary = summarize(config, results, histories, str(device), ds, stacking=plan)
         atomic_write_json(run_dir.summary, summary)
     return summary
 

@@ -180,10 +180,10 @@ def unstackable(model: nn.Module) -> str | None:
     """
     if not isinstance(model, nn.Sequential):
         return f"{type(model).__name__} is not an MLP of selfnorm.models.build_mlp"
-    try:
-        StackedMLP([model], [torch.Generator()])
-    except Exception as exc:  # noqa: BLE001 - whatever a model holds, one line
-        return str(exc).split(";")[0]
+    for name, module in model.named_children():  # the check StackedMLP makes, layer by layer
+        why = _refusal(module)
+        if why is not None:
+            return f"layer {name} ({type(module).__name__}) cannot be stacked: {why}"
     return None
 
 
@@ -295,17 +295,23 @@ class StackedRuns:
     def runs(self) -> int:
         return len(self.models)
 
+    def train(self) -> None:
+        """Training mode for an epoch: the stacked model and each run's own (recorded steps)."""
+        self.net.train()
+        for model in self.models:
+            model.train()
+
     def train_step(
         self, xb: torch.Tensor, yb: torch.Tensor, record: bool = False, clip: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step of every run on its ``(K, B, ...)`` batch; returns the runs'
-        mean cross-entropy losses ``(K,)`` and logits ``(K, B, C)``, detached."""
-        self.net.train()
+        """One optimizer step of every run on its ``(K, B, ...)`` batch (in the mode :meth:`train`
+        set); returns the runs' mean cross-entropy losses ``(K,)`` and logits ``(K, B, C)``,
+        detached."""
         self.optimizer.zero_grad(set_to_none=True)
         if record:
             outs, losses = [], []
             for k, model in enumerate(self.models):
-                model = self.model(k).train()
+                model = self.model(k)
                 with self._global_rng(k):
                     out = model(xb[k])
                 loss = TF.cross_entropy(out, yb[k])

@@ -93,10 +93,12 @@ def summarize(
     histories: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
     device: str,
     dataset,
+    stacking: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Build summary.json: for each variant the mean and sample std over seeds of METRICS
     (diverged runs excluded from the means), ``diverged`` = the fraction of seeds that diverged,
-    and the per-seed numbers under ``runs``."""
+    and the per-seed numbers under ``runs``; with ``stacking`` (variant -> runs per stacked
+    model, and the ``train.stack`` asked for) which mode trained each variant."""
     variants: dict[str, Any] = {}
     for name, runs in results.items():
         per_run = [run_metrics(r, h) for r, h in zip(runs, histories[name], strict=True)]
@@ -123,12 +125,18 @@ def summarize(
             "num_classes": dataset.num_classes,
             "input_shape": list(dataset.input_shape),
         }
-    return {
+    out = {
         "dataset": described,
         "device": device,
         "ranking": ranked,
         "variants": variants,
     }
+    if stacking is not None:  # runs per stacked model (1: one at a time)
+        out["stacking"] = {
+            name: {"mode": "stacked" if v["runs_per_stack"] > 1 else "sequential", **v}
+            for name, v in stacking.items()
+        }
+    return out
 
 
 def stacking_text(summary: Mapping[str, Any]) -> str:

@@ -210,6 +210,9 @@ class _Single:
         self.optimizer.step()
         return loss.detach().view(1), out.detach().unsqueeze(0)
 
+    def train(self) -> None:
+        self.models[0].train()
+
     def model(self, k: int) -> nn.Module:
         return self.models[k]
 
@@ -233,8 +236,7 @@ def _epoch(
     """The hot loop: one epoch of the ``engine``'s K runs, run k on ``x[perms[k]]``.
 
     Returns each run's loss sum and correct count ``(K,)``, on the device."""
-    for model in engine.models:
-        model.train()
+    engine.train()  # once per epoch, not per step (evaluation between epochs sets eval)
     n = perms.shape[1]
     xs, ys = x[perms], y[perms]  # (K, n, ...): one gather per epoch, then contiguous slices
     if sums is None:
@@ -323,6 +325,20 @@ def _check_checkpoint_seconds(value: Any) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Setting:
+    """What the runs of one :func:`train_runs` call share."""
+
+    data: DeviceData
+    config: ExperimentConfig
+    activation: str
+    digest: str
+    steps_per_epoch: int
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    stop: Callable[[], bool] | None = None
+
+
 @dataclass
 class _Run:
     """One (variant, seed) run's state in :func:`train_runs`: its model, optimizer, mask-RNG
@@ -343,13 +359,12 @@ class _Run:
     diverged_reason: str | None = None
 
 
-def _open_run(
-    data: DeviceData, config: ExperimentConfig, activation: str, seed: int, paths: RunPaths,
-    digest: str, steps_per_epoch: int, checkpoint: str = "latest",
-) -> _Run:  # fmt: skip
+def _open_run(at: _Setting, seed: int, paths: RunPaths, checkpoint: str = "latest") -> _Run:
     """Build a run's model and optimizer, and load its checkpoint (or reset its folder):
     ``checkpoint`` is ``latest`` (the newest good one), ``previous`` (the one before it) or
     ``none`` (start afresh)."""
+    data, config, activation, digest = at.data, at.config, at.activation, at.digest
+    steps_per_epoch = at.steps_per_epoch
     device = data.x_train.device
     model = build_model(
         config.model,
@@ -477,62 +492,44 @@ def train_runs(
     _check_checkpoint_seconds(checkpoint_seconds)
     digest = config_digest(config.to_dict()) if digest is None else digest
     steps_per_epoch = len(batch_bounds(len(data.x_train), config.train.batch_size))
+    at = _Setting(
+        data, config, activation, digest, steps_per_epoch, on_epoch, checkpoint_seconds, stop
+    )
     size = max(stack, 1)
     results: list[dict[str, Any]] = []
     for i in range(0, len(seeds), size):  # one stack at a time: opened, trained, written
-        results += _train_stack(
-            data, config, activation, list(seeds[i : i + size]), list(paths[i : i + size]),
-            stack > 1, on_epoch, checkpoint_seconds, stop, digest, steps_per_epoch,
-        )  # fmt: skip
+        results += _train_stack(at, seeds[i : i + size], paths[i : i + size], stack > 1)
     return results
 
 
 def _train_stack(
-    data: DeviceData,
-    config: ExperimentConfig,
-    activation: str,
-    seeds: list[int],
-    paths: list[RunPaths],
-    stacked: bool,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None,
-    checkpoint_seconds: float,
-    stop: Callable[[], bool] | None,
-    digest: str,
-    steps_per_epoch: int,
+    at: _Setting, seeds: Sequence[int], paths: Sequence[RunPaths], stacked: bool
 ) -> list[dict[str, Any]]:
     """The runs of one stack (or one run) from their checkpoints to their results."""
-    runs = [
-        _open_run(data, config, activation, s, p, digest, steps_per_epoch)
-        for s, p in zip(seeds, paths, strict=True)
-    ]
+    runs = [_open_run(at, s, p) for s, p in zip(seeds, paths, strict=True)]
     stacked = stacked and len(runs) > 1  # a stack of one: the sequential engine, faster
     if stacked:
-        _align(runs, data, config, activation, digest, steps_per_epoch)
-    if on_epoch:
+        _align(at, runs)
+    if at.on_epoch:
         for run in runs:
             for row in run.history:
-                on_epoch(run.seed, row)
+                at.on_epoch(run.seed, row)
     groups: dict[tuple[int, int], list[_Run]] = {}  # runs stack only at the same point
     for run in runs:
         groups.setdefault((run.start_epoch, run.start_batch), []).append(run)
     with ExitStack() as stack_of:
         for run in runs:
-            run.recorder = _recorder(
-                run.model, config, run.paths,
-                (run.start_epoch - 1) * steps_per_epoch + run.start_batch, steps_per_epoch,
-            )  # fmt: skip
+            step = (run.start_epoch - 1) * at.steps_per_epoch + run.start_batch
+            run.recorder = _recorder(run.model, at.config, run.paths, step, at.steps_per_epoch)
             if run.recorder is not None:
                 stack_of.enter_context(run.recorder)
                 sinks = run.recorder.sinks
                 run.board = next((k for k in sinks if isinstance(k, TensorBoardSink)), None)
         for group in groups.values():
-            _train_group(
-                data, config, activation, group, stacked, on_epoch, checkpoint_seconds, stop,
-                digest, steps_per_epoch,
-            )  # fmt: skip
-        results = [_finish_run(data, config, activation, run, digest) for run in runs]
+            _train_group(at, group, stacked)
+        results = [_finish_run(at, run) for run in runs]
     for run, result in zip(runs, results, strict=True):
-        result["config_digest"] = digest
+        result["config_digest"] = at.digest
         atomic_write_json(run.paths.result, result)
     return results
 
@@ -542,10 +539,7 @@ def _position(ckpt: dict[str, Any] | None) -> tuple[int, int]:
     return (1, 0) if ckpt is None else (ckpt["epoch"] + 1, int(ckpt.get("batch", 0)))
 
 
-def _align(
-    members: list[_Run], data: DeviceData, config: ExperimentConfig, activation: str,
-    digest: str, steps_per_epoch: int,
-) -> None:  # fmt: skip
+def _align(at: _Setting, members: list[_Run]) -> None:
     """Bring the runs of one stack back to one point where a crash split them.
 
     The runs of a stack checkpoint together, one file after another, so a crash between two
@@ -564,25 +558,14 @@ def _align(
             choice = "previous"
         else:
             continue  # further apart than one crash leaves: train in separate stacks
-        members[i] = _open_run(
-            data, config, activation, run.seed, run.paths, digest, steps_per_epoch, choice
-        )
+        members[i] = _open_run(at, run.seed, run.paths, choice)
 
 
-def _train_group(
-    data: DeviceData,
-    config: ExperimentConfig,
-    activation: str,
-    group: list[_Run],
-    stacked: bool,
-    on_epoch: Callable[[int, dict[str, Any]], None] | None,
-    checkpoint_seconds: float,
-    stop: Callable[[], bool] | None,
-    digest: str,
-    steps_per_epoch: int,
-) -> None:
+def _train_group(at: _Setting, group: list[_Run], stacked: bool) -> None:
     """Train runs that resume at the same point to the end: as one stacked model, or (one
     run) alone. Each diverged run leaves with its reason in ``diverged_reason``."""
+    data, config, activation, digest = at.data, at.config, at.activation, at.digest
+    steps_per_epoch, on_epoch, stop = at.steps_per_epoch, at.on_epoch, at.stop
     device = data.x_train.device
     cfg = config.train
     n = len(data.x_train)
@@ -685,7 +668,7 @@ def _train_group(
                 )  # fmt: skip
             rows.append(row)
         now = time.perf_counter()
-        if epoch == cfg.epochs or now - last_save >= checkpoint_seconds:
+        if epoch == cfg.epochs or now - last_save >= at.checkpoint_seconds:
             checkpoint(active, epoch)
             last_save = now
         if on_epoch:
@@ -694,12 +677,11 @@ def _train_group(
     engine.sync()  # each run's own model holds its final weights
 
 
-def _finish_run(
-    data: DeviceData, config: ExperimentConfig, activation: str, run: _Run, digest: str
-) -> dict[str, Any]:
+def _finish_run(at: _Setting, run: _Run) -> dict[str, Any]:
     """A trained run's result: its test score (none when it diverged)."""
+    data, config = at.data, at.config
     result: dict[str, Any] = {
-        "activation": activation,
+        "activation": at.activation,
         "seed": run.seed,
         "epochs_completed": len(run.history),
         "diverged": run.diverged_reason is not None,
@@ -709,9 +691,8 @@ def _finish_run(
         test = evaluate(run.model, data.x_test, data.y_test)
         result["test_loss"], result["test_accuracy"] = test
         if run.board is not None:
-            steps = len(batch_bounds(len(data.x_train), config.train.batch_size))
             run.board.write_scalars({"test/loss": test[0], "test/accuracy": test[1]},
-                                    config.train.epochs * steps - 1)  # fmt: skip
+                                    config.train.epochs * at.steps_per_epoch - 1)  # fmt: skip
     else:
         result["test_loss"] = result["test_accuracy"] = None
     return result

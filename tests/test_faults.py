@@ -44,13 +44,17 @@ def digits():
     return load_dataset(DataConfig(), progress=False)
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, digits):
-    """An uninterrupted run that checkpoints after every epoch."""
-    out = tmp_path_factory.mktemp("ref") / "run"
-    compare(experiment_from_dict(CFG), str(out), progress=False, dataset=digits,
+def _uninterrupted(tmp_path_factory, digits, cfg, name):
+    """An uninterrupted run of ``cfg`` that checkpoints after every epoch."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    compare(experiment_from_dict(cfg), str(out), progress=False, dataset=digits,
             checkpoint_seconds=0)  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, digits):
+    return _uninterrupted(tmp_path_factory, digits, CFG, "ref")
 
 
 def _numbers(root: Path):
@@ -91,8 +95,8 @@ def _unfinish(root: Path, act: str, seed: int) -> None:
     RunDir(root).run(act, seed).result.unlink()
 
 
-def _resume(root, digits):
-    return compare(experiment_from_dict(CFG), str(root), resume=True, progress=False,
+def _resume(root, digits, cfg=CFG):
+    return compare(experiment_from_dict(cfg), str(root), resume=True, progress=False,
                    dataset=digits, checkpoint_seconds=0)  # fmt: skip
 
 
@@ -437,10 +441,7 @@ STACKED = {**CFG, "train": {**CFG["train"], "stack": 2}}
 
 @pytest.fixture(scope="module")
 def stacked_reference(tmp_path_factory, digits):
-    out = tmp_path_factory.mktemp("ref-stacked") / "run"
-    compare(experiment_from_dict(STACKED), str(out), progress=False, dataset=digits,
-            checkpoint_seconds=0)  # fmt: skip
-    return out
+    return _uninterrupted(tmp_path_factory, digits, STACKED, "ref-stacked")
 
 
 def test_stacked_runs_stop_mid_epoch_and_resume_exactly(stacked_reference, tmp_path, digits):
@@ -449,7 +450,7 @@ def test_stacked_runs_stop_mid_epoch_and_resume_exactly(stacked_reference, tmp_p
     with pytest.raises(Interrupted, match=r"selu seeds 0, 1 stopped in epoch 2 after step 5 of 21"):
         compare(cfg, str(out), progress=False, dataset=digits, checkpoint_seconds=0,
                 stop=_StopAfter(26))  # fmt: skip
-    compare(cfg, str(out), resume=True, progress=False, dataset=digits, checkpoint_seconds=0)
+    _resume(out, digits, STACKED)
     assert_same_run(stacked_reference, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stacking"]["selu"] == {"mode": "stacked", "runs_per_stack": 2, "requested": 2}
@@ -469,8 +470,7 @@ def test_a_crash_between_a_stacks_checkpoints_resumes_the_stack_as_it_was(
     for act, seed in behind:  # its last checkpoint never reached the disk
         p = RunDir(out).run(act, seed)
         shutil.copy(p.previous_checkpoint, p.checkpoint)
-    compare(experiment_from_dict(STACKED), str(out), resume=True, progress=False, dataset=digits,
-            checkpoint_seconds=0)  # fmt: skip
+    _resume(out, digits, STACKED)
     assert_same_run(stacked_reference, out)
 
 
@@ -495,6 +495,5 @@ def test_kill_9_of_stacked_runs_then_resume_gives_the_uninterrupted_run(
             p.kill()
             p.communicate(timeout=120)
         assert not (out / "summary.json").exists(), "it finished before the kill"
-    compare(experiment_from_dict(STACKED), str(out), resume=True, progress=False, dataset=digits,
-            checkpoint_seconds=0)  # fmt: skip
+    _resume(out, digits, STACKED)
     assert_same_run(stacked_reference, out)
